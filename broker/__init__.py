@@ -1,0 +1,1 @@
+"""The Shoal broker: durable job storage in LMDB and routing over a ZeroMQ ROUTER."""

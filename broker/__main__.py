@@ -1,0 +1,6 @@
+"""`python -m shoal.broker`."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

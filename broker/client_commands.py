@@ -1,0 +1,189 @@
+"""What the broker does for clients: enqueue, get, wait, stats, dead letters, requeue."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from shoal import jobs as J
+from shoal import protocol as P
+from shoal.protocol import field
+
+from .core import BrokerCore
+
+MAX_LIST = 10_000
+
+
+class ClientCommands(BrokerCore):
+    """Handlers for the commands clients send."""
+
+    def handlers(self) -> dict[bytes, Callable[[bytes, dict[str, Any]], None]]:
+        table = super().handlers()
+        table.update({P.ENQUEUE: self._on_enqueue, P.GET: self._on_get, P.WAIT: self._on_wait,
+                      P.STATS: self._on_stats, P.DEAD: self._on_dead, P.REQUEUE: self._on_requeue,
+                      P.JOBS: self._on_jobs})
+        return table
+
+    # --- enqueue ---------------------------------------------------------------
+    def _on_enqueue(self, identity: bytes, body: dict[str, Any]) -> None:
+        rid = field(body, "rid", int)
+        items = field(body, "jobs", list)
+        parsed = [self._parse_job(item) for item in items]
+        unseen = [p["id"] for p in parsed if p["id"] not in self.jobs]
+        stored = self.store.has_jobs(unseen) if unseen else set()
+        now = self.clock.wall_ms()
+        existed: list[bool] = []
+        for item in parsed:
+            if item["id"] in self.jobs or item["id"] in stored:
+                existed.append(True)  # a re-send whose first ack was lost: never a second job
+                continue
+            existed.append(False)
+            self._create(item, now)
+        self.reply(identity, rid, existed=existed)
+
+    def _parse_job(self, item: Any) -> dict[str, Any]:
+        if not isinstance(item, dict):
+            raise P.ProtocolError("each job must be a map", item)
+        job_id = field(item, "id", bytes)
+        if len(job_id) != 16:
+            raise P.ProtocolError(f"job id must be 16 bytes, got {len(job_id)}", job_id)
+        workflow = field(item, "wf", str)
+        if not workflow:
+            raise P.ProtocolError("workflow name is empty", item)
+        return {
+            "id": job_id, "wf": workflow, "payload": field(item, "payload", bytes),
+            "group": field(item, "group", str, None), "delay_ms": field(item, "delay_ms", int, 0),
+            "priority": field(item, "priority", int, 0), "retries": field(item, "retries", int, None),
+            "key": field(item, "key", str, None),
+        }
+
+    def _create(self, item: dict[str, Any], now_ms: int) -> None:
+        group = item["group"]
+        if group is None:
+            route = self.routes.get(item["wf"])
+            group = route["group"] if route else ""  # "" = unrouted until a worker announces it
+        job = J.Job(id=item["id"], workflow=item["wf"], group=group, payload=item["payload"],
+                    seq=self._seq, priority=item["priority"], key=item["key"],
+                    max_retries=item["retries"], created_ms=now_ms)
+        self._seq += 1
+        if group:
+            self.known_groups.add(group)
+        if item["delay_ms"] > 0:
+            job.state = J.SCHEDULED
+            job.due_ms = now_ms + item["delay_ms"]
+            self.schedule.add(job.id, job.due_ms)
+        self.jobs[job.id] = job
+        record = job.to_record()
+        self.batch.jobs[job.id] = record
+        self.batch.log.append(("enqueue", job.id, record))
+        if job.state == J.PENDING:
+            self._queue(job)
+
+    # --- reading -----------------------------------------------------------------
+    def record_of(self, job_id: bytes) -> dict[str, Any] | None:
+        """The current record of a job, active or finished."""
+        job = self.jobs.get(job_id)
+        if job is not None:
+            return J.public_view(job.to_record())
+        record = self.store.get_job(job_id)
+        return None if record is None else J.public_view(record)
+
+    def _on_get(self, identity: bytes, body: dict[str, Any]) -> None:
+        rid = field(body, "rid", int)
+        ids = field(body, "ids", list)
+        self.reply(identity, rid, jobs=[self.record_of(i) if isinstance(i, bytes) else None for i in ids])
+
+    def _on_wait(self, identity: bytes, body: dict[str, Any]) -> None:
+        rid = field(body, "rid", int)
+        job_id = field(body, "id", bytes)
+        if job_id in self.jobs:
+            # keyed by (identity, rid): a client re-sending its WAIT does not register twice
+            self.waiters.setdefault(job_id, {})[(identity, rid)] = None
+            return
+        record = self.record_of(job_id)
+        if record is None:
+            self.error(identity, rid, P.E_UNKNOWN_JOB, f"no job with id {job_id.hex()} (never enqueued, or expired)")
+        else:
+            self.reply(identity, rid, job=record)
+
+    def _on_stats(self, identity: bytes, body: dict[str, Any]) -> None:
+        rid = field(body, "rid", int)
+        self.reply(identity, rid, groups=self.stats(), unrouted={k: len(v) for k, v in self.unrouted.items() if v})
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """Per-group counters, all kept as jobs change (cheap to poll)."""
+        groups = set(self.known_groups) | set(self.ready) | set(self.workers.by_group) | set(self.dead)
+        groups.discard("")
+        per: dict[str, dict[str, Any]] = {}
+        for name in sorted(groups):
+            counts = self.counters.get(name, {})
+            members = self.workers.in_group(name)
+            per[name] = {"pending": 0, "scheduled": 0, "running": 0,
+                         "completed": counts.get("completed", 0), "failed": counts.get("failed", 0),
+                         "retried": counts.get("retried", 0), "dead": len(self.dead.get(name, ())),
+                         "workers": len(members), "free_slots": sum(max(0, w.credit) for w in members),
+                         "oldest_pending_s": 0.0, "state": "warm" if members else "cold"}
+        now = self.clock.wall_ms()
+        for job in self.jobs.values():
+            if job.group in per:
+                per[job.group][job.state] += 1
+        for name, queue in self.ready.items():
+            head = queue.peek()
+            if head is not None and name in per:
+                per[name]["oldest_pending_s"] = max(0.0, (now - self.jobs[head].created_ms) / 1000)
+        return per
+
+    def _on_dead(self, identity: bytes, body: dict[str, Any]) -> None:
+        rid = field(body, "rid", int)
+        group = field(body, "group", str, None)
+        limit = field(body, "limit", int, MAX_LIST)
+        groups = [group] if group is not None else sorted(self.dead)
+        out: list[dict[str, Any]] = []
+        for name in groups:
+            for job_id in sorted(self.dead.get(name, ())):
+                record = self.record_of(job_id)
+                if record is not None and len(out) < limit:
+                    out.append(record)
+        self.reply(identity, rid, jobs=out)
+
+    def _on_requeue(self, identity: bytes, body: dict[str, Any]) -> None:
+        rid = field(body, "rid", int)
+        ids = field(body, "ids", list, [])
+        if field(body, "all", bool, False):
+            group = field(body, "group", str, None)
+            ids = [i for g, members in self.dead.items() if group in (None, g) for i in sorted(members)]
+        requeued: list[bytes] = []
+        for job_id in ids:
+            if isinstance(job_id, bytes) and self._requeue(job_id):
+                requeued.append(job_id)
+        self.reply(identity, rid, requeued=requeued)
+
+    def _requeue(self, job_id: bytes) -> bool:
+        record = self.store.get_job(job_id)
+        if record is None or record.get("state") != J.DEAD:
+            return False
+        job = J.Job.from_record(record)
+        job.move("requeue")
+        job.attempts = 0  # a fresh retry budget
+        job.error = job.error_kind = job.traceback = None
+        job.finished_ms = 0
+        job.token = 0
+        self.dead.get(job.group, set()).discard(job_id)
+        self.jobs[job_id] = job
+        self._save(job, "requeue", {"state": job.state, "attempts": 0, "error": None, "error_kind": None,
+                                    "traceback": None, "finished_ms": 0, "token": 0})
+        self._queue(job)
+        return True
+
+    def _on_jobs(self, identity: bytes, body: dict[str, Any]) -> None:
+        rid = field(body, "rid", int)
+        state = field(body, "state", str, None)
+        group = field(body, "group", str, None)
+        limit = min(field(body, "limit", int, 100), MAX_LIST)
+        out: list[dict[str, Any]] = []
+        for job in sorted(self.jobs.values(), key=lambda j: j.seq):
+            if len(out) >= limit:
+                break
+            if state in (None, job.state) and group in (None, job.group):
+                view = J.public_view(job.to_record())
+                view.pop("payload", None)
+                out.append(view)
+        self.reply(identity, rid, jobs=out)

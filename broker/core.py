@@ -1,0 +1,304 @@
+"""The broker's decisions, with no sockets in them.
+
+``handle(identity, frames)`` and ``tick()`` change the in-memory state and record
+what must be written (``batch``) and what must be sent (``outbox``). The shell in
+``server.py`` commits the batch in one synced transaction and only then sends the
+outbox: nothing leaves the broker before the state that explains it is durable.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from shoal import jobs as J
+from shoal import protocol as P
+from shoal.conf.settings import GroupSettings, Settings
+from shoal.errors import ProtocolError
+from shoal.ids import id_to_str
+
+from .queues import ReadyQueue, Schedule
+from .store import Batch, Store
+from .workers import WorkerInfo, WorkerRegistry
+
+log = logging.getLogger("shoal.broker")
+
+
+class Clock:
+    """Wall time for what is stored and what people read; monotonic time for deadlines."""
+
+    def wall_ms(self) -> int:
+        return time.time_ns() // 1_000_000
+
+    def mono(self) -> float:
+        return time.monotonic()
+
+
+@dataclass
+class Outgoing:
+    """One message to send after the commit; ``job_ids`` are dispatches to undo if it fails."""
+
+    identity: bytes
+    frames: list[bytes]
+    job_ids: tuple[bytes, ...] = ()
+
+
+class BrokerCore:
+    """All broker state and the rules that change it (message handlers are in mixins)."""
+
+    def __init__(self, store: Store, settings: Settings, clock: Clock | None = None) -> None:
+        self.store = store
+        self.settings = settings
+        self.clock = clock or Clock()
+        self.max_message_bytes = settings.broker.max_message_bytes
+        self.heartbeat_s = settings.broker.heartbeat_interval_s
+        self.jobs: dict[bytes, J.Job] = {}            # active jobs only
+        self.ready: dict[str, ReadyQueue] = {}
+        self.schedule = Schedule()
+        self.unrouted: dict[str, list[bytes]] = {}    # workflow -> job ids
+        self.workers = WorkerRegistry()
+        self.routes: dict[str, dict[str, Any]] = {}
+        self.orphans: dict[bytes, float] = {}         # running at start, no worker yet -> deadline
+        self.waiters: dict[bytes, dict[tuple[bytes, int], None]] = {}
+        self.dead: dict[str, set[bytes]] = {}
+        self.counters: dict[str, dict[str, int]] = {}
+        self.known_groups: set[str] = set(settings.groups)
+        self.batch = Batch()
+        self.outbox: list[Outgoing] = []
+        self._seq = 0
+        self._last_heartbeat = 0.0
+        self._next_expiry = 0.0
+        self._handlers: dict[bytes, Callable[[bytes, dict[str, Any]], None]] = self.handlers()
+
+    def handlers(self) -> dict[bytes, Callable[[bytes, dict[str, Any]], None]]:
+        """Command -> method; the mixins add theirs."""
+        return {}
+
+    # --- start -----------------------------------------------------------------
+    def load(self) -> None:
+        """Rebuild the in-memory indexes from storage after a (re)start."""
+        self._seq = self.store.next_seq
+        self.routes = self.store.routes()
+        self.counters = self.store.counters()
+        self.known_groups.update(self.counters)
+        orphan_deadline = self.clock.mono() + max(g.lease_s for g in [self.settings.defaults, *self.settings.groups.values()])
+        for record in self.store.iter_jobs():
+            job = J.Job.from_record(record)
+            self._seq = max(self._seq, job.seq + 1)
+            if job.state == J.DEAD:
+                self.dead.setdefault(job.group, set()).add(job.id)
+            if job.state not in J.ACTIVE_STATES:
+                continue
+            self.jobs[job.id] = job
+            if job.group:
+                self.known_groups.add(job.group)
+            if job.state == J.PENDING:
+                self._queue(job)
+            elif job.state == J.SCHEDULED:
+                self.schedule.add(job.id, job.due_ms)
+            else:  # running when we stopped: its worker may come back and finish it
+                self.orphans[job.id] = orphan_deadline
+        log.info("loaded %d active jobs (%d running from before the restart)", len(self.jobs), len(self.orphans))
+
+    # --- helpers ---------------------------------------------------------------
+    def group_settings(self, group: str) -> GroupSettings:
+        return self.settings.group(group)
+
+    def _save(self, job: J.Job, op: str, changes: dict[str, Any]) -> None:
+        self.batch.jobs[job.id] = job.to_record()
+        self.batch.log.append((op, job.id, changes))
+
+    def _count(self, group: str, name: str, n: int = 1) -> None:
+        counts = self.counters.setdefault(group, {})
+        counts[name] = counts.get(name, 0) + n
+        self.batch.counters[group] = counts
+
+    def _queue(self, job: J.Job, front: bool = False) -> None:
+        if not job.group:
+            self.unrouted.setdefault(job.workflow, []).append(job.id)
+            return
+        queue = self.ready.get(job.group)
+        if queue is None:
+            queue = self.ready[job.group] = ReadyQueue()
+        if front:
+            queue.push_front(job.id, job.priority)
+        else:
+            queue.push(job.id, job.seq, job.priority)
+
+    def reply(self, identity: bytes, rid: Any, **body: Any) -> None:
+        body["rid"] = rid
+        self.outbox.append(Outgoing(identity, P.encode(P.REPLY, body)))
+
+    def error(self, identity: bytes, rid: Any, code: str, message: str) -> None:
+        self.outbox.append(Outgoing(identity, P.encode(P.ERROR, {"rid": rid, "code": code, "message": message})))
+
+    def max_retries(self, job: J.Job) -> int:
+        if job.max_retries is not None:
+            return job.max_retries
+        route = self.routes.get(job.workflow)
+        if route is not None and route.get("retries") is not None:
+            return int(route["retries"])
+        return self.group_settings(job.group).retries
+
+    def take(self) -> tuple[Batch, list[Outgoing]]:
+        """What this pass decided: the writes, then the messages."""
+        batch, outbox = self.batch, self.outbox
+        self.batch, self.outbox = Batch(), []
+        return batch, outbox
+
+    # --- entry points ----------------------------------------------------------
+    def handle(self, identity: bytes, frames: list[bytes]) -> None:
+        """Act on one message from a client or worker. A bad one gets an error reply."""
+        rid = None
+        try:
+            command, body = P.decode(frames, self.max_message_bytes)
+            rid = body.get("rid")
+            handler = self._handlers.get(command)
+            if handler is None:
+                raise ProtocolError(f"{command.decode()} is not a command the broker accepts", command)
+            handler(identity, body)
+        except ProtocolError as exc:
+            code = getattr(exc, "code", P.E_PROTOCOL)
+            log.warning("bad message from %s: %s", identity.hex(), exc.reason)
+            self.error(identity, rid, code, exc.reason)
+
+    def tick(self) -> None:
+        """Timers: due jobs, silent workers, orphaned leases, expiry, heartbeats; then dispatch."""
+        now = self.clock.mono()
+        wall = self.clock.wall_ms()
+        for job_id in self.schedule.pop_due(wall):
+            job = self.jobs[job_id]
+            job.move("due")
+            self._save(job, "due", {"state": job.state})
+            self._queue(job)
+        for worker in self.workers.silent_since(lambda w: now - w.lease_s):
+            log.warning("worker %s (%s) went silent; releasing %d leases", worker.name, worker.group, len(worker.leases))
+            self._drop_worker(worker.identity, J.KIND_WORKER_LOST)
+        for job_id, deadline in list(self.orphans.items()):
+            if deadline <= now:
+                del self.orphans[job_id]
+                self._release(self.jobs[job_id], charge=False, why="orphan")
+        if now >= self._next_expiry:
+            self._next_expiry = now + 1.0
+            self._expire(wall)
+        if now - self._last_heartbeat >= self.heartbeat_s:
+            self._last_heartbeat = now
+            frames = P.encode(P.HEARTBEAT, {})
+            for worker in self.workers:
+                self.outbox.append(Outgoing(worker.identity, frames))
+        self.dispatch()
+
+    def next_wakeup_s(self) -> float:
+        """How long the loop may sleep: the next heartbeat or the next due job."""
+        wait = self.heartbeat_s - (self.clock.mono() - self._last_heartbeat)
+        due = self.schedule.next_due_ms()
+        if due is not None:
+            wait = min(wait, (due - self.clock.wall_ms()) / 1000)
+        return max(0.0, wait)
+
+    def undeliverable(self, out: Outgoing) -> None:
+        """A send failed (the peer is gone): undo its dispatches, forget the worker."""
+        if self.workers.get(out.identity) is None:
+            return
+        worker = self.workers.get(out.identity)
+        assert worker is not None
+        for job_id in out.job_ids:  # never reached the worker: no attempt spent
+            if worker.leases.pop(job_id, None) is not None:
+                self._release(self.jobs[job_id], charge=False, why="undeliverable")
+        self._drop_worker(out.identity, J.KIND_WORKER_LOST)
+
+    # --- dispatch ----------------------------------------------------------------
+    def dispatch(self) -> None:
+        """Send ready jobs to workers of their group, never beyond a worker's credit."""
+        for group, queue in self.ready.items():
+            if not queue:
+                continue
+            for worker in self.workers.in_group(group):
+                credit = worker.credit
+                if credit <= 0:
+                    continue
+                batch: list[dict[str, Any]] = []
+                while credit > 0:
+                    job_id = queue.pop()
+                    if job_id is None:
+                        break
+                    batch.append(self._lease(self.jobs[job_id], worker))
+                    credit -= 1
+                if batch:
+                    ids = tuple(item["id"] for item in batch)
+                    self.outbox.append(Outgoing(worker.identity, P.encode(P.JOB, {"jobs": batch}), ids))
+                if not queue:
+                    break
+
+    def _lease(self, job: J.Job, worker: WorkerInfo) -> dict[str, Any]:
+        job.move("dispatch")
+        job.attempts += 1
+        job.token = random.getrandbits(62)
+        job.worker = worker.name
+        job.started_ms = self.clock.wall_ms()
+        worker.leases[job.id] = job.token
+        self._save(job, "dispatch", {"state": job.state, "attempts": job.attempts, "token": job.token,
+                                     "worker": job.worker, "started_ms": job.started_ms})
+        return {"id": job.id, "token": job.token, "wf": job.workflow, "payload": job.payload,
+                "attempt": job.attempts, "max_retries": self.max_retries(job)}
+
+    def _release(self, job: J.Job, charge: bool, why: str) -> None:
+        """A running job lost its worker: back to the front, or dead when its attempts are spent."""
+        self.orphans.pop(job.id, None)
+        if not charge:
+            job.attempts = max(0, job.attempts - 1)
+        if charge and job.attempts > self.max_retries(job):
+            self._finish_failed(job, "bury", J.KIND_WORKER_LOST,
+                                f"the worker running it was lost ({why}) on each of {job.attempts} attempts", None)
+            return
+        job.move("release")
+        job.token = 0
+        self._save(job, "release", {"state": job.state, "attempts": job.attempts, "token": 0, "why": why})
+        self._queue(job, front=True)
+
+    def _drop_worker(self, identity: bytes, why: str) -> None:
+        worker = self.workers.remove(identity)
+        if worker is None:
+            return
+        for job_id in list(worker.leases):
+            job = self.jobs.get(job_id)
+            if job is not None and job.state == J.RUNNING and job.token == worker.leases[job_id]:
+                self._release(job, charge=True, why=why)
+        worker.leases.clear()
+
+    # --- finishing --------------------------------------------------------------
+    def _finish(self, job: J.Job) -> None:
+        """Move a final job out of memory; its record stays in storage until it expires."""
+        self.jobs.pop(job.id, None)
+        self.orphans.pop(job.id, None)
+        if job.state != J.DEAD:
+            job.expire_ms = job.finished_ms + int(self.group_settings(job.group).retention_s * 1000)
+            self.batch.expiry_add.append((job.expire_ms, job.id))
+        self.batch.jobs[job.id] = job.to_record()
+        waiting = self.waiters.pop(job.id, None)
+        if waiting:
+            view = J.public_view(job.to_record())
+            for identity, rid in waiting:
+                self.reply(identity, rid, job=view)
+
+    def _finish_failed(self, job: J.Job, event: str, kind: str, error: str, tb: str | None) -> None:
+        job.move(event)
+        job.finished_ms = self.clock.wall_ms()
+        job.error, job.error_kind, job.traceback = error, kind, tb
+        self._count(job.group, "dead")
+        self.dead.setdefault(job.group, set()).add(job.id)
+        self.batch.log.append(("dead", job.id, {"state": job.state, "error": error, "error_kind": kind,
+                                                 "traceback": tb, "finished_ms": job.finished_ms,
+                                                 "attempts": job.attempts}))
+        log.info("job %s (%s) is dead: %s", id_to_str(job.id), job.workflow, error)
+        self._finish(job)
+
+    def _expire(self, wall_ms: int) -> None:
+        for expire_ms, job_id in self.store.expired(wall_ms):
+            self.batch.expiry_del.append((expire_ms, job_id))
+            if job_id in self.jobs:  # requeued meanwhile; not ours to drop
+                continue
+            self.batch.jobs[job_id] = None
+            self.batch.log.append(("expire", job_id, {}))

@@ -1,0 +1,102 @@
+"""In-memory indexes over the active jobs; rebuilt from the jobs table at start."""
+from __future__ import annotations
+
+import heapq
+import itertools
+
+
+class ReadyQueue:
+    """The pending jobs of one group: higher priority first, then first in, first out.
+
+    A job handed back (lease lost, worker drained) goes to the front: its order key is
+    taken from a counter that runs below every arrival sequence.
+    """
+
+    __slots__ = ("_heap", "_front", "_live")
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, int, bytes]] = []
+        self._front = itertools.count(-1, -1)
+        self._live: set[bytes] = set()
+
+    def push(self, job_id: bytes, seq: int, priority: int = 0) -> None:
+        """Queue behind the jobs of the same priority."""
+        heapq.heappush(self._heap, (-priority, seq, job_id))
+        self._live.add(job_id)
+
+    def push_front(self, job_id: bytes, priority: int = 0) -> None:
+        """Queue ahead of every job of the same priority."""
+        heapq.heappush(self._heap, (-priority, next(self._front), job_id))
+        self._live.add(job_id)
+
+    def pop(self) -> bytes | None:
+        """The next job id, or None when empty."""
+        while self._heap:
+            _, _, job_id = heapq.heappop(self._heap)
+            if job_id in self._live:
+                self._live.discard(job_id)
+                return job_id
+        return None
+
+    def peek(self) -> bytes | None:
+        """The next job id without taking it."""
+        while self._heap:
+            job_id = self._heap[0][2]
+            if job_id in self._live:
+                return job_id
+            heapq.heappop(self._heap)
+        return None
+
+    def remove(self, job_id: bytes) -> bool:
+        """Drop a job (cancel); lazily removed from the heap."""
+        if job_id in self._live:
+            self._live.discard(job_id)
+            return True
+        return False
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def __contains__(self, job_id: bytes) -> bool:
+        return job_id in self._live
+
+
+class Schedule:
+    """Jobs waiting for a due time (delay=, retry backoff), soonest first."""
+
+    __slots__ = ("_heap", "_live")
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, bytes]] = []
+        self._live: dict[bytes, int] = {}
+
+    def add(self, job_id: bytes, due_ms: int) -> None:
+        """Wake this job at ``due_ms`` (wall clock, ms)."""
+        heapq.heappush(self._heap, (due_ms, job_id))
+        self._live[job_id] = due_ms
+
+    def remove(self, job_id: bytes) -> bool:
+        """Forget a job (cancel)."""
+        return self._live.pop(job_id, None) is not None
+
+    def next_due_ms(self) -> int | None:
+        """When the soonest job is due, or None."""
+        while self._heap:
+            due_ms, job_id = self._heap[0]
+            if self._live.get(job_id) == due_ms:
+                return due_ms
+            heapq.heappop(self._heap)
+        return None
+
+    def pop_due(self, now_ms: int) -> list[bytes]:
+        """Every job due at ``now_ms``, soonest first."""
+        out: list[bytes] = []
+        while self._heap and self._heap[0][0] <= now_ms:
+            due_ms, job_id = heapq.heappop(self._heap)
+            if self._live.get(job_id) == due_ms:
+                del self._live[job_id]
+                out.append(job_id)
+        return out
+
+    def __len__(self) -> int:
+        return len(self._live)

@@ -1,0 +1,184 @@
+"""LMDB storage: the only module that imports lmdb.
+
+One environment, named databases, one synced write transaction per batch of broker
+decisions (group commit). Every state change in a batch is written twice in that same
+transaction: to the state tables and, as an entry, to the append-only ``log``, which
+is enough to rebuild every job (``broker replay`` builds on it).
+
+Tables:
+    jobs      id(16)                 -> job record (msgpack map)
+    log       seq(8, big-endian)     -> [wall_ms, op, id, changes]
+    expiry    expire_ms(8) + id(16)  -> b""       finished jobs, by when they go
+    routes    workflow name (utf-8)  -> {group, retries}
+    counters  group name (utf-8)     -> {completed, failed, retried}
+    meta      name                   -> value (schema version)
+"""
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import lmdb
+
+from shoal.errors import StorageFull
+from shoal.protocol import pack, unpack
+
+SCHEMA_VERSION = 1
+_U64 = struct.Struct(">Q")
+_MAX_MAP_BYTES = 1 << 40
+
+
+@dataclass
+class Batch:
+    """Writes decided during one pass of the broker loop, committed together."""
+
+    jobs: dict[bytes, dict[str, Any] | None] = field(default_factory=dict)  # None deletes
+    log: list[tuple[str, bytes, dict[str, Any]]] = field(default_factory=list)
+    expiry_add: list[tuple[int, bytes]] = field(default_factory=list)
+    expiry_del: list[tuple[int, bytes]] = field(default_factory=list)
+    routes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    counters: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.jobs or self.log or self.expiry_add or self.expiry_del or self.routes or self.counters)
+
+
+class Store:
+    """The broker's LMDB environment."""
+
+    def __init__(self, path: str, map_size_mb: int = 1024) -> None:
+        os.makedirs(path, exist_ok=True)
+        self.path = path
+        self.env = lmdb.open(
+            path,
+            map_size=map_size_mb * 1024 * 1024,
+            max_dbs=16,
+            sync=True,       # an ack is sent only after fsync: nothing acknowledged is lost
+            metasync=True,
+            writemap=False,
+            max_readers=126,
+        )
+        self.env.reader_check()  # clear slots of readers that died
+        self._jobs = self.env.open_db(b"jobs")
+        self._log = self.env.open_db(b"log")
+        self._expiry = self.env.open_db(b"expiry")
+        self._routes = self.env.open_db(b"routes")
+        self._counters = self.env.open_db(b"counters")
+        self._meta = self.env.open_db(b"meta")
+        self.next_seq = self._load_next_seq()
+        self._check_schema()
+
+    # --- reading --------------------------------------------------------------
+    def _check_schema(self) -> None:
+        with self.env.begin(write=True) as txn:
+            raw = txn.get(b"schema", db=self._meta)
+            if raw is None:
+                txn.put(b"schema", pack(SCHEMA_VERSION), db=self._meta)
+                return
+            found = unpack(raw)
+        if found > SCHEMA_VERSION:
+            from shoal.errors import ShoalError
+
+            raise ShoalError(
+                f"{self.path} was written by a newer Shoal (schema {found}, this is {SCHEMA_VERSION}); refusing to open it"
+            )
+
+    def _load_next_seq(self) -> int:
+        with self.env.begin() as txn:
+            cur = txn.cursor(db=self._log)
+            if cur.last():
+                return int(_U64.unpack(cur.key())[0]) + 1
+        return 1
+
+    def get_job(self, job_id: bytes) -> dict[str, Any] | None:
+        """The stored record of one job, or None."""
+        with self.env.begin(buffers=False) as txn:
+            raw = txn.get(job_id, db=self._jobs)
+        return None if raw is None else unpack(raw)
+
+    def has_jobs(self, job_ids: list[bytes]) -> set[bytes]:
+        """Which of these ids are stored."""
+        with self.env.begin() as txn:
+            return {j for j in job_ids if txn.get(j, db=self._jobs) is not None}
+
+    def iter_jobs(self) -> Iterator[dict[str, Any]]:
+        """Every stored job record (used once at start to rebuild the in-memory queues)."""
+        with self.env.begin() as txn:
+            for _, raw in txn.cursor(db=self._jobs):
+                yield unpack(raw)
+
+    def routes(self) -> dict[str, dict[str, Any]]:
+        """The routing table learned from workers' HELLOs."""
+        with self.env.begin() as txn:
+            return {k.decode(): unpack(v) for k, v in txn.cursor(db=self._routes)}
+
+    def counters(self) -> dict[str, dict[str, int]]:
+        """Cumulative per-group counters."""
+        with self.env.begin() as txn:
+            return {k.decode(): unpack(v) for k, v in txn.cursor(db=self._counters)}
+
+    def expired(self, now_ms: int, limit: int = 1000) -> list[tuple[int, bytes]]:
+        """Finished jobs whose retention ended, oldest first."""
+        out: list[tuple[int, bytes]] = []
+        with self.env.begin() as txn:
+            cur = txn.cursor(db=self._expiry)
+            for key in cur.iternext(keys=True, values=False):
+                expire_ms = _U64.unpack(key[:8])[0]
+                if expire_ms > now_ms or len(out) >= limit:
+                    break
+                out.append((expire_ms, bytes(key[8:])))
+        return out
+
+    def iter_log(self, start_seq: int = 1) -> Iterator[tuple[int, list[Any]]]:
+        """Log entries from ``start_seq`` on: (seq, [wall_ms, op, id, changes])."""
+        with self.env.begin() as txn:
+            cur = txn.cursor(db=self._log)
+            if not cur.set_range(_U64.pack(start_seq)):
+                return
+            for key, raw in cur:
+                yield _U64.unpack(key)[0], unpack(raw)
+
+    # --- writing --------------------------------------------------------------
+    def commit(self, batch: Batch, wall_ms: int) -> None:
+        """Write one batch in one synced transaction; grows the map when it is full."""
+        if not batch:
+            return
+        while True:
+            try:
+                self._write(batch, wall_ms)
+                return
+            except lmdb.MapFullError:
+                self._grow()
+
+    def _grow(self) -> None:
+        size = self.env.info()["map_size"]
+        if size * 2 > _MAX_MAP_BYTES:
+            raise StorageFull(f"LMDB map at {self.path} reached {size} bytes")
+        self.env.set_mapsize(size * 2)
+
+    def _write(self, batch: Batch, wall_ms: int) -> None:
+        seq = self.next_seq
+        with self.env.begin(write=True) as txn:
+            for job_id, record in batch.jobs.items():
+                if record is None:
+                    txn.delete(job_id, db=self._jobs)
+                else:
+                    txn.put(job_id, pack(record), db=self._jobs)
+            for op, job_id, changes in batch.log:
+                txn.put(_U64.pack(seq), pack([wall_ms, op, job_id, changes]), db=self._log, append=True)
+                seq += 1
+            for expire_ms, job_id in batch.expiry_del:
+                txn.delete(_U64.pack(expire_ms) + job_id, db=self._expiry)
+            for expire_ms, job_id in batch.expiry_add:
+                txn.put(_U64.pack(expire_ms) + job_id, b"", db=self._expiry)
+            for name, route in batch.routes.items():
+                txn.put(name.encode(), pack(route), db=self._routes)
+            for group, counts in batch.counters.items():
+                txn.put(group.encode(), pack(counts), db=self._counters)
+        self.next_seq = seq
+
+    def close(self) -> None:
+        """Close the environment."""
+        self.env.close()

@@ -1,0 +1,65 @@
+"""The broker's view of connected workers: group, advertised slots, leases, liveness."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class WorkerInfo:
+    """One connected worker process."""
+
+    identity: bytes
+    group: str
+    name: str                      # host:pid, for people and logs
+    slots: int                     # free slots the worker advertised (credit)
+    lease_s: float                 # silent this long: declared dead
+    last_seen: float               # monotonic
+    workflows: tuple[str, ...] = ()
+    pid: int = 0
+    host: str = ""
+    server: str = ""
+    leases: dict[bytes, int] = field(default_factory=dict)  # job id -> token
+    jobs_done: int = 0
+
+    @property
+    def credit(self) -> int:
+        """How many more jobs it may be sent now."""
+        return self.slots - len(self.leases)
+
+
+class WorkerRegistry:
+    """Workers by identity and by group, in the order they joined (round-robin)."""
+
+    def __init__(self) -> None:
+        self.by_identity: dict[bytes, WorkerInfo] = {}
+        self.by_group: dict[str, list[WorkerInfo]] = {}
+
+    def add(self, worker: WorkerInfo) -> None:
+        """Register a worker (replacing one with the same identity)."""
+        self.remove(worker.identity)
+        self.by_identity[worker.identity] = worker
+        self.by_group.setdefault(worker.group, []).append(worker)
+
+    def remove(self, identity: bytes) -> WorkerInfo | None:
+        """Forget a worker; returns it so its leases can be released."""
+        worker = self.by_identity.pop(identity, None)
+        if worker is not None:
+            members = self.by_group.get(worker.group, [])
+            if worker in members:
+                members.remove(worker)
+        return worker
+
+    def get(self, identity: bytes) -> WorkerInfo | None:
+        """The worker with this identity, if connected."""
+        return self.by_identity.get(identity)
+
+    def in_group(self, group: str) -> list[WorkerInfo]:
+        """Connected workers of ``group``."""
+        return self.by_group.get(group, [])
+
+    def silent_since(self, cutoff_for: "callable[[WorkerInfo], float]") -> list[WorkerInfo]:  # type: ignore[valid-type]
+        """Workers whose last message is older than their own lease."""
+        return [w for w in self.by_identity.values() if w.last_seen < cutoff_for(w)]
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(list(self.by_identity.values()))

@@ -1,0 +1,254 @@
+"""``Client`` and ``AsyncClient``: enqueue jobs, wait for results, read stats."""
+from __future__ import annotations
+
+import asyncio
+import os
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from shoal import protocol as P
+from shoal.errors import PayloadError, WaitTimeout
+from shoal.ids import id_from_str, id_to_str, new_job_id
+from shoal.workflow import Workflow
+
+from .connection import Connection
+
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
+FINAL = frozenset({"completed", "dead", "cancelled"})
+
+
+@dataclass(frozen=True)
+class Result:
+    """A job as the broker reports it; ``value`` is decoded."""
+
+    id: str
+    status: str
+    value: Any = None
+    error: str | None = None
+    error_kind: str | None = None
+    traceback: str | None = None
+    attempts: int = 0
+    workflow: str = ""
+    group: str = ""
+    created_ms: int = 0
+    started_ms: int = 0
+    finished_ms: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """True when the job completed."""
+        return self.status == "completed"
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> "Result":
+        raw = record.get("value")
+        return cls(id=id_to_str(record["id"]), status=record["state"],
+                   value=None if raw is None else P.unpack(raw), error=record.get("error"),
+                   error_kind=record.get("error_kind"), traceback=record.get("traceback"),
+                   attempts=record.get("attempts", 0), workflow=record.get("workflow", ""),
+                   group=record.get("group", "") or "", created_ms=record.get("created_ms", 0),
+                   started_ms=record.get("started_ms", 0), finished_ms=record.get("finished_ms", 0))
+
+
+class Stats(dict):  # type: ignore[type-arg]
+    """Per-group counters, keyed by group; ``unrouted`` counts jobs per unknown workflow name."""
+
+    unrouted: dict[str, int]
+
+
+def _endpoint(endpoint: str | None) -> str:
+    return endpoint or os.environ.get("SHOAL_BROKER") or DEFAULT_ENDPOINT
+
+
+class _Requests:
+    """Builds request bodies and reads replies; shared by the sync and async clients."""
+
+    def __init__(self, endpoint: str | None, timeout: float, max_message_bytes: int) -> None:
+        self.endpoint = _endpoint(endpoint)
+        self.timeout = timeout
+        self.max_message_bytes = max_message_bytes
+        self.conn = Connection(self.endpoint)
+
+    def job_items(self, workflow: Workflow | str, payloads: Iterable[Any], group: str | None,
+                  delay: float | None, priority: int, key: str | None) -> list[dict[str, Any]]:
+        name, retries = (workflow.name, workflow.retries) if isinstance(workflow, Workflow) else (workflow, None)
+        if not isinstance(name, str) or not name:
+            raise PayloadError("workflow must be a @workflow object or a non-empty name")
+        if group is None and isinstance(workflow, Workflow):
+            group = workflow.group
+        items = []
+        for payload in payloads:
+            try:
+                packed = P.pack(payload)
+            except Exception as exc:
+                raise PayloadError(f"payload of type {type(payload).__name__} cannot be encoded with msgpack: {exc}") from None
+            item: dict[str, Any] = {"id": new_job_id(), "wf": name, "payload": packed}
+            if group is not None:
+                item["group"] = group
+            if delay:
+                item["delay_ms"] = int(delay * 1000)
+            if priority:
+                item["priority"] = priority
+            if retries is not None:
+                item["retries"] = retries
+            if key is not None:
+                item["key"] = key
+            items.append(item)
+        size = sum(len(i["payload"]) for i in items)
+        if size > self.max_message_bytes:
+            raise PayloadError(f"payloads total {size} bytes, over the limit of {self.max_message_bytes} bytes")
+        return items
+
+    def send(self, command: bytes, body: dict[str, Any], timeout: float | None = None,
+             is_wait: bool = False) -> "Future[dict[str, Any]]":
+        return self.conn.request(command, body, self.timeout if timeout is None else timeout, is_wait)
+
+
+class Client:
+    """Talk to a broker from plain (threaded) code. Safe to share between threads."""
+
+    def __init__(self, endpoint: str | None = None, timeout: float = 10.0,
+                 max_message_bytes: int = P.DEFAULT_MAX_MESSAGE_BYTES) -> None:
+        self._r = _Requests(endpoint, timeout, max_message_bytes)
+        self.endpoint = self._r.endpoint
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._r.conn.close()
+
+    def enqueue(self, workflow: Workflow | str, payload: Any = None, *, group: str | None = None,
+                delay: float | None = None, priority: int = 0, key: str | None = None) -> str:
+        """Enqueue one job; returns its id once the broker has committed it."""
+        return self.enqueue_many(workflow, [payload], group=group, delay=delay, priority=priority, key=key)[0]
+
+    def enqueue_many(self, workflow: Workflow | str, payloads: Iterable[Any], *, group: str | None = None,
+                     delay: float | None = None, priority: int = 0, key: str | None = None) -> list[str]:
+        """Enqueue many jobs in one round trip and one transaction."""
+        items = self._r.job_items(workflow, payloads, group, delay, priority, key)
+        if items:
+            self._r.send(P.ENQUEUE, {"jobs": items}).result()
+        return [id_to_str(i["id"]) for i in items]
+
+    def get(self, job_id: str) -> Result | None:
+        """The job's current state, or None if the broker has no such job."""
+        record = self._r.send(P.GET, {"ids": [id_from_str(job_id)]}).result()["jobs"][0]
+        return None if record is None else Result.from_record(record)
+
+    def wait(self, job_id: str, timeout: float | None = None) -> Result:
+        """Block until the job is final (pushed by the broker, never polled)."""
+        limit = self._r.timeout if timeout is None else timeout
+        fut = self._r.send(P.WAIT, {"id": id_from_str(job_id)}, limit, is_wait=True)
+        try:
+            return Result.from_record(fut.result()["job"])
+        except WaitTimeout as exc:
+            raise WaitTimeout(f"job {job_id} did not finish within {limit}s") from exc
+
+    def stats(self) -> Stats:
+        """Per-group counters (cheap: the broker keeps them as jobs change)."""
+        body = self._r.send(P.STATS, {}).result()
+        out = Stats(body["groups"])
+        out.unrouted = body.get("unrouted", {})
+        return out
+
+    def dead_letters(self, group: str | None = None, limit: int = 1000) -> list[Result]:
+        """Jobs that ran out of retries (or failed permanently), all groups unless ``group``."""
+        body: dict[str, Any] = {"limit": limit}
+        if group is not None:
+            body["group"] = group
+        return [Result.from_record(r) for r in self._r.send(P.DEAD, body).result()["jobs"]]
+
+    def requeue(self, job_id: str) -> bool:
+        """Put a dead job back in its queue with a fresh retry budget; False if it is not dead."""
+        return bool(self._r.send(P.REQUEUE, {"ids": [id_from_str(job_id)]}).result()["requeued"])
+
+    def requeue_all(self, group: str | None = None) -> int:
+        """Requeue every dead job (of ``group``); returns how many."""
+        body: dict[str, Any] = {"all": True}
+        if group is not None:
+            body["group"] = group
+        return len(self._r.send(P.REQUEUE, body).result()["requeued"])
+
+    def jobs(self, state: str | None = None, group: str | None = None, limit: int = 100) -> list[Result]:
+        """Active jobs (pending, scheduled, running), oldest first."""
+        body: dict[str, Any] = {"limit": limit}
+        if state:
+            body["state"] = state
+        if group:
+            body["group"] = group
+        return [Result.from_record(r) for r in self._r.send(P.JOBS, body).result()["jobs"]]
+
+
+class AsyncClient:
+    """The same API for asyncio code; concurrent calls are pipelined on one socket."""
+
+    def __init__(self, endpoint: str | None = None, timeout: float = 10.0,
+                 max_message_bytes: int = P.DEFAULT_MAX_MESSAGE_BYTES) -> None:
+        self._r = _Requests(endpoint, timeout, max_message_bytes)
+        self.endpoint = self._r.endpoint
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the connection."""
+        await asyncio.get_running_loop().run_in_executor(None, self._r.conn.close)
+
+    async def _send(self, command: bytes, body: dict[str, Any], timeout: float | None = None,
+                    is_wait: bool = False) -> dict[str, Any]:
+        return await asyncio.wrap_future(self._r.send(command, body, timeout, is_wait))
+
+    async def enqueue(self, workflow: Workflow | str, payload: Any = None, *, group: str | None = None,
+                      delay: float | None = None, priority: int = 0, key: str | None = None) -> str:
+        """Enqueue one job; returns its id once the broker has committed it."""
+        ids = await self.enqueue_many(workflow, [payload], group=group, delay=delay, priority=priority, key=key)
+        return ids[0]
+
+    async def enqueue_many(self, workflow: Workflow | str, payloads: Iterable[Any], *, group: str | None = None,
+                           delay: float | None = None, priority: int = 0, key: str | None = None) -> list[str]:
+        """Enqueue many jobs in one round trip and one transaction."""
+        items = self._r.job_items(workflow, payloads, group, delay, priority, key)
+        if items:
+            await self._send(P.ENQUEUE, {"jobs": items})
+        return [id_to_str(i["id"]) for i in items]
+
+    async def get(self, job_id: str) -> Result | None:
+        """The job's current state, or None."""
+        record = (await self._send(P.GET, {"ids": [id_from_str(job_id)]}))["jobs"][0]
+        return None if record is None else Result.from_record(record)
+
+    async def wait(self, job_id: str, timeout: float | None = None) -> Result:
+        """Wait until the job is final."""
+        limit = self._r.timeout if timeout is None else timeout
+        try:
+            body = await self._send(P.WAIT, {"id": id_from_str(job_id)}, limit, is_wait=True)
+        except WaitTimeout as exc:
+            raise WaitTimeout(f"job {job_id} did not finish within {limit}s") from exc
+        return Result.from_record(body["job"])
+
+    async def stats(self) -> Stats:
+        """Per-group counters."""
+        body = await self._send(P.STATS, {})
+        out = Stats(body["groups"])
+        out.unrouted = body.get("unrouted", {})
+        return out
+
+    async def dead_letters(self, group: str | None = None, limit: int = 1000) -> list[Result]:
+        """Dead jobs, all groups unless ``group``."""
+        body: dict[str, Any] = {"limit": limit}
+        if group is not None:
+            body["group"] = group
+        return [Result.from_record(r) for r in (await self._send(P.DEAD, body))["jobs"]]
+
+    async def requeue(self, job_id: str) -> bool:
+        """Requeue a dead job with a fresh retry budget."""
+        return bool((await self._send(P.REQUEUE, {"ids": [id_from_str(job_id)]}))["requeued"])

@@ -1,0 +1,69 @@
+"""The frozen settings objects that components take (config is constructor arguments)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DEFAULT_BIND = "tcp://127.0.0.1:5555"
+DEFAULT_DATA = ".shoal"
+DEFAULT_GROUP = "default"
+
+
+@dataclass(frozen=True)
+class GroupSettings:
+    """Effective settings of one worker group (after the precedence chain)."""
+
+    name: str = DEFAULT_GROUP
+    app: tuple[str, ...] = ()          # modules a worker of this group imports
+    workers: int = 0                   # always-on processes; 0 = scale to zero
+    max_workers: int = 1               # cap for scale-up of a scaled-to-zero group
+    concurrency: int = 10              # parallel runs per worker process
+    retries: int = 3                   # retries after the first attempt
+    backoff_s: float = 1.0             # first retry delay; doubles with jitter
+    backoff_max_s: float = 300.0
+    idle_timeout_s: float = 60.0
+    lease_s: float = 10.0              # a worker silent this long loses its leases
+    grace_s: float = 30.0              # drain time on SIGTERM
+    nice: int = 0
+    max_jobs: int = 0                  # recycle a worker after this many jobs (0 = never)
+    max_memory_mb: int = 0             # recycle a worker above this RSS (0 = never)
+    retention_s: float = 86400.0       # finished jobs and results are kept this long
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    """Settings of the broker process."""
+
+    bind: str = DEFAULT_BIND
+    data: str = DEFAULT_DATA
+    max_message_bytes: int = 16 * 1024 * 1024
+    heartbeat_interval_s: float = 1.0
+    map_size_mb: int = 1024            # initial LMDB map; it grows on demand
+    supervise: bool = True
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything read from shoal.toml, the environment and the flags."""
+
+    server: str = "localhost"
+    broker: BrokerSettings = field(default_factory=BrokerSettings)
+    # built-ins, [workflows], [servers.<name>.workflows] and the group flags applied:
+    # what a group named nowhere in the file gets
+    defaults: GroupSettings = field(default_factory=GroupSettings)
+    groups: dict[str, GroupSettings] = field(default_factory=dict)   # every named group
+    sources: dict[str, dict[str, str]] = field(default_factory=dict)  # group -> key -> source
+    path: str | None = None                                          # the file read, if any
+    cron: dict[str, dict[str, object]] = field(default_factory=dict)  # [cron.<name>], type-checked
+    # server -> groups its [servers.<name>.workflows.<group>] blocks name that no
+    # [workflows.<group>] defines (other servers only): reported by `config --show`
+    unknown_server_groups: dict[str, list[str]] = field(default_factory=dict)
+    broker_sources: dict[str, str] = field(default_factory=dict)     # broker key -> source
+
+    def group(self, name: str) -> GroupSettings:
+        """Effective settings for ``name``; a group absent from the file inherits the defaults."""
+        found = self.groups.get(name)
+        if found is not None:
+            return found
+        from dataclasses import replace
+
+        return replace(self.defaults, name=name)

@@ -1,0 +1,59 @@
+"""Every error Shoal raises, under one root, split by who is at fault."""
+from __future__ import annotations
+
+
+class ShoalError(Exception):
+    """Root of every error Shoal raises."""
+
+
+# --- the caller's fault -------------------------------------------------------
+class PayloadError(ShoalError, ValueError):
+    """A payload or result that msgpack cannot encode, or that is over the size limit."""
+
+
+class UnknownWorkflow(ShoalError, LookupError):
+    """A workflow name that no worker of the group has registered."""
+
+
+class UnknownJob(ShoalError, LookupError):
+    """A job id the broker has no record of (never sent, or expired)."""
+
+
+class ConfigError(ShoalError, ValueError):
+    """A config file, environment variable or flag that does not make sense."""
+
+
+class Permanent(ShoalError):
+    """Raised by a handler to fail its job now, skipping the remaining retries."""
+
+
+# --- a peer's fault -----------------------------------------------------------
+class ProtocolError(ShoalError):
+    """A message that does not follow the wire protocol; carries what was received."""
+
+    def __init__(self, reason: str, received: object = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.received = received
+
+
+class RemoteError(ShoalError):
+    """The broker refused a request and said why."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+# --- the system's fault -------------------------------------------------------
+class BrokerUnreachable(ShoalError, TimeoutError):
+    """The broker did not answer in time; the message names the endpoint."""
+
+
+class WaitTimeout(ShoalError, TimeoutError):
+    """A job did not reach a final status within the wait timeout."""
+
+
+class StorageFull(ShoalError):
+    """The broker's storage is full; the job was not accepted."""

@@ -1,0 +1,114 @@
+"""The job record and its lifecycle: one transition table, no I/O.
+
+    pending   --dispatch-->  running
+    running   --complete-->  completed
+    running   --retry----->  scheduled      (a failed attempt with retries left)
+    running   --bury------>  dead           (out of retries, Permanent, or worker_lost)
+    running   --release--->  pending        (lease lost or handed back; front of queue)
+    scheduled --due------->  pending
+    dead      --requeue--->  pending        (fresh retry budget)
+    pending | scheduled | running --cancel--> cancelled
+
+An illegal transition raises ``IllegalTransition`` and changes nothing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from .errors import ShoalError
+
+PENDING = "pending"
+SCHEDULED = "scheduled"
+RUNNING = "running"
+COMPLETED = "completed"
+DEAD = "dead"
+CANCELLED = "cancelled"
+
+STATES = (PENDING, SCHEDULED, RUNNING, COMPLETED, DEAD, CANCELLED)
+FINAL_STATES = frozenset({COMPLETED, DEAD, CANCELLED})
+ACTIVE_STATES = frozenset({PENDING, SCHEDULED, RUNNING})
+
+TRANSITIONS: dict[tuple[str, str], str] = {
+    (PENDING, "dispatch"): RUNNING,
+    (RUNNING, "complete"): COMPLETED,
+    (RUNNING, "retry"): SCHEDULED,
+    (RUNNING, "bury"): DEAD,
+    (RUNNING, "release"): PENDING,
+    (SCHEDULED, "due"): PENDING,
+    (DEAD, "requeue"): PENDING,
+    (PENDING, "cancel"): CANCELLED,
+    (SCHEDULED, "cancel"): CANCELLED,
+    (RUNNING, "cancel"): CANCELLED,
+}
+
+# Why a job failed; travels in FAIL messages and is stored on the job.
+KIND_ERROR = "error"                 # the handler raised; retried
+KIND_PERMANENT = "permanent"         # shoal.Permanent; no retries
+KIND_UNKNOWN_WORKFLOW = "unknown_workflow"
+KIND_WORKER_LOST = "worker_lost"     # the worker died or went silent mid-run
+KIND_BAD_PAYLOAD = "bad_payload"
+KIND_BAD_RESULT = "bad_result"
+PERMANENT_KINDS = frozenset({KIND_PERMANENT, KIND_UNKNOWN_WORKFLOW, KIND_BAD_PAYLOAD, KIND_BAD_RESULT})
+
+
+class IllegalTransition(ShoalError):
+    """A job was asked to move along an edge the lifecycle does not have."""
+
+
+def next_state(state: str, event: str) -> str:
+    """The state after ``event``, or ``IllegalTransition``."""
+    try:
+        return TRANSITIONS[(state, event)]
+    except KeyError:
+        raise IllegalTransition(f"a {state} job cannot {event}") from None
+
+
+@dataclass(slots=True)
+class Job:
+    """One job as the broker keeps it. New fields get defaults so old records still load."""
+
+    id: bytes
+    workflow: str
+    group: str
+    payload: bytes
+    state: str = PENDING
+    seq: int = 0                   # broker arrival order; FIFO within a group
+    priority: int = 0
+    key: str | None = None
+    attempts: int = 0              # dispatches so far (a worker death costs one)
+    max_retries: int | None = None  # None: the workflow's or the group's setting
+    created_ms: int = 0
+    due_ms: int = 0                # when a scheduled job becomes pending
+    started_ms: int = 0
+    finished_ms: int = 0
+    token: int = 0                 # lease token of the current dispatch
+    worker: str = ""               # who holds (or last held) the lease
+    value: bytes | None = None     # msgpack-encoded result
+    error: str | None = None
+    error_kind: str | None = None
+    traceback: str | None = None
+    expire_ms: int = 0             # finished jobs are dropped after this
+
+    def move(self, event: str) -> str:
+        """Apply a lifecycle event; returns the new state."""
+        self.state = next_state(self.state, event)
+        return self.state
+
+    def to_record(self) -> dict[str, Any]:
+        """The msgpack-able form stored in LMDB and the log."""
+        return {f: getattr(self, f) for f in _FIELD_NAMES}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> "Job":
+        """Rebuild from a stored record, ignoring fields this version does not know."""
+        return cls(**{k: v for k, v in record.items() if k in _FIELD_SET})
+
+
+_FIELD_NAMES = tuple(f.name for f in fields(Job))
+_FIELD_SET = frozenset(_FIELD_NAMES)
+
+
+def public_view(record: dict[str, Any]) -> dict[str, Any]:
+    """What clients see of a job (no lease token, payload left encoded)."""
+    return {k: v for k, v in record.items() if k not in ("token",)}

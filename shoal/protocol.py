@@ -1,0 +1,121 @@
+"""The wire format, in one place: broker, worker and client all speak through here.
+
+A message is three ZeroMQ frames: ``[VERSION, command, msgpack body]``. The body is
+always a map. Requests from clients carry ``rid`` (a request id chosen by the client)
+and every reply carries it back, so many requests can be in flight on one socket.
+Nobody else builds or parses frames by hand.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import msgpack
+
+from .errors import ProtocolError
+
+VERSION = b"SHOAL1"
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+# client -> broker
+ENQUEUE = b"ENQUEUE"    # {rid, jobs: [{id, wf, group?, payload, delay_ms?, retries?}]}
+GET = b"GET"            # {rid, ids}: job records, now
+WAIT = b"WAIT"          # {rid, id}: reply when the job is final (pushed, never polled)
+STATS = b"STATS"        # {rid}
+DEAD = b"DEAD"          # {rid, group?, limit?}
+REQUEUE = b"REQUEUE"    # {rid, ids?, all?, group?}
+JOBS = b"JOBS"          # {rid, state?, group?, limit?}
+# broker -> client
+REPLY = b"REPLY"        # {rid, ...}
+ERROR = b"ERROR"        # {rid?, code, message}
+# worker -> broker
+HELLO = b"HELLO"        # {group, pid, host, server, slots, workflows: {name: {retries?}}, running}
+READY = b"READY"        # {slots}: the worker's advertised slot count changed
+DONE = b"DONE"          # {results: [[id, token, value, started_ms, duration_ms]]}
+FAIL = b"FAIL"          # {failures: [{id, token, kind, error, traceback, permanent, ...}]}
+RETURN = b"RETURN"      # {jobs: [[id, token]]}: unfinished jobs handed back on drain
+HEARTBEAT = b"HEARTBEAT"  # {} both ways
+BYE = b"BYE"            # {}: the worker is leaving
+# broker -> worker
+JOB = b"JOB"            # {jobs: [{id, token, wf, payload, attempt}]}
+RECONNECT = b"RECONNECT"  # {}: the broker does not know this worker; say HELLO again
+
+CLIENT_COMMANDS = frozenset({ENQUEUE, GET, WAIT, STATS, DEAD, REQUEUE, JOBS})
+WORKER_COMMANDS = frozenset({HELLO, READY, DONE, FAIL, RETURN, HEARTBEAT, BYE})
+BROKER_COMMANDS = frozenset({REPLY, ERROR, JOB, HEARTBEAT, RECONNECT})
+KNOWN_COMMANDS = CLIENT_COMMANDS | WORKER_COMMANDS | BROKER_COMMANDS
+
+# Error codes the broker sends back in ERROR replies.
+E_PROTOCOL = "protocol"
+E_TOO_LARGE = "too_large"
+E_BAD_REQUEST = "bad_request"
+E_UNKNOWN_JOB = "unknown_job"
+E_STORAGE = "storage"
+E_INTERNAL = "internal"
+
+
+def pack(obj: Any) -> bytes:
+    """Encode with msgpack (bin for bytes, str for text); raises TypeError on the unencodable."""
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def unpack(data: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Any:
+    """Decode msgpack with limits, so a hostile peer cannot make us allocate much."""
+    return msgpack.unpackb(
+        data,
+        raw=False,
+        strict_map_key=False,
+        max_str_len=max_bytes,
+        max_bin_len=max_bytes,
+        max_array_len=max_bytes,
+        max_map_len=max_bytes // 2,
+        max_ext_len=0,
+    )
+
+
+def encode(command: bytes, body: Mapping[str, Any]) -> list[bytes]:
+    """Frames for one message."""
+    return [VERSION, command, pack(body)]
+
+
+def decode(frames: list[bytes], max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> tuple[bytes, dict[str, Any]]:
+    """Parse ``[version, command, body]``; any flaw raises ``ProtocolError``.
+
+    The error's ``code`` attribute tells the broker which error reply to send.
+    """
+    if len(frames) != 3:
+        raise _error(E_PROTOCOL, f"expected 3 frames [version, command, body], got {len(frames)}", frames)
+    version, command, body = frames
+    if version != VERSION:
+        raise _error(E_PROTOCOL, f"unknown protocol version {bytes(version[:32])!r}, expected {VERSION!r}", version)
+    if command not in KNOWN_COMMANDS:
+        raise _error(E_PROTOCOL, f"unknown command {bytes(command[:32])!r}", command)
+    if len(body) > max_bytes:
+        raise _error(E_TOO_LARGE, f"message body of {len(body)} bytes is over the limit of {max_bytes} bytes", len(body))
+    try:
+        value = unpack(body, max_bytes)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise _error(E_PROTOCOL, f"malformed msgpack body for {command.decode()}: {exc}", bytes(body[:64])) from None
+    if not isinstance(value, dict):
+        raise _error(E_PROTOCOL, f"body of {command.decode()} must be a map, got {type(value).__name__}", value)
+    return command, value
+
+
+def _error(code: str, reason: str, received: object) -> ProtocolError:
+    err = ProtocolError(reason, received)
+    err.code = code  # type: ignore[attr-defined]
+    return err
+
+
+def field(body: Mapping[str, Any], name: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
+    """Read one field of a decoded body, checking its type; a flaw raises ProtocolError."""
+    if name not in body:
+        if default is ...:
+            raise _error(E_BAD_REQUEST, f"missing field {name!r}", dict(body))
+        return default
+    value = body[name]
+    if default is not ... and value is None:
+        return default
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise _error(E_BAD_REQUEST, f"field {name!r} must be {names}, got {type(value).__name__}", value)
+    return value

@@ -1,0 +1,1 @@
+"""The Shoal worker: runs one group's workflows for the broker."""

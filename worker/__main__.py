@@ -1,0 +1,6 @@
+"""`python -m shoal.worker`."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,57 @@
+"""`worker`: parse flags, load the group's workflows, run."""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+
+from shoal.errors import ConfigError
+from shoal.logs import setup_logging
+
+from .embed import build_worker
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="worker", description="Run a Shoal worker for one group.")
+    parser.add_argument("--group", default=None, help="worker group (default: 'default')")
+    parser.add_argument("--app", help="module(s) with the workflows, comma-separated (default: the group's `app`)")
+    parser.add_argument("--connect", help="broker endpoint (default SHOAL_BROKER or the config's bind)")
+    parser.add_argument("--concurrency", type=int, help="parallel runs (default: the group's `concurrency`)")
+    parser.add_argument("--config", help="path to shoal.toml")
+    parser.add_argument("--server", help="server name for [servers.NAME] blocks")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-format", default="text", choices=["text", "json"])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `worker` command."""
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level, args.log_format)
+    if args.concurrency is not None and args.concurrency < 1:
+        print("worker: --concurrency must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        shell = build_worker(group=args.group, app=args.app, endpoint=args.connect,
+                             concurrency=args.concurrency, config=args.config, server=args.server,
+                             env=os.environ)
+    except ConfigError as exc:
+        print(f"worker: {exc}", file=sys.stderr)
+        return 2
+
+    def on_signal(signum: int, frame: object) -> None:
+        if shell._draining.is_set():
+            os._exit(1)  # second signal: leave now; the broker redelivers in-flight jobs
+        shell.drain()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    code = shell.run()
+    if shell.refused:
+        print(f"worker: the broker refused this worker: {shell.refused}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Building a worker from settings, and running one inside an application's own process."""
+from __future__ import annotations
+
+import os
+import threading
+from typing import Mapping
+
+from shoal.conf.settings import DEFAULT_GROUP
+from shoal.errors import ConfigError
+from shoal.workflow import load_workflows
+
+from .runner import Runner
+from .shell import WorkerOptions, WorkerShell
+
+
+def build_worker(*, group: str | None = None, app: str | list[str] | None = None, endpoint: str | None = None,
+                 concurrency: int | None = None, config: str | None = None, server: str | None = None,
+                 env: Mapping[str, str] | None = None) -> WorkerShell:
+    """A ready-to-run worker: settings from the config chain, flags/arguments on top."""
+    from shoal.conf import load_settings
+
+    env = os.environ if env is None else env
+    settings = load_settings(config, server=server, env=env, flags={"server": server} if server else {})
+    name = group or DEFAULT_GROUP
+    gs = settings.group(name)
+    modules = [app] if isinstance(app, str) else list(app or gs.app)
+    modules = [m.strip() for item in modules for m in item.split(",") if m.strip()]
+    if not modules:
+        raise ConfigError(f"no app module for group {name!r}: pass --app MODULE or set `app` in shoal.toml")
+    workflows = load_workflows(modules, group=name)
+    options = WorkerOptions(
+        endpoint=endpoint or env.get("SHOAL_BROKER") or settings.broker.bind,
+        group=name, concurrency=concurrency or gs.concurrency, server=settings.server,
+        grace_s=gs.grace_s, heartbeat_interval_s=settings.broker.heartbeat_interval_s,
+    )
+    return WorkerShell(options, Runner(workflows, name, options.concurrency))
+
+
+class WorkerHandle:
+    """A worker running in a background thread of the application; ``stop`` drains it."""
+
+    def __init__(self, shell: WorkerShell) -> None:
+        self.shell = shell
+        self.exit_code: int | None = None
+        self._thread = threading.Thread(target=self._run, name=f"shoal-worker-{shell.options.group}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        self.exit_code = self.shell.run()
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Drain: finish in-flight jobs (handing back what is left after ``timeout``). True once stopped."""
+        self.shell.drain(timeout)
+        self._thread.join(None if timeout is None else timeout + 5.0)
+        return not self._thread.is_alive()
+
+
+def run_worker(*, group: str | None = None, app: str | list[str] | None = None, endpoint: str | None = None,
+               concurrency: int | None = None, config: str | None = None, server: str | None = None,
+               background: bool = False) -> WorkerHandle | int:
+    """Run a worker in this process.
+
+    Blocking by default (returns the exit code when drained); with ``background=True``
+    it runs in a daemon thread and returns a handle whose ``stop(timeout)`` drains it.
+    """
+    shell = build_worker(group=group, app=app, endpoint=endpoint, concurrency=concurrency,
+                         config=config, server=server)
+    if background:
+        return WorkerHandle(shell)
+    return shell.run()

@@ -1,0 +1,248 @@
+"""The worker's I/O thread: connection, HELLO, credit, heartbeats, reconnect, drain.
+
+Liveness is this module's business alone (Paranoid Pirate style): heartbeats go out
+from this thread, never from a handler's, so a CPU-bound handler cannot lose its lease.
+The broker is declared gone after ``liveness`` silent intervals; the worker then
+reconnects with doubling backoff and says HELLO again, listing the jobs it still runs
+so the broker keeps their leases.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+from shoal import protocol as P
+from shoal.ids import id_to_str
+
+from .runner import Outcome, Runner
+
+log = logging.getLogger("shoal.worker")
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """Plain settings of one worker process."""
+
+    endpoint: str
+    group: str
+    concurrency: int
+    server: str = ""
+    grace_s: float = 30.0
+    heartbeat_interval_s: float = 1.0
+    liveness: int = 3
+    reconnect_max_s: float = 8.0
+
+
+class WorkerShell:
+    """Connects a ``Runner`` to the broker."""
+
+    def __init__(self, options: WorkerOptions, runner: Runner) -> None:
+        self.options = options
+        self.runner = runner
+        self.ctx = zmq.Context()
+        self.sock: zmq.Socket | None = None
+        self.inflight: dict[bytes, int] = {}     # job id -> lease token
+        self.outcomes: "queue.SimpleQueue[Outcome]" = queue.SimpleQueue()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        self._draining = threading.Event()
+        self._stop_now = threading.Event()
+        self._drain_deadline = 0.0
+        self.refused: str | None = None
+        self.jobs_done = 0
+        self._pending_send: list[Outcome] = []   # outcomes taken while reconnecting
+        self._last_sent = 0.0
+        self.poller = zmq.Poller()
+
+    # --- control (any thread) -----------------------------------------------------
+    def drain(self, grace_s: float | None = None) -> None:
+        """Stop taking jobs; finish in-flight ones within the grace time, then exit."""
+        if not self._draining.is_set():
+            grace_s = self.options.grace_s if grace_s is None else grace_s
+            self._drain_deadline = time.monotonic() + grace_s
+            self._draining.set()
+        self._wake()
+
+    def stop_now(self) -> None:
+        """Leave at once; the broker redelivers what was in flight."""
+        self._stop_now.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:
+            pass  # the pipe is full: the loop is awake anyway
+
+    def _on_outcome(self, outcome: Outcome) -> None:
+        self.outcomes.put(outcome)
+        self._wake()
+
+    # --- connection ---------------------------------------------------------------
+    def _connect(self) -> None:
+        if self.sock is not None:
+            self.sock.close(0)
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(self.options.endpoint)
+        self.poller = zmq.Poller()
+        self.poller.register(self.sock, zmq.POLLIN)
+        self.poller.register(self._wake_r, zmq.POLLIN)
+        self._send_hello()
+
+    def _send_hello(self) -> None:
+        slots = 0 if self._draining.is_set() else self.options.concurrency
+        self._send(P.HELLO, {
+            "group": self.options.group, "pid": os.getpid(), "host": socket.gethostname(),
+            "server": self.options.server, "slots": slots,
+            "workflows": {name: {"retries": wf.retries} for name, wf in self.runner.workflows.items()},
+            "running": [[job_id, token] for job_id, token in self.inflight.items()],
+        })
+
+    def _send(self, command: bytes, body: dict[str, Any]) -> None:
+        assert self.sock is not None
+        self.sock.send_multipart(P.encode(command, body))
+        self._last_sent = time.monotonic()
+
+    # --- the loop ---------------------------------------------------------------------
+    def run(self) -> int:
+        """Serve until drained or stopped; returns the process exit code."""
+        opts = self.options
+        self._connect()
+        print(f"shoal worker for group {opts.group!r} connected to {opts.endpoint} "
+              f"with {opts.concurrency} slots", flush=True)
+        last_heard = time.monotonic()
+        backoff_s = opts.heartbeat_interval_s
+        draining_announced = False
+        try:
+            while not self._stop_now.is_set():
+                events = dict(self.poller.poll(int(opts.heartbeat_interval_s * 1000)))
+                if self._wake_r in events:
+                    os.read(self._wake_r, 4096)
+                if self.sock in events:
+                    if self._read_all():
+                        last_heard = time.monotonic()
+                        backoff_s = opts.heartbeat_interval_s
+                if self.refused:
+                    return 2
+                self._flush_outcomes()
+                now = time.monotonic()
+                if self._draining.is_set():
+                    if not draining_announced:
+                        self._send(P.READY, {"slots": 0})
+                        draining_announced = True
+                    if not self.inflight:
+                        break
+                    if now >= self._drain_deadline:
+                        self._hand_back()
+                        break
+                if now - last_heard > opts.heartbeat_interval_s * opts.liveness:
+                    log.warning("broker at %s is silent; reconnecting in %.1fs", opts.endpoint, backoff_s)
+                    self._sleep_interruptibly(backoff_s)
+                    backoff_s = min(backoff_s * 2, opts.reconnect_max_s)
+                    self._connect()
+                    last_heard = time.monotonic()
+                elif now - self._last_sent >= opts.heartbeat_interval_s:
+                    self._send(P.HEARTBEAT, {})
+            else:
+                return 0  # stopped at once: the broker redelivers in-flight jobs
+            self._send(P.BYE, {})
+            return 0
+        finally:
+            self.close()
+
+    def _sleep_interruptibly(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self._stop_now.is_set() and time.monotonic() < deadline:
+            self._flush_outcomes_to_memory()
+            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+
+    def _read_all(self) -> bool:
+        assert self.sock is not None
+        heard = False
+        while True:
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return heard
+            heard = True
+            try:
+                command, body = P.decode(frames)
+            except P.ProtocolError as exc:
+                log.warning("bad message from the broker: %s", exc)
+                continue
+            if command == P.JOB:
+                self._start(body.get("jobs", []))
+            elif command == P.RECONNECT:
+                self._send_hello()
+            elif command == P.ERROR:
+                self._on_error(body)
+
+    def _on_error(self, body: dict[str, Any]) -> None:
+        message = f"{body.get('code')}: {body.get('message')}"
+        log.error("broker refused: %s", message)
+        if body.get("rid") is None and body.get("code") == P.E_BAD_REQUEST:
+            self.refused = message  # our HELLO was refused (e.g. a workflow claimed by two groups)
+
+    def _start(self, jobs: list[dict[str, Any]]) -> None:
+        for job in jobs:
+            self.inflight[job["id"]] = job["token"]
+            log.debug("start job %s (%s) attempt %s", id_to_str(job["id"]), job["wf"], job.get("attempt"))
+            self.runner.submit(job, self._on_outcome)
+
+    def _take_outcomes(self) -> list[Outcome]:
+        taken: list[Outcome] = []
+        while True:
+            try:
+                outcome = self.outcomes.get_nowait()
+            except queue.Empty:
+                return taken
+            if self.inflight.get(outcome.job_id) == outcome.token:
+                taken.append(outcome)
+
+    def _flush_outcomes_to_memory(self) -> None:
+        self._pending_send = self._pending_send + self._take_outcomes()
+
+    def _flush_outcomes(self) -> None:
+        outcomes = self._pending_send + self._take_outcomes()
+        self._pending_send = []
+        if not outcomes:
+            return
+        done = [[o.job_id, o.token, o.value, o.duration_ms] for o in outcomes if o.ok]
+        failed = [{"id": o.job_id, "token": o.token, "kind": o.kind, "error": o.error,
+                   "traceback": o.traceback, "duration_ms": o.duration_ms} for o in outcomes if not o.ok]
+        if done:
+            self._send(P.DONE, {"results": done})
+        if failed:
+            self._send(P.FAIL, {"failures": failed})
+        for o in outcomes:
+            self.inflight.pop(o.job_id, None)
+            self.jobs_done += 1
+
+    def _hand_back(self) -> None:
+        """Grace is over: give the unfinished jobs back so they are requeued at once."""
+        returned = [[job_id, token] for job_id, token in self.inflight.items()]
+        log.warning("grace time over; handing %d unfinished jobs back to the broker", len(returned))
+        self._send(P.RETURN, {"jobs": returned})
+        self.inflight.clear()
+
+    def close(self) -> None:
+        """Release sockets and pipes; abandons handlers still running."""
+        self.runner.shutdown(wait=False)
+        if self.sock is not None:
+            self.sock.close(0)
+            self.sock = None
+        self.ctx.term()
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
