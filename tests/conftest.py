@@ -120,16 +120,20 @@ class Cluster:
     def start_worker(self, group: str = "email", concurrency: int = 4, *extra: str, app: str = "testapp",
                      wait: bool = True) -> Proc:
         """Start a worker of ``group`` and (by default) wait until the broker counts it."""
-        before = self.workers_in(group) if wait else 0
         args = [sys.executable, "-m", "shoal.worker", "--group", group, "--app", app, "--connect", self.endpoint,
                 "--concurrency", str(concurrency), "--config", str(self.config), *extra]
         proc = Proc(args, self._log(f"worker-{group}"), self.env, self.tmp)
         self.procs.append(proc)
         self.workers.append(proc)
         if wait:
-            wait_for(lambda: self.workers_in(group) > before or (not proc.alive() and
+            joined = f":{proc.pid} joined group {group}"
+            wait_for(lambda: joined in self.broker_output() or (not proc.alive() and
                      pytest.fail(f"worker exited:\n{proc.output()}")), what=f"a {group} worker to join")
         return proc
+
+    def broker_output(self) -> str:
+        """Everything the brokers of this cluster logged (restarts included)."""
+        return "".join(p.output() for p in self.procs if "shoal.broker" in p.args)
 
     def client(self, timeout: float = 10.0) -> Client:
         c = Client(self.endpoint, timeout=timeout)

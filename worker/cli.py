@@ -50,7 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     code = shell.run()
     if shell.refused:
         print(f"worker: the broker refused this worker: {shell.refused}", file=sys.stderr)
-    return code
+    # Handlers still running after the grace time were handed back to the broker; their
+    # threads cannot be stopped, and interpreter exit would wait for them: leave now.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -137,6 +137,8 @@ class WorkerShell:
                 now = time.monotonic()
                 if self._draining.is_set():
                     if not draining_announced:
+                        log.info("draining: finishing %d in-flight jobs within %.1fs; signal again to exit now",
+                                 len(self.inflight), max(0.0, self._drain_deadline - now))
                         self._send(P.READY, {"slots": 0})
                         draining_announced = True
                     if not self.inflight:
@@ -238,7 +240,8 @@ class WorkerShell:
         """Release sockets and pipes; abandons handlers still running."""
         self.runner.shutdown(wait=False)
         if self.sock is not None:
-            self.sock.close(0)
+            # give the last DONE / RETURN / BYE a moment to leave; then drop them
+            self.sock.close(linger=0 if self._stop_now.is_set() else 1000)
             self.sock = None
         self.ctx.term()
         for fd in (self._wake_r, self._wake_w):
