@@ -27,8 +27,13 @@ class ClientCommands(BrokerCore):
         rid = field(body, "rid", int)
         items = field(body, "jobs", list)
         parsed = [self._parse_job(item) for item in items]
-        unseen = [p["id"] for p in parsed if p["id"] not in self.jobs]
+        refused = self._refusal(parsed)
+        if refused:
+            self.error(identity, rid, P.E_GROUP_UNHEALTHY, refused)
+            return
+        unseen = [p["id"] for p in parsed if p["id"] not in self.jobs and p["id"] not in self.batch.jobs]
         stored = self.store.has_jobs(unseen) if unseen else set()
+        stored.update(p["id"] for p in parsed if self.batch.jobs.get(p["id"]) is not None)
         now = self.clock.wall_ms()
         existed: list[bool] = []
         for item in parsed:
@@ -38,6 +43,17 @@ class ClientCommands(BrokerCore):
             existed.append(False)
             self._create(item, now)
         self.reply(identity, rid, existed=existed)
+
+    def _refusal(self, parsed: list[dict[str, Any]]) -> str | None:
+        if self.supervisor is None:
+            return None
+        now = self.clock.mono()
+        for item in parsed:
+            group = item["group"] or (self.routes.get(item["wf"]) or {}).get("group")
+            reason = self.supervisor.refusal(group, now) if group else None
+            if reason:
+                return reason
+        return None
 
     def _parse_job(self, item: Any) -> dict[str, Any]:
         if not isinstance(item, dict):
@@ -83,7 +99,10 @@ class ClientCommands(BrokerCore):
         job = self.jobs.get(job_id)
         if job is not None:
             return J.public_view(job.to_record())
-        record = self.store.get_job(job_id)
+        if job_id in self.batch.jobs:  # finished in this pass, not committed yet
+            record = self.batch.jobs[job_id]
+        else:
+            record = self.store.get_job(job_id)
         return None if record is None else J.public_view(record)
 
     def _on_get(self, identity: bytes, body: dict[str, Any]) -> None:
@@ -120,7 +139,11 @@ class ClientCommands(BrokerCore):
                          "completed": counts.get("completed", 0), "failed": counts.get("failed", 0),
                          "retried": counts.get("retried", 0), "dead": len(self.dead.get(name, ())),
                          "workers": len(members), "free_slots": sum(max(0, w.credit) for w in members),
-                         "oldest_pending_s": 0.0, "state": "warm" if members else "cold"}
+                         "oldest_pending_s": 0.0}
+            if self.supervisor is not None:
+                per[name].update(self.supervisor.state_of(name, self.demand(name), self.clock.mono()))
+            else:
+                per[name]["state"] = "warm" if members else "cold"
         now = self.clock.wall_ms()
         for job in self.jobs.values():
             if job.group in per:
@@ -157,7 +180,7 @@ class ClientCommands(BrokerCore):
         self.reply(identity, rid, requeued=requeued)
 
     def _requeue(self, job_id: bytes) -> bool:
-        record = self.store.get_job(job_id)
+        record = self.batch.jobs[job_id] if job_id in self.batch.jobs else self.store.get_job(job_id)
         if record is None or record.get("state") != J.DEAD:
             return False
         job = J.Job.from_record(record)

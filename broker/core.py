@@ -21,6 +21,7 @@ from shoal.ids import id_to_str
 
 from .queues import ReadyQueue, Schedule
 from .store import Batch, Store
+from .supervisor import Demand, Supervisor
 from .workers import WorkerInfo, WorkerRegistry
 
 log = logging.getLogger("shoal.broker")
@@ -65,6 +66,7 @@ class BrokerCore:
         self.dead: dict[str, set[bytes]] = {}
         self.counters: dict[str, dict[str, int]] = {}
         self.known_groups: set[str] = set(settings.groups)
+        self.supervisor: Supervisor | None = None   # set by the server when it starts workers
         self.batch = Batch()
         self.outbox: list[Outgoing] = []
         self._seq = 0
@@ -189,6 +191,15 @@ class BrokerCore:
             for worker in self.workers:
                 self.outbox.append(Outgoing(worker.identity, frames))
         self.dispatch()
+        if self.supervisor is not None:
+            self.supervisor.tick({g: self.demand(g) for g in self.supervisor.groups}, now)
+
+    def demand(self, group: str) -> Demand:
+        """Pending, running and connected capacity of one group (for scaling decisions)."""
+        members = self.workers.in_group(group)
+        queue = self.ready.get(group)
+        return Demand(pending=len(queue) if queue else 0, running=sum(len(w.leases) for w in members),
+                      slots=sum(w.slots for w in members), connected_pids=frozenset(w.pid for w in members))
 
     def next_wakeup_s(self) -> float:
         """How long the loop may sleep: the next heartbeat or the next due job."""

@@ -18,6 +18,7 @@ from shoal.conf.settings import Settings
 from .broker import Broker
 from .core import Clock
 from .store import Store
+from .supervisor import Supervisor
 
 log = logging.getLogger("shoal.broker")
 MAX_DRAIN = 4096
@@ -42,6 +43,8 @@ class BrokerServer:
         self.sock.bind(settings.broker.bind)
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._stop = threading.Event()
+        if settings.broker.supervise:
+            self.broker.supervisor = Supervisor(settings, _local_endpoint(self.endpoint))
 
     def stop(self) -> None:
         """Ask the loop to finish its pass and return."""
@@ -53,7 +56,16 @@ class BrokerServer:
         poller.register(self.sock, zmq.POLLIN)
         broker, sock = self.broker, self.sock
         busy = False
-        while not self._stop.is_set():
+        stopping_until: float | None = None
+        while True:
+            if self._stop.is_set():
+                # Drain the workers we started while still serving, so their last results land.
+                supervisor = broker.supervisor
+                if supervisor is None or stopping_until is not None and (
+                        not supervisor.live_children() or time.monotonic() > stopping_until):
+                    break
+                if stopping_until is None:
+                    stopping_until = time.monotonic() + supervisor.drain_all()
             timeout_ms = 0 if busy else min(int(broker.next_wakeup_s() * 1000) + 1, 1000)
             if poller.poll(timeout_ms):
                 for _ in range(MAX_DRAIN):
@@ -75,9 +87,19 @@ class BrokerServer:
                     busy = True  # commit what that undid before sleeping
 
     def close(self) -> None:
-        """Release the socket and the environment."""
+        """Drain the workers we started, then release the socket and the environment."""
+        if self.broker.supervisor is not None:
+            self.broker.supervisor.stop(timeout_s=0.0)
         self.sock.close(0)
         self.store.close()
+
+
+def _local_endpoint(endpoint: str) -> str:
+    """Where workers on this host connect: a wildcard bind is reached on loopback."""
+    for wildcard in ("tcp://0.0.0.0:", "tcp://*:", "tcp://[::]:"):
+        if endpoint.startswith(wildcard):
+            return "tcp://127.0.0.1:" + endpoint[len(wildcard):]
+    return endpoint
 
 
 def serve(settings: Settings) -> int:

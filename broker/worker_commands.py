@@ -112,7 +112,14 @@ class WorkerCommands(BrokerCore):
         worker = self.workers.get(identity)
         if worker is not None:
             log.info("worker %s of group %s said goodbye", worker.name, worker.group)
-            self._drop_worker(identity, J.KIND_WORKER_LOST)
+            # A worker says BYE only after finishing or returning what it started, so a lease
+            # left now is a JOB that crossed its BYE on the wire: never run, no attempt spent.
+            for job_id in list(worker.leases):
+                job = self.jobs.get(job_id)
+                if job is not None and job.state == J.RUNNING and job.token == worker.leases[job_id]:
+                    self._release(job, charge=False, why="crossed_bye")
+            worker.leases.clear()
+            self.workers.remove(identity)
 
     # --- outcomes ---------------------------------------------------------------
     def _current(self, identity: bytes, job_id: Any, token: Any) -> J.Job | None:

@@ -20,7 +20,7 @@ from typing import Any
 import zmq
 
 from shoal import protocol as P
-from shoal.errors import BrokerUnreachable, RemoteError, StorageFull, UnknownJob, WaitTimeout
+from shoal.errors import BrokerUnreachable, GroupUnhealthy, RemoteError, StorageFull, UnknownJob, WaitTimeout
 
 RESEND_FIRST_S = 1.0
 RESEND_MAX_S = 4.0
@@ -169,6 +169,8 @@ def _remote_error(body: dict[str, Any]) -> Exception:
     code, message = str(body.get("code")), str(body.get("message"))
     if code == P.E_UNKNOWN_JOB:
         return UnknownJob(message)
+    if code == P.E_GROUP_UNHEALTHY:
+        return GroupUnhealthy(message)
     if code == P.E_STORAGE:
         return StorageFull(message)
     return RemoteError(code, message)

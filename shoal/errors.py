@@ -57,3 +57,7 @@ class WaitTimeout(ShoalError, TimeoutError):
 
 class StorageFull(ShoalError):
     """The broker's storage is full; the job was not accepted."""
+
+
+class GroupUnhealthy(ShoalError):
+    """The group's workers cannot start (they exit before taking a job); carries their exit and stderr."""

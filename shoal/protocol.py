@@ -51,6 +51,7 @@ E_BAD_REQUEST = "bad_request"
 E_UNKNOWN_JOB = "unknown_job"
 E_STORAGE = "storage"
 E_INTERNAL = "internal"
+E_GROUP_UNHEALTHY = "group_unhealthy"
 
 
 def pack(obj: Any) -> bytes:

@@ -104,11 +104,11 @@ class Cluster:
         self._n += 1
         return self.tmp / f"{self._n:02d}-{name}.log"
 
-    def start_broker(self, *extra: str, env: dict[str, str] | None = None) -> Proc:
+    def start_broker(self, *extra: str, env: dict[str, str] | None = None, supervise: bool = False) -> Proc:
         """Start (or restart on the same endpoint) the broker and wait until it listens."""
         bind = self.endpoint or "tcp://127.0.0.1:*"
         args = [sys.executable, "-m", "shoal.broker", "--config", str(self.config), "--data", str(self.data),
-                "--bind", bind, "--no-supervise", *extra]
+                "--bind", bind, *([] if supervise else ["--no-supervise"]), *extra]
         proc = Proc(args, self._log("broker"), {**self.env, **(env or {})}, self.tmp)
         self.procs.append(proc)
         self.broker = proc
@@ -129,6 +129,15 @@ class Cluster:
             joined = f":{proc.pid} joined group {group}"
             wait_for(lambda: joined in self.broker_output() or (not proc.alive() and
                      pytest.fail(f"worker exited:\n{proc.output()}")), what=f"a {group} worker to join")
+        return proc
+
+    def start_worker_raw(self, group: str, *extra: str, app: str = "testapp") -> Proc:
+        """A worker with no --concurrency flag (it takes its settings from the config)."""
+        args = [sys.executable, "-m", "shoal.worker", "--group", group, "--app", app, "--connect", self.endpoint,
+                "--config", str(self.config), *extra]
+        proc = Proc(args, self._log(f"worker-{group}"), self.env, self.tmp)
+        self.procs.append(proc)
+        self.workers.append(proc)
         return proc
 
     def broker_output(self) -> str:

@@ -39,6 +39,8 @@ class WorkerOptions:
     heartbeat_interval_s: float = 1.0
     liveness: int = 3
     reconnect_max_s: float = 8.0
+    max_jobs: int = 0          # recycle (drain and exit 0) after this many jobs; 0 = never
+    max_memory_mb: int = 0     # recycle when resident memory passes this; 0 = never
 
 
 class WorkerShell:
@@ -228,6 +230,19 @@ class WorkerShell:
         for o in outcomes:
             self.inflight.pop(o.job_id, None)
             self.jobs_done += 1
+        self._maybe_recycle()
+
+    def _maybe_recycle(self) -> None:
+        """Leaky libraries: drain and exit 0 (the supervisor starts a fresh process)."""
+        opts = self.options
+        if self._draining.is_set():
+            return
+        if opts.max_jobs and self.jobs_done >= opts.max_jobs:
+            log.info("recycling after %d jobs (max_jobs)", self.jobs_done)
+            self.drain()
+        elif opts.max_memory_mb and _rss_mb() > opts.max_memory_mb:
+            log.info("recycling at %d MiB resident (max_memory %d MiB)", _rss_mb(), opts.max_memory_mb)
+            self.drain()
 
     def _hand_back(self) -> None:
         """Grace is over: give the unfinished jobs back so they are requeued at once."""
@@ -249,3 +264,13 @@ class WorkerShell:
                 os.close(fd)
             except OSError:
                 pass
+
+
+def _rss_mb() -> int:
+    """Resident memory of this process in MiB (Linux /proc; 0 where unavailable)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            pages = int(fh.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+    return pages * os.sysconf("SC_PAGE_SIZE") // (1024 * 1024)

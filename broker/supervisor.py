@@ -1,0 +1,263 @@
+"""Worker processes the broker starts and keeps alive on its own host.
+
+A group with ``workers >= 1`` always has that many processes; one that crashes is
+restarted with doubling backoff (a crash loop is reported, never a busy loop). A group
+with ``workers = 0`` is cold until work arrives for it: then one worker is launched
+(more, up to ``max_workers``, while the backlog outgrows the slots), and after
+``idle_timeout`` with nothing pending or running it is drained back to zero. A
+launched worker that dies before taking any job (bad import, missing dependency)
+puts its group in a cooldown as ``unhealthy``: enqueues to it are refused with the
+exit code and the tail of the worker's stderr, so a job never waits silently forever.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import IO
+
+from shoal.conf.settings import GroupSettings, Settings
+
+log = logging.getLogger("shoal.broker.supervisor")
+
+RESTART_FIRST_S = 0.5
+RESTART_MAX_S = 30.0
+CRASH_LOOP_WINDOW_S = 60.0
+CRASH_LOOP_COUNT = 3
+UNHEALTHY_COOLDOWN_S = 30.0
+STDERR_TAIL_LINES = 20
+
+
+@dataclass(frozen=True)
+class Demand:
+    """What one group needs now, as the broker sees it."""
+
+    pending: int
+    running: int
+    slots: int                 # advertised slots of connected workers
+    connected_pids: frozenset[int]
+
+
+@dataclass
+class Child:
+    """One worker process started by the supervisor."""
+
+    popen: subprocess.Popen[bytes]
+    started: float
+    scaled: bool                        # launched on demand (scale-to-zero), not always-on
+    stderr_tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=STDERR_TAIL_LINES))
+    joined: bool = False                # said HELLO
+    draining: bool = False
+
+
+@dataclass
+class GroupState:
+    """The supervisor's bookkeeping for one group."""
+
+    settings: GroupSettings
+    children: list[Child] = field(default_factory=list)
+    crashes: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=CRASH_LOOP_COUNT))
+    restart_delay_s: float = RESTART_FIRST_S
+    next_start: float = 0.0
+    unhealthy_until: float = 0.0
+    unhealthy_reason: str = ""
+    idle_since: float | None = None
+    last_cold_start_s: float | None = None   # seconds from launch to HELLO
+    launches: int = 0
+    crash_loop: bool = False
+
+
+class Supervisor:
+    """Starts, watches and stops the worker processes of the groups on this host."""
+
+    def __init__(self, settings: Settings, endpoint: str, enabled: bool = True) -> None:
+        self.settings = settings
+        self.endpoint = endpoint
+        self.enabled = enabled
+        self.groups: dict[str, GroupState] = {}
+        if enabled:
+            for name, gs in settings.groups.items():
+                if gs.app:  # without an app module there is nothing this host could start
+                    self.groups[name] = GroupState(gs)
+
+    # --- what the broker asks ---------------------------------------------------------
+    def supervises(self, group: str) -> bool:
+        """True when this broker starts the workers of ``group``."""
+        return group in self.groups
+
+    def refusal(self, group: str, now: float) -> str | None:
+        """Why an enqueue to ``group`` is refused now (its workers cannot start), or None."""
+        state = self.groups.get(group)
+        if state is None or now >= state.unhealthy_until:
+            return None
+        return state.unhealthy_reason
+
+    def state_of(self, group: str, demand: Demand, now: float) -> dict[str, object]:
+        """``state`` (cold/starting/warm/draining/unhealthy) and cold-start figures for stats."""
+        state = self.groups.get(group)
+        if state is None:
+            return {"state": "warm" if demand.connected_pids else "cold", "supervised": False}
+        live = [c for c in state.children if c.popen.poll() is None]
+        if now < state.unhealthy_until or state.crash_loop:
+            name = "unhealthy"
+        elif any(c.draining for c in live):
+            name = "draining"
+        elif any(c.joined for c in live) or demand.connected_pids:
+            name = "warm"
+        elif live:
+            name = "starting"
+        else:
+            name = "cold"
+        out: dict[str, object] = {"state": name, "supervised": True, "processes": len(live),
+                                  "launches": state.launches, "crash_loop": state.crash_loop,
+                                  "last_cold_start_s": state.last_cold_start_s}
+        if name == "unhealthy":
+            out["reason"] = state.unhealthy_reason
+        return out
+
+    # --- the loop's pass ------------------------------------------------------------------
+    def tick(self, demands: dict[str, Demand], now: float) -> None:
+        """Reap exits, restart, scale up and idle out; cheap enough to run every pass."""
+        for name, state in self.groups.items():
+            demand = demands.get(name) or Demand(0, 0, 0, frozenset())
+            self._reap(name, state, now)
+            for child in state.children:
+                if not child.joined and child.popen.pid in demand.connected_pids:
+                    child.joined = True
+                    state.restart_delay_s = RESTART_FIRST_S
+                    state.crash_loop = False
+                    if child.scaled:
+                        state.last_cold_start_s = round(now - child.started, 3)
+                        log.info("group %s is warm: cold start took %.3fs", name, state.last_cold_start_s)
+            if now < state.next_start:  # crash backoff
+                continue
+            if state.settings.workers == 0 and now < state.unhealthy_until:
+                continue  # a cold group whose launch failed waits out its cooldown
+            self._scale(name, state, demand, now)
+
+    def _scale(self, name: str, state: GroupState, demand: Demand, now: float) -> None:
+        gs = state.settings
+        live = [c for c in state.children if c.popen.poll() is None and not c.draining]
+        if gs.workers > 0:
+            for _ in range(gs.workers - len(live)):
+                self._launch(name, state, now, scaled=False)
+            return
+        busy = demand.pending + demand.running
+        if busy:
+            state.idle_since = None
+            starting = [c for c in live if not c.joined]
+            backlog_outgrows = demand.pending > max(0, demand.slots - demand.running)
+            if not starting and len(live) < gs.max_workers and (not live or backlog_outgrows):
+                self._launch(name, state, now, scaled=True)  # at most one launch in flight per group
+            return
+        if not live:
+            state.idle_since = None
+            return
+        if state.idle_since is None:
+            state.idle_since = now
+        elif now - state.idle_since >= gs.idle_timeout_s:
+            for child in live:
+                log.info("group %s idle for %.0fs: draining worker pid %d", name, gs.idle_timeout_s, child.popen.pid)
+                child.draining = True
+                child.popen.send_signal(signal.SIGTERM)
+            state.idle_since = None
+
+    def _reap(self, name: str, state: GroupState, now: float) -> None:
+        for child in list(state.children):
+            code = child.popen.poll()
+            if code is None:
+                continue
+            state.children.remove(child)
+            if child.draining or code == 0:
+                log.info("worker pid %d of group %s exited (%d)", child.popen.pid, name, code)
+                if code == 0 and not child.draining:
+                    state.restart_delay_s = RESTART_FIRST_S  # recycled (max_jobs/max_memory): respawn now
+                continue
+            tail = "".join(child.stderr_tail).strip()
+            if not child.joined:
+                state.unhealthy_until = now + UNHEALTHY_COOLDOWN_S
+                state.unhealthy_reason = (f"the worker of group {name!r} exited with code {code} before taking "
+                                          f"any job; its stderr ends with:\n{tail[-2000:]}")
+                log.error("%s", state.unhealthy_reason)
+            state.crashes.append(now)
+            state.crash_loop = (len(state.crashes) == CRASH_LOOP_COUNT
+                                and now - state.crashes[0] < CRASH_LOOP_WINDOW_S)
+            state.next_start = now + state.restart_delay_s
+            log.warning("worker pid %d of group %s died (exit %d); restarting in %.1fs%s", child.popen.pid, name,
+                        code, state.restart_delay_s, " (crash loop)" if state.crash_loop else "")
+            state.restart_delay_s = min(state.restart_delay_s * 2, RESTART_MAX_S)
+
+    def _launch(self, name: str, state: GroupState, now: float, scaled: bool) -> None:
+        gs = state.settings
+        args = [sys.executable, "-m", "shoal.worker", "--group", name, "--connect", self.endpoint,
+                "--server", self.settings.server, "--app", ",".join(gs.app)]
+        if self.settings.path:
+            args += ["--config", self.settings.path]
+        nice = gs.nice
+        popen = subprocess.Popen(args, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                 preexec_fn=(lambda: _lower_priority(nice)) if nice else None,
+                                 start_new_session=bool(nice))
+        child = Child(popen, now, scaled)
+        state.children.append(child)
+        state.launches += 1
+        if child.popen.stderr is not None:
+            threading.Thread(target=_pump_stderr, args=(child.popen.stderr, child.stderr_tail, name),
+                             daemon=True, name=f"stderr-{name}").start()
+        log.info("started worker pid %d for group %s%s", popen.pid, name, " (cold start)" if scaled else "")
+
+    def live_children(self) -> list[Child]:
+        """Children still running."""
+        return [c for s in self.groups.values() for c in s.children if c.popen.poll() is None]
+
+    def drain_all(self) -> float:
+        """SIGTERM every child (they finish in-flight jobs); returns how long to wait for them."""
+        self.enabled = False
+        for state in self.groups.values():
+            state.next_start = float("inf")  # nothing is restarted while we stop
+            for child in state.children:
+                if child.popen.poll() is None:
+                    child.draining = True
+                    child.popen.send_signal(signal.SIGTERM)
+        return max([s.settings.grace_s for s in self.groups.values()] + [0.0]) + 2.0
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Drain every child (SIGTERM), then SIGKILL what is left after ``timeout_s``."""
+        children = self.live_children()
+        for child in children:
+            child.popen.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for child in children:
+            try:
+                child.popen.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.popen.kill()
+
+
+def _pump_stderr(stream: IO[bytes], tail: collections.deque[str], group: str) -> None:
+    """Forward a child's stderr to ours, keeping the last lines for error reports."""
+    for raw in iter(stream.readline, b""):
+        line = raw.decode(errors="replace")
+        tail.append(line)
+        sys.stderr.write(line)
+    stream.close()
+
+
+def _lower_priority(nice: int) -> None:
+    """In the child, before exec: a new session (own autogroup) at the group's nice level.
+
+    Under Linux session autogroups the scheduler shares the CPU between sessions first,
+    so ``os.nice`` alone barely matters against another session; setting the new
+    session's autogroup nice makes the priority real.
+    """
+    os.nice(nice)
+    try:
+        with open("/proc/self/autogroup", "w") as fh:
+            fh.write(str(nice))
+    except OSError:
+        pass  # no autogroups here: os.nice is what the scheduler uses

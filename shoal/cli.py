@@ -1,0 +1,352 @@
+"""``shoal``: inspect and administer a running broker (status, jobs, dead letters, requeue, enqueue).
+
+Thin by design: parse the flags, open a ``Client``, call one method, print. Exit codes:
+0 done, 1 the request failed (unknown job, not dead, job did not complete, any
+``ShoalError``), 2 a usage or config error (nothing was sent), 3 the broker did not answer.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from shoal import cli_format as fmt
+from shoal.errors import BrokerUnreachable, ConfigError, ShoalError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
+ACTIVE_STATES = ("pending", "scheduled", "running")
+# Commands that later issues implement: listed in --help, honest about being absent.
+NOT_YET = {
+    "cron": "cron entries and their runs",
+    "events": "follow job events live",
+    "health": "broker and group health",
+    "storage": "LMDB size and log compaction",
+}
+
+if TYPE_CHECKING:  # the client is imported late: it pulls in zmq, which --help does not need
+    from shoal.client import Client, Result
+
+Handler = Callable[["Client", argparse.Namespace], int]
+
+
+class UsageError(Exception):
+    """A flag or argument that makes no sense; reported before anything is sent."""
+
+
+# --- argument types ------------------------------------------------------------------
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, found {text!r}") from None
+    if not value >= 0 or value == float("inf"):  # `not >=` also rejects NaN
+        raise argparse.ArgumentTypeError(f"expected a finite number of seconds >= 0, found {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, found {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, found {value}")
+    return value
+
+
+# --- the parser ----------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    """The ``shoal`` argument parser with every subcommand registered."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--broker", metavar="ENDPOINT",
+                        help=f"broker endpoint (default: SHOAL_BROKER, else [broker] bind from the config, "
+                             f"else {DEFAULT_ENDPOINT})")
+    common.add_argument("--config", metavar="FILE", help="config file (default: SHOAL_CONFIG, else ./shoal.toml)")
+    common.add_argument("--timeout", type=_seconds, default=5.0, metavar="S",
+                        help="seconds to wait for the broker to answer (default 5)")
+    common.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    parser = argparse.ArgumentParser(prog="shoal", description="Inspect and administer a Shoal broker.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+        cmd = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+        cmd.set_defaults(handler=handler)
+        return cmd
+
+    add("status", cmd_status, "per-group queue depths, workers and counters")
+    jobs = add("jobs", cmd_jobs, "active jobs (pending, scheduled, running), oldest first")
+    jobs.add_argument("--state", choices=ACTIVE_STATES)
+    jobs.add_argument("--group", metavar="G")
+    jobs.add_argument("--limit", type=_positive_int, default=100, metavar="N", help="at most N jobs (default 100)")
+    job = add("job", cmd_job, "everything about one job")
+    job.add_argument("id", metavar="ID")
+    dead = add("dead", cmd_dead, "dead letters: jobs that ran out of retries or failed permanently")
+    dead.add_argument("--group", metavar="G")
+    dead.add_argument("--limit", type=_positive_int, default=1000, metavar="N", help="at most N jobs (default 1000)")
+    requeue = add("requeue", cmd_requeue, "put dead jobs back in their queue with a fresh retry budget")
+    requeue.add_argument("id", metavar="ID", nargs="?")
+    requeue.add_argument("--all", action="store_true", help="every dead job (of --group)")
+    requeue.add_argument("--group", metavar="G", help="with --all: only this group's dead jobs")
+    enqueue = add("enqueue", cmd_enqueue, "enqueue one job and print its id")
+    enqueue.add_argument("name", metavar="NAME", help="workflow name")
+    enqueue.add_argument("payload", metavar="JSON", help="the payload, as JSON")
+    enqueue.add_argument("--group", metavar="G", help="the group to run it in (default: the learned route)")
+    enqueue.add_argument("--delay", type=_seconds, metavar="S", help="run no sooner than S seconds from now")
+    enqueue.add_argument("--priority", type=int, default=0, metavar="N", help="higher runs first (default 0)")
+    enqueue.add_argument("--key", metavar="K", help="deduplication key")
+    enqueue.add_argument("--wait", action="store_true", help="wait for the job to finish and print its result")
+    enqueue.add_argument("--wait-timeout", type=_seconds, default=60.0, metavar="S",
+                         help="with --wait: give up after S seconds (default 60)")
+    # `config` and the later commands are dispatched before parsing (see main); these
+    # entries only make them show in `shoal --help`.
+    sub.add_parser("config", help="show the effective configuration (shoal config --show --help)", add_help=False)
+    for name, what in NOT_YET.items():
+        sub.add_parser(name, help=f"{what} (not available yet)", add_help=False)
+    return parser
+
+
+# --- entry point ---------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one ``shoal`` command; returns the exit code (see the module docstring)."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0] == "config":
+        from shoal.conf.show import main as config_main
+
+        return config_main(args_list[1:])
+    if args_list and args_list[0] in NOT_YET:
+        print(f"shoal {args_list[0]}: not available yet in this version", file=sys.stderr)
+        return EXIT_USAGE
+    parser = build_parser()
+    try:
+        args = parser.parse_args(args_list)
+    except SystemExit as exc:  # argparse exits on --help and usage errors; return the code instead
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    prog = f"shoal {args.command}"
+    try:
+        _check(args)
+        endpoint = resolve_endpoint(args.broker, args.config)
+    except (UsageError, ConfigError) as exc:  # the user's to fix, and nothing was sent
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    from shoal.client import Client
+
+    try:
+        with Client(endpoint, timeout=args.timeout) as client:
+            handler: Handler = args.handler
+            return handler(client, args)
+    except BrokerUnreachable as exc:
+        print(f"{prog}: {exc} (is the broker running? pick another with --broker or SHOAL_BROKER)",
+              file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except ShoalError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _check(args: argparse.Namespace) -> None:
+    """Checks argparse cannot express; raise ``UsageError`` before any connection is made."""
+    if args.command == "requeue":
+        if args.all == (args.id is not None):
+            raise UsageError("give either a job ID or --all")
+        if args.group is not None and not args.all:
+            raise UsageError("--group applies only with --all")
+    if args.command == "enqueue":
+        try:
+            args.payload = json.loads(args.payload)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"the payload is not valid JSON: {exc}") from None
+
+
+def resolve_endpoint(flag: str | None, config: str | None, env: Mapping[str, str] | None = None) -> str:
+    """The endpoint to connect to: ``--broker``, else SHOAL_BROKER, else the config's bind, else the default.
+
+    The config is read only when it decides the endpoint or was named with ``--config``
+    (a file named on purpose that is broken should be reported, not skipped).
+    """
+    environ = os.environ if env is None else env
+    endpoint = flag or environ.get("SHOAL_BROKER")
+    if endpoint and config is None:
+        return endpoint
+    from shoal.conf import load_settings
+
+    settings = load_settings(config, env=environ)
+    return endpoint or connectable(settings.broker.bind or DEFAULT_ENDPOINT)
+
+
+def connectable(bind: str) -> str:
+    """A bind endpoint as a client can connect to it: a wildcard host means this machine."""
+    for wildcard in ("tcp://*:", "tcp://0.0.0.0:"):
+        if bind.startswith(wildcard):
+            return "tcp://127.0.0.1:" + bind[len(wildcard):]
+    return bind
+
+
+def _emit_json(value: Any) -> None:
+    print(fmt.to_json(value, indent=2))
+
+
+def _result_dict(result: "Result") -> dict[str, Any]:
+    return dataclasses.asdict(result)
+
+
+# --- commands --------------------------------------------------------------------------
+def cmd_status(client: "Client", args: argparse.Namespace) -> int:
+    """``shoal status``: one row per group, then the workflows no worker has announced yet."""
+    stats = client.stats()
+    if args.json:
+        _emit_json({"groups": dict(stats), "unrouted": stats.unrouted})
+        return EXIT_OK
+    if not stats:
+        print("no groups yet (none in the config, no jobs stored, no workers connected)")
+    else:
+        headers = ["GROUP", "STATE", "WORKERS", "FREE", "PENDING", "SCHEDULED", "RUNNING",
+                   "COMPLETED", "FAILED", "DEAD", "OLDEST PENDING"]
+        rows = [_status_row(name, counters) for name, counters in stats.items()]
+        print("\n".join(fmt.table(headers, rows, right=range(2, 11))))
+    if stats.unrouted:
+        names = ", ".join(f"{name} ({fmt.plural(n, 'job')})" for name, n in sorted(stats.unrouted.items()))
+        print(f"\nunrouted (no worker has announced these workflows yet): {names}")
+    return EXIT_OK
+
+
+def _status_row(name: str, c: dict[str, Any]) -> list[str]:
+    oldest = fmt.duration(c.get("oldest_pending_s", 0.0)) if c.get("pending") else "-"
+    counts = [c.get(k, 0) for k in ("workers", "free_slots", "pending", "scheduled", "running",
+                                    "completed", "failed", "dead")]
+    return [name, str(c.get("state", "?")), *map(str, counts), oldest]
+
+
+def cmd_jobs(client: "Client", args: argparse.Namespace) -> int:
+    """``shoal jobs``: active jobs, oldest first."""
+    found = client.jobs(state=args.state, group=args.group, limit=args.limit)
+    if args.json:
+        _emit_json([_result_dict(r) for r in found])
+        return EXIT_OK
+    if not found:
+        print("no active jobs" + _filters(args))
+        return EXIT_OK
+    now_ms = time.time() * 1000
+    rows = [[r.id, r.workflow, r.group or "(unrouted)", r.status, str(r.attempts),
+             fmt.duration((now_ms - r.created_ms) / 1000)] for r in found]
+    print("\n".join(fmt.table(["ID", "WORKFLOW", "GROUP", "STATE", "ATTEMPTS", "AGE"], rows, right=(4, 5))))
+    if len(found) == args.limit:
+        print(f"(first {args.limit}; raise --limit to see more)")
+    return EXIT_OK
+
+
+def _filters(args: argparse.Namespace) -> str:
+    said = [f"{flag} {value}" for flag, value in (("state", getattr(args, "state", None)),
+                                                  ("group", args.group)) if value]
+    return f" ({', '.join(said)})" if said else ""
+
+
+def cmd_job(client: "Client", args: argparse.Namespace) -> int:
+    """``shoal job ID``: everything the broker knows about one job."""
+    result = client.get(args.id)
+    if result is None:
+        print(f"shoal job: no job with id {args.id} (never enqueued, or expired)", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        _emit_json(_result_dict(result))
+        return EXIT_OK
+    print("\n".join(job_lines(result, time.time() * 1000)))
+    return EXIT_OK
+
+
+def job_lines(r: "Result", now_ms: float) -> list[str]:
+    """The text of ``shoal job``: one ``field: value`` line each, traceback indented at the end."""
+    fields = [("id", r.id), ("status", r.status), ("workflow", r.workflow), ("group", r.group or "(unrouted)"),
+              ("attempts", str(r.attempts)), ("created", fmt.timestamp(r.created_ms)),
+              ("started", fmt.timestamp(r.started_ms)), ("finished", fmt.timestamp(r.finished_ms))]
+    if r.started_ms and r.finished_ms:
+        fields.append(("duration", fmt.duration((r.finished_ms - r.started_ms) / 1000)))
+    elif r.started_ms and r.status == "running":
+        fields.append(("duration", f"{fmt.duration((now_ms - r.started_ms) / 1000)} so far"))
+    if r.status == "completed":
+        fields.append(("value", fmt.truncated(fmt.to_json(r.value))))
+    if r.error:
+        # "error" is the ordinary kind (the handler raised); the others explain a death
+        kind = f" ({r.error_kind})" if r.error_kind and r.error_kind != "error" else ""
+        fields.append(("error", fmt.first_line(r.error) + kind))
+    width = max(len(name) for name, _ in fields) + 2
+    lines = [f"{name + ':':<{width}}{value}" for name, value in fields]
+    if r.traceback:
+        lines.append("traceback:")
+        lines += ["  " + line for line in r.traceback.rstrip().splitlines()]
+    return lines
+
+
+def cmd_dead(client: "Client", args: argparse.Namespace) -> int:
+    """``shoal dead``: jobs that ran out of retries or failed permanently."""
+    found = client.dead_letters(group=args.group, limit=args.limit)
+    if args.json:
+        _emit_json([_result_dict(r) for r in found])
+        return EXIT_OK
+    if not found:
+        print("no dead letters" + _filters(args))
+        return EXIT_OK
+    rows = [[r.id, r.workflow, r.group, str(r.attempts), fmt.first_line(r.error)] for r in found]
+    print("\n".join(fmt.table(["ID", "WORKFLOW", "GROUP", "ATTEMPTS", "ERROR"], rows, right=(3,))))
+    return EXIT_OK
+
+
+def cmd_requeue(client: "Client", args: argparse.Namespace) -> int:
+    """``shoal requeue ID | --all [--group G]``: dead jobs back in their queue, same ids."""
+    if args.all:
+        count = client.requeue_all(group=args.group)
+    elif client.requeue(args.id):
+        count = 1
+    else:
+        current = client.get(args.id)
+        why = "no such job (never enqueued, or expired)" if current is None else f"it is {current.status}, not dead"
+        print(f"shoal requeue: job {args.id} was not requeued: {why}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        _emit_json({"requeued": count})
+    else:
+        print(f"requeued {fmt.plural(count, 'job')}" + _filters(args))
+    return EXIT_OK
+
+
+def cmd_enqueue(client: "Client", args: argparse.Namespace) -> int:
+    """``shoal enqueue NAME JSON``: print the job id; with ``--wait`` also its result."""
+    job_id = client.enqueue(args.name, args.payload, group=args.group, delay=args.delay,
+                            priority=args.priority, key=args.key)
+    if not args.wait:
+        if args.json:
+            _emit_json({"id": job_id})
+        else:
+            print(job_id)
+        return EXIT_OK
+    if not args.json:
+        print(job_id, flush=True)  # the id is useful (shoal job ID) even if the wait times out
+    result = client.wait(job_id, timeout=args.wait_timeout)
+    if args.json:
+        _emit_json(_result_dict(result))
+    elif result.status == "completed":
+        print(f"completed: {fmt.to_json(result.value)}")
+    else:
+        error = f": {fmt.first_line(result.error)}" if result.error else ""
+        print(f"{result.status} after {fmt.plural(result.attempts, 'attempt')}{error}")
+    return EXIT_OK if result.status == "completed" else EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
