@@ -196,7 +196,8 @@ class Supervisor:
     def _launch(self, name: str, state: GroupState, now: float, scaled: bool) -> None:
         gs = state.settings
         args = [sys.executable, "-m", "shoal.worker", "--group", name, "--connect", self.endpoint,
-                "--server", self.settings.server, "--app", ",".join(gs.app)]
+                "--server", self.settings.server, "--app", ",".join(gs.app),
+                "--log-level", logging.getLevelName(logging.getLogger().level).lower()]
         if self.settings.path:
             args += ["--config", self.settings.path]
         nice = gs.nice
