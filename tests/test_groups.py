@@ -130,3 +130,24 @@ def test_slow_media_never_delays_email(groups: Cluster) -> None:
     assert stats["running"] == 4 and stats["pending"] == 100
     (groups.tmp / "go").touch()
     assert all(client.wait(i, timeout=60).status == "completed" for i in blockers + backlog)
+
+
+def test_cold_group_scales_up_to_max_workers_while_the_backlog_outgrows_slots(cluster_factory) -> None:
+    toml = GROUPS_TOML.replace("workers = 0\nconcurrency = 4\nidle_timeout", "workers = 0\nconcurrency = 1\nmax_workers = 2\nidle_timeout")
+    cluster = cluster_factory(toml)
+    cluster.start_broker(supervise=True)
+    client = cluster.client()
+    ids = client.enqueue_many("slow", [{"i": i, "s": 0.3} for i in range(10)], group="media")
+    assert all(client.wait(i, timeout=60).status == "completed" for i in ids)
+    assert client.stats()["media"]["launches"] == 2
+
+
+def test_worker_recycles_above_max_memory(cluster_factory) -> None:
+    cluster = cluster_factory(GROUPS_TOML.replace("workers = 1\nconcurrency = 4", "workers = 1\nconcurrency = 1\nmax_memory = 1"))
+    cluster.start_broker(supervise=True)
+    client = cluster.client()
+    ids = client.enqueue_many("echo", [{"n": n} for n in range(3)], group="email")
+    results = [client.wait(i, timeout=60) for i in ids]
+    assert all(r.status == "completed" and r.attempts == 1 for r in results)
+    assert len({r.value["pid"] for r in results}) == 3
+    assert "recycling at" in cluster.broker_output()

@@ -184,3 +184,43 @@ def test_grace_time_over_hands_unfinished_jobs_back_at_once(cluster_factory) -> 
     (cluster.tmp / "go").touch()
     cluster.start_worker("media", 1)
     assert client.wait(job_id, timeout=20).status == "completed"
+
+
+def test_frozen_worker_loses_its_lease_and_its_late_result_is_rejected(cluster: Cluster) -> None:
+    frozen = cluster.start_worker("media", 1)
+    client = cluster.client()
+    job_id = client.enqueue("slow", {"i": 1, "s": 0.5}, group="media")
+    wait_for(lambda: len(lines(cluster.tmp / "slow.log")) >= 1, what="the job to start")
+    frozen.signal(signal.SIGSTOP)  # frozen mid-job: no heartbeats, lease (1.5 s) expires
+    wait_for(lambda: "went silent" in cluster.broker_output(), what="the lease to expire")
+    cluster.start_worker("media", 1)
+    result = client.wait(job_id, timeout=30)
+    assert result.status == "completed" and result.attempts == 2
+    frozen.signal(signal.SIGCONT)  # comes back and reports with its stale token
+    wait_for(lambda: "stale lease token" in cluster.broker_output(), what="the stale result to be rejected")
+    assert client.stats()["media"]["completed"] == 1
+    assert client.get(job_id).attempts == 2
+
+
+def test_embedded_worker_runs_in_a_thread_and_stops_on_request(cluster: Cluster) -> None:
+    import shoal
+
+    handle = shoal.run_worker(group="email", app="testapp", endpoint=cluster.endpoint, concurrency=2,
+                              config=str(cluster.config), background=True)
+    try:
+        client = cluster.client()
+        result = client.wait(client.enqueue("echo", {"embedded": True}, group="email"), timeout=20)
+        assert result.status == "completed"
+        import os
+
+        assert result.value["pid"] == os.getpid()
+    finally:
+        assert handle.stop(timeout=5) is True
+    assert handle.exit_code == 0
+
+
+def test_workflow_claimed_by_two_groups_is_refused_at_hello(cluster: Cluster) -> None:
+    cluster.start_worker("email", 1, app="testapp")
+    rogue = cluster.start_worker("other", 1, app="claimsecho", wait=False)
+    assert rogue.wait(20) == 2
+    assert "'echo' is claimed by group 'email'" in rogue.output()

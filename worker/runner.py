@@ -110,8 +110,12 @@ class Runner:
     def shutdown(self, wait: bool) -> None:
         """Stop the pool and the loop; ``wait=False`` abandons running handlers."""
         self._pool.shutdown(wait=wait, cancel_futures=True)
-        if self._loop is not None:
+        if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._loop.stop)
+            assert self._loop_thread is not None
+            self._loop_thread.join(5.0)
+            if not self._loop.is_running():
+                self._loop.close()
 
 
 def _elapsed_ms(started: float) -> int:
