@@ -71,14 +71,14 @@ class ClientCommands(BrokerCore):
             "key": field(item, "key", str, None),
         }
 
-    def _create(self, item: dict[str, Any], now_ms: int) -> None:
+    def _create(self, item: dict[str, Any], now_ms: int, parent: bytes | None = None) -> None:
         group = item["group"]
         if group is None:
             route = self.routes.get(item["wf"])
             group = route["group"] if route else ""  # "" = unrouted until a worker announces it
         job = J.Job(id=item["id"], workflow=item["wf"], group=group, payload=item["payload"],
                     seq=self._seq, priority=item["priority"], key=item["key"],
-                    max_retries=item["retries"], created_ms=now_ms)
+                    max_retries=item["retries"], created_ms=now_ms, parent=parent)
         self._seq += 1
         if group:
             self.known_groups.add(group)
@@ -108,11 +108,12 @@ class ClientCommands(BrokerCore):
     def _on_get(self, identity: bytes, body: dict[str, Any]) -> None:
         rid = field(body, "rid", int)
         ids = field(body, "ids", list)
-        self.reply(identity, rid, jobs=[self.record_of(i) if isinstance(i, bytes) else None for i in ids])
+        self.reply(identity, rid, jobs=[self.record_of(i) if isinstance(i, bytes) and len(i) == 16 else None
+                                        for i in ids])
 
     def _on_wait(self, identity: bytes, body: dict[str, Any]) -> None:
         rid = field(body, "rid", int)
-        job_id = field(body, "id", bytes)
+        job_id = P.job_id_field(body)
         if job_id in self.jobs:
             # keyed by (identity, rid): a client re-sending its WAIT does not register twice
             self.waiters.setdefault(job_id, {})[(identity, rid)] = None
@@ -175,7 +176,7 @@ class ClientCommands(BrokerCore):
             ids = [i for g, members in self.dead.items() if group in (None, g) for i in sorted(members)]
         requeued: list[bytes] = []
         for job_id in ids:
-            if isinstance(job_id, bytes) and self._requeue(job_id):
+            if isinstance(job_id, bytes) and len(job_id) == 16 and self._requeue(job_id):
                 requeued.append(job_id)
         self.reply(identity, rid, requeued=requeued)
 

@@ -64,6 +64,7 @@ class BrokerCore:
         self.orphans: dict[bytes, float] = {}         # running at start, no worker yet -> deadline
         self.waiters: dict[bytes, dict[tuple[bytes, int], None]] = {}
         self.dead: dict[str, set[bytes]] = {}
+        self.fanin: dict[bytes, set[bytes]] = {}     # suspended parent -> children not final yet
         self.counters: dict[str, dict[str, int]] = {}
         self.known_groups: set[str] = set(settings.groups)
         self.supervisor: Supervisor | None = None   # set by the server when it starts workers
@@ -133,8 +134,11 @@ class BrokerCore:
         body["rid"] = rid
         self.outbox.append(Outgoing(identity, P.encode(P.REPLY, body)))
 
-    def error(self, identity: bytes, rid: Any, code: str, message: str) -> None:
-        self.outbox.append(Outgoing(identity, P.encode(P.ERROR, {"rid": rid, "code": code, "message": message})))
+    def error(self, identity: bytes, rid: Any, code: str, message: str, size: int | None = None) -> None:
+        body: dict[str, Any] = {"rid": rid, "code": code, "message": message}
+        if size is not None:
+            body["size"] = size
+        self.outbox.append(Outgoing(identity, P.encode(P.ERROR, body)))
 
     def max_retries(self, job: J.Job) -> int:
         if job.max_retries is not None:
@@ -154,17 +158,23 @@ class BrokerCore:
     def handle(self, identity: bytes, frames: list[bytes]) -> None:
         """Act on one message from a client or worker. A bad one gets an error reply."""
         rid = None
+        decoded = False
         try:
             command, body = P.decode(frames, self.max_message_bytes)
+            decoded = True
             rid = body.get("rid")
             handler = self._handlers.get(command)
             if handler is None:
                 raise ProtocolError(f"{command.decode()} is not a command the broker accepts", command)
             handler(identity, body)
         except ProtocolError as exc:
-            code = getattr(exc, "code", P.E_PROTOCOL)
+            # a well-formed message whose content a handler refused is a bad request
+            code = getattr(exc, "code", P.E_BAD_REQUEST if decoded else P.E_PROTOCOL)
             log.warning("bad message from %s: %s", identity.hex(), exc.reason)
-            self.error(identity, rid, code, exc.reason)
+            self.error(identity, rid, code, exc.reason, size=getattr(exc, "size", None))
+        except Exception:  # a bug of ours must not take the broker down for everyone
+            log.exception("internal error handling a message from %s", identity.hex())
+            self.error(identity, rid, P.E_INTERNAL, "internal broker error (logged); the request was not applied")
 
     def tick(self) -> None:
         """Timers: due jobs, silent workers, orphaned leases, expiry, heartbeats; then dispatch."""
@@ -173,7 +183,10 @@ class BrokerCore:
         for job_id in self.schedule.pop_due(wall):
             job = self.jobs[job_id]
             job.move("due")
-            self._save(job, "due", {"state": job.state})
+            if job.waiting_on:  # step.wait timed out: the run resumes and sees the deadline passed
+                self.fanin.pop(job_id, None)
+                job.waiting_on = job.wait_step = None
+            self._save(job, "due", {"state": job.state, "waiting_on": None, "wait_step": None})
             self._queue(job)
         for worker in self.workers.silent_since(lambda w: now - w.lease_s):
             log.warning("worker %s (%s) went silent; releasing %d leases", worker.name, worker.group, len(worker.leases))
@@ -210,15 +223,20 @@ class BrokerCore:
         return max(0.0, wait)
 
     def undeliverable(self, out: Outgoing) -> None:
-        """A send failed (the peer is gone): undo its dispatches, forget the worker."""
-        if self.workers.get(out.identity) is None:
-            return
+        """A send failed: the peer's connection is gone. Undo the dispatches it carried.
+
+        The worker's last messages (DONE, RETURN, BYE) may still be waiting in our socket,
+        so it is not dropped now: it gets no more jobs and is declared lost within a second
+        unless those messages settle its leases first.
+        """
         worker = self.workers.get(out.identity)
-        assert worker is not None
+        if worker is None:
+            return
         for job_id in out.job_ids:  # never reached the worker: no attempt spent
             if worker.leases.pop(job_id, None) is not None:
                 self._release(self.jobs[job_id], charge=False, why="undeliverable")
-        self._drop_worker(out.identity, J.KIND_WORKER_LOST)
+        worker.slots = 0
+        worker.last_seen = min(worker.last_seen, self.clock.mono() - worker.lease_s + 1.0)
 
     # --- dispatch ----------------------------------------------------------------
     def dispatch(self) -> None:
@@ -252,8 +270,18 @@ class BrokerCore:
         worker.leases[job.id] = job.token
         self._save(job, "dispatch", {"state": job.state, "attempts": job.attempts, "token": job.token,
                                      "worker": job.worker, "started_ms": job.started_ms})
-        return {"id": job.id, "token": job.token, "wf": job.workflow, "payload": job.payload,
+        item = {"id": job.id, "token": job.token, "wf": job.workflow, "payload": job.payload,
                 "attempt": job.attempts, "max_retries": self.max_retries(job)}
+        if job.steps:
+            item["steps"] = self.steps_for(job.id)
+        return item
+
+    def steps_for(self, job_id: bytes) -> dict[str, dict[str, Any]]:
+        """Stored step results of a job (see step_commands)."""
+        return {}
+
+    def _child_final(self, child: J.Job) -> None:
+        """A child job reached a final state (fan-in, see step_commands)."""
 
     def _release(self, job: J.Job, charge: bool, why: str) -> None:
         """A running job lost its worker: back to the front, or dead when its attempts are spent."""
@@ -288,6 +316,8 @@ class BrokerCore:
             job.expire_ms = job.finished_ms + int(self.group_settings(job.group).retention_s * 1000)
             self.batch.expiry_add.append((job.expire_ms, job.id))
         self.batch.jobs[job.id] = job.to_record()
+        if job.parent is not None:
+            self._child_final(job)
         waiting = self.waiters.pop(job.id, None)
         if waiting:
             view = J.public_view(job.to_record())
@@ -312,4 +342,5 @@ class BrokerCore:
             if job_id in self.jobs:  # requeued meanwhile; not ours to drop
                 continue
             self.batch.jobs[job_id] = None
+            self.batch.drop_steps.append(job_id)
             self.batch.log.append(("expire", job_id, {}))

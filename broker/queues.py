@@ -17,42 +17,43 @@ class ReadyQueue:
     def __init__(self) -> None:
         self._heap: list[tuple[int, int, bytes]] = []
         self._front = itertools.count(-1, -1)
-        self._live: set[bytes] = set()
+        self._live: dict[bytes, tuple[int, int]] = {}  # id -> its current heap key; older entries are stale
 
     def push(self, job_id: bytes, seq: int, priority: int = 0) -> None:
         """Queue behind the jobs of the same priority."""
-        heapq.heappush(self._heap, (-priority, seq, job_id))
-        self._live.add(job_id)
+        self._push(job_id, (-priority, seq))
 
     def push_front(self, job_id: bytes, priority: int = 0) -> None:
         """Queue ahead of every job of the same priority."""
-        heapq.heappush(self._heap, (-priority, next(self._front), job_id))
-        self._live.add(job_id)
+        self._push(job_id, (-priority, next(self._front)))
+
+    def _push(self, job_id: bytes, key: tuple[int, int]) -> None:
+        heapq.heappush(self._heap, (key[0], key[1], job_id))
+        self._live[job_id] = key
+
+    def _current(self, entry: tuple[int, int, bytes]) -> bool:
+        return self._live.get(entry[2]) == (entry[0], entry[1])
 
     def pop(self) -> bytes | None:
         """The next job id, or None when empty."""
         while self._heap:
-            _, _, job_id = heapq.heappop(self._heap)
-            if job_id in self._live:
-                self._live.discard(job_id)
-                return job_id
+            entry = heapq.heappop(self._heap)
+            if self._current(entry):
+                del self._live[entry[2]]
+                return entry[2]
         return None
 
     def peek(self) -> bytes | None:
         """The next job id without taking it."""
         while self._heap:
-            job_id = self._heap[0][2]
-            if job_id in self._live:
-                return job_id
+            if self._current(self._heap[0]):
+                return self._heap[0][2]
             heapq.heappop(self._heap)
         return None
 
     def remove(self, job_id: bytes) -> bool:
-        """Drop a job (cancel); lazily removed from the heap."""
-        if job_id in self._live:
-            self._live.discard(job_id)
-            return True
-        return False
+        """Drop a job (cancel); its heap entry goes stale and is skipped later."""
+        return self._live.pop(job_id, None) is not None
 
     def __len__(self) -> int:
         return len(self._live)

@@ -9,6 +9,7 @@ Tables:
     jobs      id(16)                 -> job record (msgpack map)
     log       seq(8, big-endian)     -> [wall_ms, op, id, changes]
     expiry    expire_ms(8) + id(16)  -> b""       finished jobs, by when they go
+    steps     id(16) + step name     -> step record {value | error, permanent, ...}
     routes    workflow name (utf-8)  -> {group, retries}
     counters  group name (utf-8)     -> {completed, failed, retried}
     meta      name                   -> value (schema version)
@@ -40,9 +41,12 @@ class Batch:
     expiry_del: list[tuple[int, bytes]] = field(default_factory=list)
     routes: dict[str, dict[str, Any]] = field(default_factory=dict)
     counters: dict[str, dict[str, int]] = field(default_factory=dict)
+    steps: dict[tuple[bytes, str], dict[str, Any]] = field(default_factory=dict)
+    drop_steps: list[bytes] = field(default_factory=list)   # job ids whose steps go
 
     def __bool__(self) -> bool:
-        return bool(self.jobs or self.log or self.expiry_add or self.expiry_del or self.routes or self.counters)
+        return bool(self.jobs or self.log or self.expiry_add or self.expiry_del or self.routes or self.counters
+                    or self.steps or self.drop_steps)
 
 
 class Store:
@@ -66,6 +70,7 @@ class Store:
         self._expiry = self.env.open_db(b"expiry")
         self._routes = self.env.open_db(b"routes")
         self._counters = self.env.open_db(b"counters")
+        self._steps = self.env.open_db(b"steps")
         self._meta = self.env.open_db(b"meta")
         self.next_seq = self._load_next_seq()
         self._check_schema()
@@ -94,6 +99,8 @@ class Store:
 
     def get_job(self, job_id: bytes) -> dict[str, Any] | None:
         """The stored record of one job, or None."""
+        if len(job_id) != 16:
+            return None
         with self.env.begin(buffers=False) as txn:
             raw = txn.get(job_id, db=self._jobs)
         return None if raw is None else unpack(raw)
@@ -101,13 +108,27 @@ class Store:
     def has_jobs(self, job_ids: list[bytes]) -> set[bytes]:
         """Which of these ids are stored."""
         with self.env.begin() as txn:
-            return {j for j in job_ids if txn.get(j, db=self._jobs) is not None}
+            return {j for j in job_ids if len(j) == 16 and txn.get(j, db=self._jobs) is not None}
 
     def iter_jobs(self) -> Iterator[dict[str, Any]]:
         """Every stored job record (used once at start to rebuild the in-memory queues)."""
         with self.env.begin() as txn:
             for _, raw in txn.cursor(db=self._jobs):
                 yield unpack(raw)
+
+    def steps_of(self, job_id: bytes) -> dict[str, dict[str, Any]]:
+        """Every stored step of one job, by name."""
+        out: dict[str, dict[str, Any]] = {}
+        if len(job_id) != 16:
+            return out
+        with self.env.begin() as txn:
+            cur = txn.cursor(db=self._steps)
+            if cur.set_range(job_id):
+                for key, raw in cur:
+                    if key[:16] != job_id:
+                        break
+                    out[bytes(key[16:]).decode()] = unpack(raw)
+        return out
 
     def routes(self) -> dict[str, dict[str, Any]]:
         """The routing table learned from workers' HELLOs."""
@@ -173,11 +194,22 @@ class Store:
                 txn.delete(_U64.pack(expire_ms) + job_id, db=self._expiry)
             for expire_ms, job_id in batch.expiry_add:
                 txn.put(_U64.pack(expire_ms) + job_id, b"", db=self._expiry)
+            for job_id in batch.drop_steps:
+                self._delete_steps(txn, job_id)
+            for (job_id, name), step in batch.steps.items():
+                txn.put(job_id + name.encode(), pack(step), db=self._steps)
             for name, route in batch.routes.items():
                 txn.put(name.encode(), pack(route), db=self._routes)
             for group, counts in batch.counters.items():
                 txn.put(group.encode(), pack(counts), db=self._counters)
         self.next_seq = seq
+
+    def _delete_steps(self, txn: lmdb.Transaction, job_id: bytes) -> None:
+        cur = txn.cursor(db=self._steps)
+        if cur.set_range(job_id):
+            while cur.key()[:16] == job_id:
+                if not cur.delete():
+                    break
 
     def close(self) -> None:
         """Close the environment."""

@@ -38,7 +38,11 @@ class WorkerCommands(BrokerCore):
     # --- joining ---------------------------------------------------------------
     def _on_hello(self, identity: bytes, body: dict[str, Any]) -> None:
         group = field(body, "group", str)
+        if not group:
+            raise P.ProtocolError("HELLO needs a non-empty group", body)
         workflows = field(body, "workflows", dict, {})
+        if not all(isinstance(name, str) and name for name in workflows):
+            raise P.ProtocolError("HELLO workflow names must be non-empty strings", list(workflows))
         conflict = self._route_conflict(group, workflows)
         if conflict:
             log.error("refused worker from group %s: %s", group, conflict)
@@ -125,8 +129,8 @@ class WorkerCommands(BrokerCore):
     def _current(self, identity: bytes, job_id: Any, token: Any) -> J.Job | None:
         """The job if this outcome is for its live lease; a stale token is logged and dropped."""
         worker = self.workers.get(identity)
-        if worker is not None and isinstance(job_id, bytes):
-            worker.leases.pop(job_id, None)
+        if worker is not None and isinstance(job_id, bytes) and worker.leases.get(job_id) == token:
+            del worker.leases[job_id]  # only the live lease frees its slot; a stale report frees nothing
             worker.jobs_done += 1
         job = self.jobs.get(job_id) if isinstance(job_id, bytes) else None
         if job is None or job.state != J.RUNNING or job.token != token:

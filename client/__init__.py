@@ -1,4 +1,4 @@
 """The Shoal client library."""
-from .client import AsyncClient, Client, Result, Stats
+from .client import AsyncClient, Client, Result, Stats, StepInfo
 
-__all__ = ["AsyncClient", "Client", "Result", "Stats"]
+__all__ = ["AsyncClient", "Client", "Result", "Stats", "StepInfo"]

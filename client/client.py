@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -49,6 +50,40 @@ class Result:
                    attempts=record.get("attempts", 0), workflow=record.get("workflow", ""),
                    group=record.get("group", "") or "", created_ms=record.get("created_ms", 0),
                    started_ms=record.get("started_ms", 0), finished_ms=record.get("finished_ms", 0))
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """One stored step of a run: ``status`` is done, failed, sleeping or waiting."""
+
+    name: str
+    status: str
+    attempts: int = 0
+    duration_ms: int = 0
+    finished_ms: int = 0
+    value: Any = None
+    error: str | None = None
+
+    @classmethod
+    def all_from(cls, steps: dict[str, dict[str, Any]]) -> list["StepInfo"]:
+        out = [cls.from_record(name, record) for name, record in steps.items()]
+        return sorted(out, key=lambda s: s.finished_ms)
+
+    @classmethod
+    def from_record(cls, name: str, record: dict[str, Any]) -> "StepInfo":
+        common = {"attempts": record.get("attempts", 0), "duration_ms": record.get("duration_ms", 0),
+                  "finished_ms": record.get("finished_ms", 0)}
+        if record.get("permanent"):
+            return cls(name, "failed", error=record.get("error"), **common)
+        if "value" in record:
+            return cls(name, "done", value=P.unpack(record["value"]), **common)
+        if "children" in record:
+            values = [[id_to_str(c[0]), c[1]] for c in record["children"]]
+            return cls(name, "done", value=values, **common)
+        if "wake_ms" in record:
+            woke = record["wake_ms"] <= time.time() * 1000
+            return cls(name, "done" if woke else "sleeping", value={"wake_ms": record["wake_ms"]}, **common)
+        return cls(name, "waiting", value={"deadline_ms": record.get("deadline_ms")}, **common)
 
 
 class Stats(dict):  # type: ignore[type-arg]
@@ -150,6 +185,11 @@ class Client:
         except WaitTimeout as exc:
             raise WaitTimeout(f"job {job_id} did not finish within {limit}s") from exc
 
+    def steps(self, job_id: str) -> list[StepInfo]:
+        """The stored steps of a workflow run, in the order they finished."""
+        body = self._r.send(P.STEPS, {"id": id_from_str(job_id)}).result()
+        return StepInfo.all_from(body["steps"])
+
     def stats(self) -> Stats:
         """Per-group counters (cheap: the broker keeps them as jobs change)."""
         body = self._r.send(P.STATS, {}).result()
@@ -234,6 +274,10 @@ class AsyncClient:
         except WaitTimeout as exc:
             raise WaitTimeout(f"job {job_id} did not finish within {limit}s") from exc
         return Result.from_record(body["job"])
+
+    async def steps(self, job_id: str) -> list[StepInfo]:
+        """The stored steps of a workflow run."""
+        return StepInfo.all_from((await self._send(P.STEPS, {"id": id_from_str(job_id)}))["steps"])
 
     async def stats(self) -> Stats:
         """Per-group counters."""

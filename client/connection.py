@@ -20,7 +20,7 @@ from typing import Any
 import zmq
 
 from shoal import protocol as P
-from shoal.errors import BrokerUnreachable, GroupUnhealthy, RemoteError, StorageFull, UnknownJob, WaitTimeout
+from shoal.errors import BrokerUnreachable, GroupUnhealthy, PayloadError, RemoteError, StorageFull, UnknownJob, WaitTimeout
 
 RESEND_FIRST_S = 1.0
 RESEND_MAX_S = 4.0
@@ -135,13 +135,22 @@ class Connection:
                 command, body = P.decode(frames)
             except P.ProtocolError:
                 continue
-            req = self._pending.pop(body.get("rid"), None)  # type: ignore[arg-type]
+            rid = body.get("rid")
+            if rid is None and command == P.ERROR and isinstance(body.get("size"), int):
+                rid = self._match_by_size(body["size"])  # refused before its rid could be read
+            req = self._pending.pop(rid, None)  # type: ignore[arg-type]
             if req is None or req.future.done():
                 continue
             if command == P.REPLY:
                 req.future.set_result(body)
             else:
                 req.future.set_exception(_remote_error(body))
+
+    def _match_by_size(self, size: int) -> int | None:
+        for rid, req in self._pending.items():
+            if len(req.frames[2]) == size:
+                return rid
+        return None
 
     def _next_timer_ms(self) -> int:
         if not self._pending:
@@ -173,4 +182,6 @@ def _remote_error(body: dict[str, Any]) -> Exception:
         return GroupUnhealthy(message)
     if code == P.E_STORAGE:
         return StorageFull(message)
+    if code == P.E_TOO_LARGE:
+        return PayloadError(message)
     return RemoteError(code, message)

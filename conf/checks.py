@@ -222,6 +222,7 @@ BROKER_KEYS: dict[str, Key] = {
     "bind": Key("bind", endpoint),
     "data": Key("data", text),
     "max_message_bytes": Key("max_message_bytes", size_bytes(minimum=1), _int_text),
+    "max_step_bytes": Key("max_step_bytes", size_bytes(minimum=1), _int_text),
     "heartbeat_interval": Key("heartbeat_interval_s", duration(positive=True)),
     "map_size": Key("map_size_mb", size_mib(minimum=1), _int_text),
     "supervise": Key("supervise", boolean, _bool_text),

@@ -36,6 +36,7 @@ class BrokerSettings:
     bind: str = DEFAULT_BIND
     data: str = DEFAULT_DATA
     max_message_bytes: int = 16 * 1024 * 1024
+    max_step_bytes: int = 1024 * 1024      # largest encoded step.run result
     heartbeat_interval_s: float = 1.0
     map_size_mb: int = 1024            # initial LMDB map; it grows on demand
     supervise: bool = True

@@ -5,6 +5,7 @@
     running   --retry----->  scheduled      (a failed attempt with retries left)
     running   --bury------>  dead           (out of retries, Permanent, or worker_lost)
     running   --release--->  pending        (lease lost or handed back; front of queue)
+    running   --suspend--->  scheduled      (durable sleep, or waiting for child jobs)
     scheduled --due------->  pending
     dead      --requeue--->  pending        (fresh retry budget)
     pending | scheduled | running --cancel--> cancelled
@@ -35,6 +36,7 @@ TRANSITIONS: dict[tuple[str, str], str] = {
     (RUNNING, "retry"): SCHEDULED,
     (RUNNING, "bury"): DEAD,
     (RUNNING, "release"): PENDING,
+    (RUNNING, "suspend"): SCHEDULED,
     (SCHEDULED, "due"): PENDING,
     (DEAD, "requeue"): PENDING,
     (PENDING, "cancel"): CANCELLED,
@@ -89,6 +91,10 @@ class Job:
     error_kind: str | None = None
     traceback: str | None = None
     expire_ms: int = 0             # finished jobs are dropped after this
+    steps: int = 0                 # how many step results are stored for it
+    parent: bytes | None = None    # the job whose step.enqueue made this one
+    waiting_on: list[bytes] | None = None  # children a suspended parent waits for
+    wait_step: str | None = None   # the step.wait that is waiting
 
     def move(self, event: str) -> str:
         """Apply a lifecycle event; returns the new state."""

@@ -24,6 +24,7 @@ STATS = b"STATS"        # {rid}
 DEAD = b"DEAD"          # {rid, group?, limit?}
 REQUEUE = b"REQUEUE"    # {rid, ids?, all?, group?}
 JOBS = b"JOBS"          # {rid, state?, group?, limit?}
+STEPS = b"STEPS"        # {rid, id}: the stored steps of a job
 # broker -> client
 REPLY = b"REPLY"        # {rid, ...}
 ERROR = b"ERROR"        # {rid?, code, message}
@@ -33,14 +34,16 @@ READY = b"READY"        # {slots}: the worker's advertised slot count changed
 DONE = b"DONE"          # {results: [[id, token, value, started_ms, duration_ms]]}
 FAIL = b"FAIL"          # {failures: [{id, token, kind, error, traceback, permanent, ...}]}
 RETURN = b"RETURN"      # {jobs: [[id, token]]}: unfinished jobs handed back on drain
+STEP = b"STEP"          # {rid, id, token, name, record, enqueue?}: persist a step result (REPLY once committed)
+SUSPEND = b"SUSPEND"    # {id, token, name, due_ms?, wait_on?}: give the slot back until a time or children
 HEARTBEAT = b"HEARTBEAT"  # {} both ways
 BYE = b"BYE"            # {}: the worker is leaving
 # broker -> worker
 JOB = b"JOB"            # {jobs: [{id, token, wf, payload, attempt}]}
 RECONNECT = b"RECONNECT"  # {}: the broker does not know this worker; say HELLO again
 
-CLIENT_COMMANDS = frozenset({ENQUEUE, GET, WAIT, STATS, DEAD, REQUEUE, JOBS})
-WORKER_COMMANDS = frozenset({HELLO, READY, DONE, FAIL, RETURN, HEARTBEAT, BYE})
+CLIENT_COMMANDS = frozenset({ENQUEUE, GET, WAIT, STATS, DEAD, REQUEUE, JOBS, STEPS})
+WORKER_COMMANDS = frozenset({HELLO, READY, DONE, FAIL, RETURN, HEARTBEAT, BYE, STEP, SUSPEND})
 BROKER_COMMANDS = frozenset({REPLY, ERROR, JOB, HEARTBEAT, RECONNECT})
 KNOWN_COMMANDS = CLIENT_COMMANDS | WORKER_COMMANDS | BROKER_COMMANDS
 
@@ -52,6 +55,7 @@ E_UNKNOWN_JOB = "unknown_job"
 E_STORAGE = "storage"
 E_INTERNAL = "internal"
 E_GROUP_UNHEALTHY = "group_unhealthy"
+E_STALE_LEASE = "stale_lease"
 
 
 def pack(obj: Any) -> bytes:
@@ -60,15 +64,19 @@ def pack(obj: Any) -> bytes:
 
 
 def unpack(data: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Any:
-    """Decode msgpack with limits, so a hostile peer cannot make us allocate much."""
+    """Decode msgpack with limits tied to the input's real size, so a hostile peer
+    cannot make us allocate much more than it sent."""
+    if len(data) > max_bytes:
+        raise ValueError(f"{len(data)} bytes is over the limit of {max_bytes}")
+    size = len(data)
     return msgpack.unpackb(
         data,
         raw=False,
         strict_map_key=False,
-        max_str_len=max_bytes,
-        max_bin_len=max_bytes,
-        max_array_len=max_bytes,
-        max_map_len=max_bytes // 2,
+        max_str_len=size,
+        max_bin_len=size,
+        max_array_len=size,
+        max_map_len=size // 2,
         max_ext_len=0,
     )
 
@@ -91,7 +99,9 @@ def decode(frames: list[bytes], max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> t
     if command not in KNOWN_COMMANDS:
         raise _error(E_PROTOCOL, f"unknown command {bytes(command[:32])!r}", command)
     if len(body) > max_bytes:
-        raise _error(E_TOO_LARGE, f"message body of {len(body)} bytes is over the limit of {max_bytes} bytes", len(body))
+        err = _error(E_TOO_LARGE, f"message body of {len(body)} bytes is over the limit of {max_bytes} bytes", len(body))
+        err.size = len(body)  # type: ignore[attr-defined]  # lets the sender match the refusal to its request
+        raise err
     try:
         value = unpack(body, max_bytes)
     except Exception as exc:  # msgpack raises several unrelated types
@@ -105,6 +115,14 @@ def _error(code: str, reason: str, received: object) -> ProtocolError:
     err = ProtocolError(reason, received)
     err.code = code  # type: ignore[attr-defined]
     return err
+
+
+def job_id_field(body: Mapping[str, Any], name: str = "id") -> bytes:
+    """A 16-byte job id field; anything else raises ProtocolError."""
+    value = field(body, name, bytes)
+    if len(value) != 16:
+        raise _error(E_BAD_REQUEST, f"field {name!r} must be a 16-byte job id, got {len(value)} bytes", value)
+    return value
 
 
 def field(body: Mapping[str, Any], name: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:

@@ -102,8 +102,9 @@ def test_worker_recycles_after_max_jobs_without_losing_a_job(cluster_factory) ->
     client = cluster.client()
     ids = client.enqueue_many("echo", [{"n": n} for n in range(30)], group="email")
     results = [client.wait(i, timeout=60) for i in ids]
-    assert all(r.status == "completed" and r.attempts == 1 for r in results)
-    assert len({r.value["pid"] for r in results}) >= 6
+    assert [(r.status, r.attempts) for r in results] == [("completed", 1)] * 30
+    # each process runs max_jobs, plus at most `concurrency` jobs that crossed its drain on the wire
+    assert len({r.value["pid"] for r in results}) >= 5
     assert "recycling after 5 jobs" in cluster.broker_output()
 
 

@@ -32,9 +32,10 @@ def build_worker(*, group: str | None = None, app: str | list[str] | None = None
         endpoint=endpoint or env.get("SHOAL_BROKER") or settings.broker.bind,
         group=name, concurrency=concurrency or gs.concurrency, server=settings.server,
         grace_s=gs.grace_s, heartbeat_interval_s=settings.broker.heartbeat_interval_s,
-        max_jobs=gs.max_jobs, max_memory_mb=gs.max_memory_mb,
+        max_jobs=gs.max_jobs, max_memory_mb=gs.max_memory_mb, max_step_bytes=settings.broker.max_step_bytes,
     )
-    return WorkerShell(options, Runner(workflows, name, options.concurrency))
+    runner = Runner(workflows, name, options.concurrency, max_step_bytes=options.max_step_bytes)
+    return WorkerShell(options, runner)
 
 
 class WorkerHandle:

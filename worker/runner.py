@@ -18,15 +18,10 @@ from shoal.errors import Permanent
 from shoal.protocol import pack, unpack
 from shoal.workflow import Workflow
 
+from .steps import AsyncStep, Channel, LeaseLost, Step, Suspend
 
-@dataclass(frozen=True)
-class Step:
-    """The second argument of a handler: what the run is, and (later) durable steps."""
-
-    job_id: bytes
-    workflow: str
-    group: str
-    attempt: int
+KIND_SUSPEND = "suspend"        # not a failure: the run gave its slot back (sleep / wait)
+KIND_LEASE_LOST = "lease_lost"  # the job was redelivered elsewhere: report nothing
 
 
 @dataclass(frozen=True)
@@ -41,13 +36,17 @@ class Outcome:
     error: str = ""
     traceback: str | None = None
     duration_ms: int = 0
+    suspend: Suspend | None = None
 
 
 class Runner:
     """Executes jobs of one group's workflows, ``concurrency`` at a time."""
 
-    def __init__(self, workflows: dict[str, Workflow], group: str, concurrency: int) -> None:
+    def __init__(self, workflows: dict[str, Workflow], group: str, concurrency: int,
+                 channel: Channel | None = None, max_step_bytes: int = 1024 * 1024) -> None:
         self.workflows = workflows
+        self.channel = channel
+        self.max_step_bytes = max_step_bytes
         self.group = group
         self.concurrency = concurrency
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=f"shoal-{group}")
@@ -71,12 +70,13 @@ class Runner:
                          error=f"workflow {job['wf']!r} is not registered in group {self.group!r} "
                                f"(this worker has: {names})"))
             return
-        step = Step(job_id, wf.name, self.group, int(job.get("attempt", 1)))
         if wf.is_async:
+            step: Step = AsyncStep(job, self.group, self.channel, self.max_step_bytes)
             assert self._loop is not None
             fut = asyncio.run_coroutine_threadsafe(self._run_async(wf, job, step), self._loop)
             fut.add_done_callback(lambda f: done(_result_of(f, job_id, token)))
         else:
+            step = Step(job, self.group, self.channel, self.max_step_bytes)
             self._pool.submit(self._run_sync, wf, job, step).add_done_callback(
                 lambda f: done(_result_of(f, job_id, token)))
 
@@ -88,6 +88,10 @@ class Runner:
             return _failure(job, J.KIND_BAD_PAYLOAD, f"payload is not valid msgpack: {exc}", started)
         try:
             value = wf.fn(payload, step) if wf.wants_step else wf.fn(payload)
+        except Suspend as suspend:
+            return _suspended(job, suspend, started)
+        except LeaseLost:
+            return _failure(job, KIND_LEASE_LOST, "lease lost", started)
         except Exception as exc:
             return _from_exception(job, exc, started)
         return _success(job, value, started)
@@ -103,6 +107,10 @@ class Runner:
             value = await (asyncio.wait_for(coro, wf.timeout_s) if wf.timeout_s else coro)
         except asyncio.TimeoutError:
             return _failure(job, J.KIND_ERROR, f"timed out after {wf.timeout_s}s", started)
+        except Suspend as suspend:
+            return _suspended(job, suspend, started)
+        except LeaseLost:
+            return _failure(job, KIND_LEASE_LOST, "lease lost", started)
         except Exception as exc:
             return _from_exception(job, exc, started)
         return _success(job, value, started)
@@ -133,6 +141,11 @@ def _success(job: dict[str, Any], value: Any, started: float) -> Outcome:
 
 def _failure(job: dict[str, Any], kind: str, error: str, started: float, tb: str | None = None) -> Outcome:
     return Outcome(job["id"], job["token"], False, kind=kind, error=error, traceback=tb,
+                   duration_ms=_elapsed_ms(started))
+
+
+def _suspended(job: dict[str, Any], suspend: Suspend, started: float) -> Outcome:
+    return Outcome(job["id"], job["token"], False, kind=KIND_SUSPEND, suspend=suspend,
                    duration_ms=_elapsed_ms(started))
 
 

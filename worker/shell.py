@@ -8,21 +8,26 @@ so the broker keeps their leases.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import queue
 import socket
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
 import zmq
 
 from shoal import protocol as P
+from shoal.errors import RemoteError
 from shoal.ids import id_to_str
 
-from .runner import Outcome, Runner
+from .runner import KIND_LEASE_LOST, KIND_SUSPEND, Outcome, Runner
+
+CALL_RESEND_S = 2.0
 
 log = logging.getLogger("shoal.worker")
 
@@ -41,6 +46,7 @@ class WorkerOptions:
     reconnect_max_s: float = 8.0
     max_jobs: int = 0          # recycle (drain and exit 0) after this many jobs; 0 = never
     max_memory_mb: int = 0     # recycle when resident memory passes this; 0 = never
+    max_step_bytes: int = 1024 * 1024
 
 
 class WorkerShell:
@@ -49,6 +55,10 @@ class WorkerShell:
     def __init__(self, options: WorkerOptions, runner: Runner) -> None:
         self.options = options
         self.runner = runner
+        runner.channel = self  # durable steps reach the broker through this shell
+        self._calls: "queue.SimpleQueue[tuple[bytes, dict[str, Any], Future[dict[str, Any]]]]" = queue.SimpleQueue()
+        self._open_calls: dict[int, tuple[list[bytes], Future[dict[str, Any]], float]] = {}
+        self._rids = itertools.count(1)
         self.ctx = zmq.Context()
         self.sock: zmq.Socket | None = None
         self.inflight: dict[bytes, int] = {}     # job id -> lease token
@@ -84,6 +94,42 @@ class WorkerShell:
         except BlockingIOError:
             pass  # the pipe is full: the loop is awake anyway
 
+    def call(self, command: bytes, body: dict[str, Any]) -> "Future[dict[str, Any]]":
+        """A request from a handler thread (a step result); resolved when the broker has committed it."""
+        fut: "Future[dict[str, Any]]" = Future()
+        self._calls.put((command, body, fut))
+        self._wake()
+        return fut
+
+    def _send_calls(self, now: float) -> None:
+        while True:
+            try:
+                command, body, fut = self._calls.get_nowait()
+            except queue.Empty:
+                break
+            rid = next(self._rids)
+            body["rid"] = rid
+            self._open_calls[rid] = (P.encode(command, body), fut, now)
+            self._send_frames(self._open_calls[rid][0])
+        for rid, (frames, fut, sent) in list(self._open_calls.items()):
+            if now - sent >= CALL_RESEND_S:  # the broker stores a step once; repeating is safe
+                self._open_calls[rid] = (frames, fut, now)
+                self._send_frames(frames)
+
+    def _send_frames(self, frames: list[bytes]) -> None:
+        assert self.sock is not None
+        self.sock.send_multipart(frames)
+        self._last_sent = time.monotonic()
+
+    def _on_reply(self, command: bytes, body: dict[str, Any]) -> None:
+        entry = self._open_calls.pop(body.get("rid"), None)  # type: ignore[arg-type]
+        if entry is None or entry[1].done():
+            return
+        if command == P.REPLY:
+            entry[1].set_result(body)
+        else:
+            entry[1].set_exception(RemoteError(str(body.get("code")), str(body.get("message"))))
+
     def _on_outcome(self, outcome: Outcome) -> None:
         self.outcomes.put(outcome)
         self._wake()
@@ -110,9 +156,7 @@ class WorkerShell:
         })
 
     def _send(self, command: bytes, body: dict[str, Any]) -> None:
-        assert self.sock is not None
-        self.sock.send_multipart(P.encode(command, body))
-        self._last_sent = time.monotonic()
+        self._send_frames(P.encode(command, body))
 
     # --- the loop ---------------------------------------------------------------------
     def run(self) -> int:
@@ -135,8 +179,9 @@ class WorkerShell:
                         backoff_s = opts.heartbeat_interval_s
                 if self.refused:
                     return 2
-                self._flush_outcomes()
                 now = time.monotonic()
+                self._send_calls(now)
+                self._flush_outcomes()
                 if self._draining.is_set():
                     if not draining_announced:
                         log.info("draining: finishing %d in-flight jobs within %.1fs; signal again to exit now",
@@ -187,6 +232,8 @@ class WorkerShell:
                 self._start(body.get("jobs", []))
             elif command == P.RECONNECT:
                 self._send_hello()
+            elif command == P.REPLY or (command == P.ERROR and body.get("rid") is not None):
+                self._on_reply(command, body)
             elif command == P.ERROR:
                 self._on_error(body)
 
@@ -222,11 +269,16 @@ class WorkerShell:
             return
         done = [[o.job_id, o.token, o.value, o.duration_ms] for o in outcomes if o.ok]
         failed = [{"id": o.job_id, "token": o.token, "kind": o.kind, "error": o.error,
-                   "traceback": o.traceback, "duration_ms": o.duration_ms} for o in outcomes if not o.ok]
+                   "traceback": o.traceback, "duration_ms": o.duration_ms}
+                  for o in outcomes if not o.ok and o.kind not in (KIND_SUSPEND, KIND_LEASE_LOST)]
         if done:
             self._send(P.DONE, {"results": done})
         if failed:
             self._send(P.FAIL, {"failures": failed})
+        for o in outcomes:
+            if o.suspend is not None:
+                self._send(P.SUSPEND, {"id": o.job_id, "token": o.token, "name": o.suspend.name,
+                                       "due_ms": o.suspend.due_ms, "wait_on": o.suspend.wait_on or []})
         for o in outcomes:
             self.inflight.pop(o.job_id, None)
             self.jobs_done += 1
