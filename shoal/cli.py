@@ -263,10 +263,17 @@ def cmd_job(client: "Client", args: argparse.Namespace) -> int:
     if result is None:
         print(f"shoal job: no job with id {args.id} (never enqueued, or expired)", file=sys.stderr)
         return EXIT_FAILED
+    steps = client.steps(args.id)
     if args.json:
-        _emit_json(_result_dict(result))
+        _emit_json({**_result_dict(result), "steps": [dataclasses.asdict(s) for s in steps]})
         return EXIT_OK
     print("\n".join(job_lines(result, time.time() * 1000)))
+    if steps:
+        rows = [[s.name, s.status, str(s.attempts), fmt.duration(s.duration_ms / 1000),
+                 fmt.truncated(fmt.to_json(s.value), 60) if s.error is None else fmt.first_line(s.error)]
+                for s in steps]
+        print("\nsteps:")
+        print("\n".join(fmt.table(["STEP", "STATUS", "ATTEMPTS", "DURATION", "RESULT"], rows, right=(2, 3))))
     return EXIT_OK
 
 

@@ -98,3 +98,19 @@ def test_step_result_survives_a_broker_sigkill_between_steps(cluster: Cluster) -
     assert result.status == "completed" and result.value == "both"
     assert len(lines(cluster.tmp / "effect-first")) == 1
     assert len(lines(cluster.tmp / "effect-second")) == 1
+
+
+def test_shoal_job_shows_each_step(cluster: Cluster) -> None:
+    import subprocess
+    import sys
+
+    _start(cluster)
+    client = cluster.client()
+    job_id = client.enqueue("step-retries", {}, group="steps")
+    assert client.wait(job_id, timeout=20).status == "completed"
+    out = subprocess.run([sys.executable, "-m", "shoal.cli", "job", job_id, "--broker", cluster.endpoint],
+                         capture_output=True, text=True, timeout=30, env=cluster.env)
+    assert out.returncode == 0, out.stderr
+    assert "steps:" in out.stdout
+    row = next(line for line in out.stdout.splitlines() if line.startswith("flaky"))
+    assert row.split()[:3] == ["flaky", "done", "3"] and '"fine"' in row
