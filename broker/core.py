@@ -308,14 +308,17 @@ class BrokerCore:
         worker.leases.clear()
 
     # --- finishing --------------------------------------------------------------
-    def _finish(self, job: J.Job) -> None:
-        """Move a final job out of memory; its record stays in storage until it expires."""
+    def _finish(self, job: J.Job, op: str, changes: dict[str, Any]) -> None:
+        """Log the final transition and move the job out of memory; its record stays in
+        storage until it expires (dead letters stay until requeued)."""
         self.jobs.pop(job.id, None)
         self.orphans.pop(job.id, None)
         if job.state != J.DEAD:
             job.expire_ms = job.finished_ms + int(self.group_settings(job.group).retention_s * 1000)
             self.batch.expiry_add.append((job.expire_ms, job.id))
+            changes["expire_ms"] = job.expire_ms
         self.batch.jobs[job.id] = job.to_record()
+        self.batch.log.append((op, job.id, changes))
         if job.parent is not None:
             self._child_final(job)
         waiting = self.waiters.pop(job.id, None)
@@ -324,17 +327,17 @@ class BrokerCore:
             for identity, rid in waiting:
                 self.reply(identity, rid, job=view)
 
-    def _finish_failed(self, job: J.Job, event: str, kind: str, error: str, tb: str | None) -> None:
+    def _finish_failed(self, job: J.Job, event: str, kind: str, error: str, tb: str | None,
+                       failed: bool = False) -> None:
+        """Dead-letter a job; ``failed`` when a FAIL caused it (counted for replay's counters)."""
         job.move(event)
         job.finished_ms = self.clock.wall_ms()
         job.error, job.error_kind, job.traceback = error, kind, tb
         self._count(job.group, "dead")
         self.dead.setdefault(job.group, set()).add(job.id)
-        self.batch.log.append(("dead", job.id, {"state": job.state, "error": error, "error_kind": kind,
-                                                 "traceback": tb, "finished_ms": job.finished_ms,
-                                                 "attempts": job.attempts}))
         log.info("job %s (%s) is dead: %s", id_to_str(job.id), job.workflow, error)
-        self._finish(job)
+        self._finish(job, "dead", {"state": job.state, "error": error, "error_kind": kind, "traceback": tb,
+                                   "finished_ms": job.finished_ms, "attempts": job.attempts, "failed": failed})
 
     def _expire(self, wall_ms: int) -> None:
         for expire_ms, job_id in self.store.expired(wall_ms):

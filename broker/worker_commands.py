@@ -96,7 +96,7 @@ class WorkerCommands(BrokerCore):
             if self.routes.get(name) != route:
                 self.routes[name] = route
                 self.batch.routes[name] = route
-                self.batch.log.append(("route", b"", {"workflow": name, **route}))
+                self.batch.log.append(("learn_route", b"", {"workflow": name, **route}))
             for job_id in self.unrouted.pop(name, []):
                 job = self.jobs.get(job_id)
                 if job is not None and not job.group:
@@ -153,9 +153,7 @@ class WorkerCommands(BrokerCore):
             job.value = entry[2]
             job.finished_ms = self.clock.wall_ms()
             self._count(job.group, "completed")
-            self.batch.log.append(("complete", job.id, {"state": job.state, "value": job.value,
-                                                        "finished_ms": job.finished_ms}))
-            self._finish(job)
+            self._finish(job, "complete", {"state": job.state, "value": job.value, "finished_ms": job.finished_ms})
 
     def _on_fail(self, identity: bytes, body: dict[str, Any]) -> None:
         self._known(identity)
@@ -170,7 +168,7 @@ class WorkerCommands(BrokerCore):
             tb = field(entry, "traceback", str, None)
             self._count(job.group, "failed")
             if kind in J.PERMANENT_KINDS or job.attempts > self.max_retries(job):
-                self._finish_failed(job, "bury", kind, error, tb)
+                self._finish_failed(job, "bury", kind, error, tb, failed=True)
             else:
                 self._retry(job, kind, error, tb)
 
