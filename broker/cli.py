@@ -11,7 +11,8 @@ from shoal.logs import setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="broker", description="Run the Shoal broker.")
+    parser = argparse.ArgumentParser(prog="broker", description="Run the Shoal broker.",
+                                     epilog="broker replay --help: rebuild or verify a data directory from its log")
     parser.add_argument("--config", help="path to shoal.toml (default ./shoal.toml, or SHOAL_CONFIG)")
     parser.add_argument("--data", help="LMDB data directory (default ./.shoal, or SHOAL_DATA)")
     parser.add_argument("--bind", help="endpoint to listen on (default tcp://127.0.0.1:5555, or SHOAL_BROKER)")
@@ -23,7 +24,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `broker` command."""
+    """Entry point of the `broker` command (and of `broker replay ...`, see replay.py)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["replay"]:  # a subcommand, kept out of the main parser so `broker [flags]` stays as it is
+        from .replay import main as replay_main
+
+        return replay_main(argv[1:])
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level, args.log_format)
     from shoal.conf import load_settings

@@ -7,7 +7,7 @@ from shoal import jobs as J
 from shoal import protocol as P
 from shoal.protocol import field
 
-from .core import BrokerCore
+from .core import BrokerCore, Outgoing
 
 MAX_LIST = 10_000
 
@@ -34,15 +34,55 @@ class ClientCommands(BrokerCore):
         unseen = [p["id"] for p in parsed if p["id"] not in self.jobs and p["id"] not in self.batch.jobs]
         stored = self.store.has_jobs(unseen) if unseen else set()
         stored.update(p["id"] for p in parsed if self.batch.jobs.get(p["id"]) is not None)
+        saturated = self._saturation(parsed)
+        if saturated:
+            self.outbox.append(self._saturated_error(identity, rid, *saturated))
+            return
         now = self.clock.wall_ms()
         existed: list[bool] = []
+        ids: list[bytes] = []
+        deduplicated: list[bool] = []
         for item in parsed:
+            holder = self.key_holder(item["key"]) if item["key"] else None
             if item["id"] in self.jobs or item["id"] in stored:
                 existed.append(True)  # a re-send whose first ack was lost: never a second job
-                continue
-            existed.append(False)
-            self._create(item, now)
-        self.reply(identity, rid, existed=existed)
+                ids.append(item["id"])
+                deduplicated.append(False)
+            elif holder is not None:
+                existed.append(True)  # the key is taken: the caller gets the job that holds it
+                ids.append(holder)
+                deduplicated.append(True)
+            else:
+                existed.append(False)
+                ids.append(item["id"])
+                deduplicated.append(False)
+                self._create(item, now)
+        self.reply(identity, rid, existed=existed, ids=ids, deduplicated=deduplicated)
+
+    def _saturation(self, parsed: list[dict[str, Any]]) -> tuple[str, int, int] | None:
+        """(group, backlog, max_pending) of a group this request would push past its max_pending."""
+        adding: dict[str, int] = {}
+        for item in parsed:
+            group = item["group"] or (self.routes.get(item["wf"]) or {}).get("group")
+            if group:
+                adding[group] = adding.get(group, 0) + 1
+        for group, n in adding.items():
+            limit = self.group_settings(group).max_pending
+            queue = self.ready.get(group)
+            backlog = len(queue) if queue else 0
+            if limit and backlog + n > limit:
+                return group, backlog, limit
+        return None
+
+    def _saturated_error(self, identity: bytes, rid: Any, group: str, backlog: int, limit: int) -> Outgoing:
+        done = self.counters.get(group, {}).get("completed", 0)
+        # a rough hint: how long the group needs to work off the overflow at one job per slot per second
+        slots = max(1, sum(w.slots for w in self.workers.in_group(group)))
+        retry_after_s = round(max(0.1, (backlog - limit + 1) / slots), 2)
+        message = (f"group {group!r} has {backlog} pending jobs, at its max_pending of {limit}; "
+                   f"retry after about {retry_after_s}s ({done} completed so far)")
+        return Outgoing(identity, P.encode(P.ERROR, {"rid": rid, "code": P.E_SATURATED, "message": message,
+                                                     "retry_after_s": retry_after_s}))
 
     def _refusal(self, parsed: list[dict[str, Any]]) -> str | None:
         if self.supervisor is None:
@@ -68,7 +108,7 @@ class ClientCommands(BrokerCore):
             "id": job_id, "wf": workflow, "payload": field(item, "payload", bytes),
             "group": field(item, "group", str, None), "delay_ms": field(item, "delay_ms", int, 0),
             "priority": field(item, "priority", int, 0), "retries": field(item, "retries", int, None),
-            "key": field(item, "key", str, None),
+            "key": field(item, "key", str, None), "key_ttl_ms": field(item, "key_ttl_ms", int, 0),
         }
 
     def _create(self, item: dict[str, Any], now_ms: int, parent: bytes | None = None) -> None:
@@ -78,7 +118,8 @@ class ClientCommands(BrokerCore):
             group = route["group"] if route else ""  # "" = unrouted until a worker announces it
         job = J.Job(id=item["id"], workflow=item["wf"], group=group, payload=item["payload"],
                     seq=self._seq, priority=item["priority"], key=item["key"],
-                    max_retries=item["retries"], created_ms=now_ms, parent=parent)
+                    max_retries=item["retries"], created_ms=now_ms, parent=parent,
+                    key_ttl_ms=max(0, item.get("key_ttl_ms", 0)))
         self._seq += 1
         if group:
             self.known_groups.add(group)
@@ -92,6 +133,9 @@ class ClientCommands(BrokerCore):
         self.batch.log.append(("enqueue", job.id, record))
         if job.state == J.PENDING:
             self._queue(job)
+        if job.key:
+            self._hold_key(job)
+        self._emit("queued", job)
 
     # --- reading -----------------------------------------------------------------
     def record_of(self, job_id: bytes) -> dict[str, Any] | None:
@@ -126,7 +170,8 @@ class ClientCommands(BrokerCore):
 
     def _on_stats(self, identity: bytes, body: dict[str, Any]) -> None:
         rid = field(body, "rid", int)
-        self.reply(identity, rid, groups=self.stats(), unrouted={k: len(v) for k, v in self.unrouted.items() if v})
+        self.reply(identity, rid, groups=self.stats(), unrouted={k: len(v) for k, v in self.unrouted.items() if v},
+                   events=self.events_endpoint, events_dropped=self.events_dropped)
 
     def stats(self) -> dict[str, dict[str, Any]]:
         """Per-group counters, all kept as jobs change (cheap to poll)."""
@@ -153,6 +198,10 @@ class ClientCommands(BrokerCore):
             head = queue.peek()
             if head is not None and name in per:
                 per[name]["oldest_pending_s"] = max(0.0, (now - self.jobs[head].created_ms) / 1000)
+        for name, row in per.items():
+            # starving: work has waited past the threshold and nothing can take it now
+            row["starvation"] = bool(row["pending"] and row["oldest_pending_s"] > self.group_settings(name).starvation_s
+                                     and (row["workers"] == 0 or row["free_slots"] == 0))
         return per
 
     def _on_dead(self, identity: bytes, body: dict[str, Any]) -> None:

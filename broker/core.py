@@ -65,6 +65,12 @@ class BrokerCore:
         self.waiters: dict[bytes, dict[tuple[bytes, int], None]] = {}
         self.dead: dict[str, set[bytes]] = {}
         self.fanin: dict[bytes, set[bytes]] = {}     # suspended parent -> children not final yet
+        self.keys: dict[str, tuple[bytes, int]] = {}  # dedup key -> (job id, taken until ms; 0 = while active)
+        self.events: list[dict[str, Any]] = []       # lifecycle events, published after the commit
+        self.events_dropped = 0
+        self.events_endpoint = ""
+        self.buckets: dict[str, list[float]] = {}     # rate-limited group -> [tokens, last refill (mono)]
+        self._rate_wait_s: float | None = None
         self.counters: dict[str, dict[str, int]] = {}
         self.known_groups: set[str] = set(settings.groups)
         self.supervisor: Supervisor | None = None   # set by the server when it starts workers
@@ -92,6 +98,8 @@ class BrokerCore:
             self._seq = max(self._seq, job.seq + 1)
             if job.state == J.DEAD:
                 self.dead.setdefault(job.group, set()).add(job.id)
+            if job.key:
+                self._hold_key(job)
             if job.state not in J.ACTIVE_STATES:
                 continue
             self.jobs[job.id] = job
@@ -112,6 +120,37 @@ class BrokerCore:
     def _save(self, job: J.Job, op: str, changes: dict[str, Any]) -> None:
         self.batch.jobs[job.id] = job.to_record()
         self.batch.log.append((op, job.id, changes))
+
+    def _emit(self, event: str, job: J.Job, **extra: Any) -> None:
+        """A lifecycle event: published on the events socket after the commit, and logged."""
+        record = {"event": event, "id": job.id, "workflow": job.workflow, "group": job.group,
+                  "attempt": job.attempts, "ts_ms": self.clock.wall_ms(), **extra}
+        self.events.append(record)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s %s", event, id_to_str(job.id), extra={
+                "job": id_to_str(job.id), "workflow": job.workflow, "group": job.group,
+                "attempt": job.attempts, **{k: v for k, v in extra.items() if k != "id"}})
+
+    def _hold_key(self, job: J.Job) -> None:
+        """Keep a dedup key taken while its job is active (and for key_ttl after)."""
+        assert job.key is not None
+        if job.state in J.ACTIVE_STATES:
+            self.keys[job.key] = (job.id, 0)
+        elif job.key_ttl_ms and job.finished_ms + job.key_ttl_ms > self.clock.wall_ms():
+            self.keys[job.key] = (job.id, job.finished_ms + job.key_ttl_ms)
+        elif self.keys.get(job.key, (b"",))[0] == job.id:
+            del self.keys[job.key]
+
+    def key_holder(self, key: str) -> bytes | None:
+        """The job that holds a dedup key now, or None when the key is free."""
+        held = self.keys.get(key)
+        if held is None:
+            return None
+        job_id, until_ms = held
+        if until_ms and until_ms <= self.clock.wall_ms():
+            del self.keys[key]
+            return None
+        return job_id
 
     def _count(self, group: str, name: str, n: int = 1) -> None:
         counts = self.counters.setdefault(group, {})
@@ -220,6 +259,8 @@ class BrokerCore:
         due = self.schedule.next_due_ms()
         if due is not None:
             wait = min(wait, (due - self.clock.wall_ms()) / 1000)
+        if self._rate_wait_s is not None:
+            wait = min(wait, self._rate_wait_s)
         return max(0.0, wait)
 
     def undeliverable(self, out: Outgoing) -> None:
@@ -239,25 +280,43 @@ class BrokerCore:
         worker.last_seen = min(worker.last_seen, self.clock.mono() - worker.lease_s + 1.0)
 
     # --- dispatch ----------------------------------------------------------------
+    def _rate_allowance(self, group: str) -> int | None:
+        """How many jobs the group's global rate limit lets out now (None: no limit)."""
+        rate = self.group_settings(group).rate_per_s
+        if not rate:
+            return None
+        now = self.clock.mono()
+        capacity = max(1.0, rate / 10)  # bursts of at most a tenth of a second's worth
+        bucket = self.buckets.setdefault(group, [capacity, now])
+        bucket[0] = min(capacity, bucket[0] + (now - bucket[1]) * rate)
+        bucket[1] = now
+        allowed = int(bucket[0])
+        if allowed < 1:
+            wait = (1 - bucket[0]) / rate
+            self._rate_wait_s = wait if self._rate_wait_s is None else min(self._rate_wait_s, wait)
+        return allowed
+
     def dispatch(self) -> None:
-        """Send ready jobs to workers of their group, never beyond a worker's credit."""
+        """Send ready jobs to workers of their group, never beyond a worker's credit or the group's rate."""
+        self._rate_wait_s = None
         for group, queue in self.ready.items():
             if not queue:
                 continue
-            for worker in self.workers.in_group(group):
-                credit = worker.credit
-                if credit <= 0:
-                    continue
+            allowance = self._rate_allowance(group)
+            for worker in self.workers.rotation(group):
+                credit = worker.credit if allowance is None else min(worker.credit, allowance)
                 batch: list[dict[str, Any]] = []
-                while credit > 0:
+                while len(batch) < credit:
                     job_id = queue.pop()
                     if job_id is None:
                         break
                     batch.append(self._lease(self.jobs[job_id], worker))
-                    credit -= 1
                 if batch:
                     ids = tuple(item["id"] for item in batch)
                     self.outbox.append(Outgoing(worker.identity, P.encode(P.JOB, {"jobs": batch}), ids))
+                    if allowance is not None:
+                        allowance -= len(batch)
+                        self.buckets[group][0] -= len(batch)
                 if not queue:
                     break
 
@@ -268,6 +327,7 @@ class BrokerCore:
         job.worker = worker.name
         job.started_ms = self.clock.wall_ms()
         worker.leases[job.id] = job.token
+        self._emit("started", job, worker=worker.name)
         self._save(job, "dispatch", {"state": job.state, "attempts": job.attempts, "token": job.token,
                                      "worker": job.worker, "started_ms": job.started_ms})
         item = {"id": job.id, "token": job.token, "wf": job.workflow, "payload": job.payload,
@@ -280,12 +340,19 @@ class BrokerCore:
         """Stored step results of a job (see step_commands)."""
         return {}
 
+    def cancel_running_done(self, job: J.Job) -> None:
+        """A running job whose cancel was asked has stopped (see control_commands)."""
+        raise NotImplementedError
+
     def _child_final(self, child: J.Job) -> None:
         """A child job reached a final state (fan-in, see step_commands)."""
 
     def _release(self, job: J.Job, charge: bool, why: str) -> None:
         """A running job lost its worker: back to the front, or dead when its attempts are spent."""
         self.orphans.pop(job.id, None)
+        if job.cancel_requested:  # it was being cancelled: losing its worker ends it
+            self.cancel_running_done(job)
+            return
         if not charge:
             job.attempts = max(0, job.attempts - 1)
         if charge and job.attempts > self.max_retries(job):
@@ -319,6 +386,14 @@ class BrokerCore:
             changes["expire_ms"] = job.expire_ms
         self.batch.jobs[job.id] = job.to_record()
         self.batch.log.append((op, job.id, changes))
+        if job.key:
+            self._hold_key(job)
+        if job.state == J.COMPLETED:
+            self._emit("completed", job, duration_ms=max(0, job.finished_ms - job.started_ms))
+        elif job.state == J.CANCELLED:
+            self._emit("cancelled", job)
+        else:
+            self._emit("dead_letter", job, error=job.error, error_kind=job.error_kind)
         if job.parent is not None:
             self._child_final(job)
         waiting = self.waiters.pop(job.id, None)

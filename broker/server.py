@@ -14,9 +14,12 @@ import time
 import zmq
 
 from shoal.conf.settings import Settings
+from shoal.protocol import pack
 
 from .broker import Broker
 from .core import Clock
+from .metrics import MetricsServer
+from .metrics import render as render_metrics
 from .store import Store
 from .supervisor import Supervisor
 
@@ -42,6 +45,10 @@ class BrokerServer:
         self.sock.setsockopt(zmq.MAXMSGSIZE, settings.broker.max_message_bytes * 4)
         self.sock.bind(settings.broker.bind)
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.events = Events(self.ctx, settings.broker.events or _events_endpoint(self.endpoint))
+        self.broker.events_endpoint = self.events.endpoint
+        self.metrics = MetricsServer(settings.broker.metrics) if settings.broker.metrics else None
+        self._metrics_at = 0.0
         self._stop = threading.Event()
         if settings.broker.supervise:
             self.broker.supervisor = Supervisor(settings, _local_endpoint(self.endpoint))
@@ -77,6 +84,12 @@ class BrokerServer:
             broker.tick()
             batch, outbox = broker.take()
             self.store.commit(batch, broker.clock.wall_ms())
+            if broker.events:
+                broker.events_dropped += self.events.publish(broker.events)
+                broker.events = []
+            if self.metrics is not None and time.monotonic() - self._metrics_at >= 1.0:
+                self._metrics_at = time.monotonic()
+                self.metrics.text = render_metrics(broker.stats(), broker.events_dropped)
             busy = False
             for out in outbox:
                 try:
@@ -91,7 +104,55 @@ class BrokerServer:
         if self.broker.supervisor is not None:
             self.broker.supervisor.stop(timeout_s=0.0)
         self.sock.close(0)
+        self.events.close()
+        if self.metrics is not None:
+            self.metrics.close()
         self.store.close()
+
+
+class Events:
+    """The PUB side of lifecycle events. A slow subscriber never slows the broker: at its
+    high-water mark events are dropped (XPUB_NODROP makes the drop visible, so it is counted)."""
+
+    HWM = 100_000
+
+    def __init__(self, ctx: zmq.Context, endpoint: str) -> None:
+        self.sock = ctx.socket(zmq.XPUB)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.SNDHWM, self.HWM)
+        self.sock.setsockopt(zmq.XPUB_NODROP, 1)
+        self.sock.bind(endpoint)
+        self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    def publish(self, events: list[dict[str, object]]) -> int:
+        """Send events, topic ``group\0workflow\0``; returns how many were dropped."""
+        self._drain_subscriptions()
+        dropped = 0
+        for event in events:
+            topic = f"{event['group']}\0{event['workflow']}\0".encode()
+            try:
+                self.sock.send_multipart([topic, pack(event)], zmq.NOBLOCK)
+            except zmq.Again:
+                dropped += 1
+        return dropped
+
+    def _drain_subscriptions(self) -> None:
+        while True:  # XPUB hands us (un)subscribe messages; we only need to read them
+            try:
+                self.sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+
+    def close(self) -> None:
+        self.sock.close(0)
+
+
+def _events_endpoint(endpoint: str) -> str:
+    """Events next to the broker's own endpoint: same host, any free port (or a sibling ipc path)."""
+    if endpoint.startswith("tcp://"):
+        host = endpoint[len("tcp://"):].rsplit(":", 1)[0]
+        return f"tcp://{host}:*"
+    return endpoint + "-events"
 
 
 def _local_endpoint(endpoint: str) -> str:
@@ -105,7 +166,9 @@ def _local_endpoint(endpoint: str) -> str:
 def serve(settings: Settings) -> int:
     """Run a broker in this process until SIGTERM or Ctrl-C; returns the exit code."""
     server = BrokerServer(settings)
-    print(f"shoal broker listening on {server.endpoint} (data {settings.broker.data})", flush=True)
+    extra = f", metrics on http://{server.metrics.address}/metrics" if server.metrics else ""
+    print(f"shoal broker listening on {server.endpoint} (data {settings.broker.data}, "
+          f"events on {server.events.endpoint}{extra})", flush=True)
 
     def on_signal(signum: int, frame: object) -> None:
         if server._stop.is_set():

@@ -86,6 +86,9 @@ class StepCommands(ClientCommands):
         job = self._current(identity, body.get("id"), body.get("token"))
         if job is None:
             return
+        if job.cancel_requested:
+            self.cancel_running_done(job)
+            return
         name = field(body, "name", str)
         due_ms = field(body, "due_ms", int, 0)
         wait_on = [c for c in field(body, "wait_on", list, []) if isinstance(c, bytes) and len(c) == 16]

@@ -18,17 +18,37 @@ from __future__ import annotations
 
 import os
 import struct
+from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import lmdb
 
-from shoal.errors import StorageFull
+from shoal.errors import ShoalError, StorageFull
 from shoal.protocol import pack, unpack
+
+from .lock import DataDirLock
 
 SCHEMA_VERSION = 1
 _U64 = struct.Struct(">Q")
 _MAX_MAP_BYTES = 1 << 40
+_TABLES = ("jobs", "log", "expiry", "routes", "counters", "steps", "meta")
+
+
+class NotADataDir(ShoalError):
+    """A directory given as Shoal data is not one (no LMDB environment, or not Shoal's)."""
+
+
+def _open_readonly(path: str) -> lmdb.Environment:
+    """An existing environment, read-only; anything else is a clear ``NotADataDir``."""
+    if not os.path.isfile(os.path.join(path, "data.mdb")):
+        raise NotADataDir(f"{path} is not a Shoal data directory (no data.mdb in it)")
+    try:
+        # lock=True: LMDB's reader table lets this process read beside a live broker safely
+        return lmdb.open(path, readonly=True, create=False, max_dbs=16, lock=True)
+    except lmdb.Error as exc:
+        raise NotADataDir(f"{path} is not a readable LMDB environment: {exc}") from None
 
 
 @dataclass
@@ -50,42 +70,74 @@ class Batch:
 
 
 class Store:
-    """The broker's LMDB environment."""
+    """The broker's LMDB environment.
 
-    def __init__(self, path: str, map_size_mb: int = 1024) -> None:
-        os.makedirs(path, exist_ok=True)
+    Opened for writing it holds the data directory's broker lock (one broker per
+    directory). ``readonly=True`` opens an existing directory for ``broker replay``:
+    no lock, no writes, safe beside a live broker.
+    """
+
+    def __init__(self, path: str, map_size_mb: int = 1024, readonly: bool = False) -> None:
         self.path = path
-        self.env = lmdb.open(
-            path,
-            map_size=map_size_mb * 1024 * 1024,
-            max_dbs=16,
-            sync=True,       # an ack is sent only after fsync: nothing acknowledged is lost
-            metasync=True,
-            writemap=False,
-            max_readers=126,
-        )
-        self.env.reader_check()  # clear slots of readers that died
-        self._jobs = self.env.open_db(b"jobs")
-        self._log = self.env.open_db(b"log")
-        self._expiry = self.env.open_db(b"expiry")
-        self._routes = self.env.open_db(b"routes")
-        self._counters = self.env.open_db(b"counters")
-        self._steps = self.env.open_db(b"steps")
-        self._meta = self.env.open_db(b"meta")
+        self.readonly = readonly
+        self.lock: DataDirLock | None = None
+        if readonly:
+            self.env = _open_readonly(path)
+        else:
+            os.makedirs(path, exist_ok=True)
+            self.lock = DataDirLock(path)
+            self.lock.acquire()  # first: a refused second broker must not touch the environment
+            try:
+                self.env = lmdb.open(
+                    path,
+                    map_size=map_size_mb * 1024 * 1024,
+                    max_dbs=16,
+                    sync=True,       # an ack is sent only after fsync: nothing acknowledged is lost
+                    metasync=True,
+                    writemap=False,
+                    max_readers=126,
+                )
+            except BaseException:
+                self.lock.release()
+                raise
+        try:
+            self._open_tables()
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_tables(self) -> None:
+        if not self.readonly:
+            self.env.reader_check()  # clear slots of readers that died
+        self._jobs = self._table(b"jobs")
+        self._log = self._table(b"log")
+        self._expiry = self._table(b"expiry")
+        self._routes = self._table(b"routes")
+        self._counters = self._table(b"counters")
+        self._steps = self._table(b"steps")
+        self._meta = self._table(b"meta")
         self.next_seq = self._load_next_seq()
         self._check_schema()
 
+    def _table(self, name: bytes) -> Any:
+        if not self.readonly:
+            return self.env.open_db(name)
+        try:
+            return self.env.open_db(name, create=False)
+        except lmdb.NotFoundError:
+            raise NotADataDir(f"{self.path} is not a Shoal data directory (it has no {name.decode()!r} table)") from None
+
     # --- reading --------------------------------------------------------------
     def _check_schema(self) -> None:
-        with self.env.begin(write=True) as txn:
+        with self.env.begin(write=not self.readonly) as txn:
             raw = txn.get(b"schema", db=self._meta)
             if raw is None:
+                if self.readonly:
+                    raise NotADataDir(f"{self.path} is not a Shoal data directory (no schema version in its meta table)")
                 txn.put(b"schema", pack(SCHEMA_VERSION), db=self._meta)
                 return
             found = unpack(raw)
-        if found > SCHEMA_VERSION:
-            from shoal.errors import ShoalError
-
+        if not isinstance(found, int) or found > SCHEMA_VERSION:
             raise ShoalError(
                 f"{self.path} was written by a newer Shoal (schema {found}, this is {SCHEMA_VERSION}); refusing to open it"
             )
@@ -161,7 +213,66 @@ class Store:
             for key, raw in cur:
                 yield _U64.unpack(key)[0], unpack(raw)
 
+    def log_of(self, job_id: bytes, limit: int) -> tuple[list[tuple[int, list[Any]]], int]:
+        """One job's log entries, oldest first: at most the newest ``limit``, and how many
+        older ones were left out. A scan of the whole log (there is no per-job index yet);
+        a cheap byte search skips the entries of other jobs without decoding them."""
+        kept: deque[tuple[int, list[Any]]] = deque(maxlen=limit)
+        seen = 0
+        with self.env.begin(buffers=False) as txn:
+            for key, raw in txn.cursor(db=self._log):
+                if job_id not in raw:
+                    continue
+                entry = _unpack_entry(raw)
+                if entry[2] == job_id:
+                    kept.append((_U64.unpack(key)[0], entry))
+                    seen += 1
+        return list(kept), seen - len(kept)
+
+    @contextmanager
+    def snapshot(self) -> Iterator["Snapshot"]:
+        """Every table as of one moment (one read transaction): a replay that compares the
+        log with the tables never sees a commit land between reading one and the other."""
+        try:
+            txn = self.env.begin(buffers=False)
+        except lmdb.MapResizedError:  # a live broker grew the map since we opened it
+            self.env.set_mapsize(0)
+            txn = self.env.begin(buffers=False)
+        try:
+            yield Snapshot(txn, {name: getattr(self, f"_{name}") for name in _TABLES})
+        finally:
+            txn.abort()
+
     # --- writing --------------------------------------------------------------
+    def copy_log(self, entries: Iterable[tuple[int, bytes]], chunk: int = 10_000) -> int:
+        """Append raw log entries ``(seq, packed entry)`` unchanged, keeping their seqs and
+        times (``broker replay --out``: the new directory can itself be replayed). Only for
+        a log that is empty or ends before the first seq given. Returns how many."""
+        written = 0
+        pending: list[tuple[int, bytes]] = []
+        for item in entries:
+            pending.append(item)
+            if len(pending) >= chunk:
+                written += self._append_raw(pending)
+                pending = []
+        if pending:
+            written += self._append_raw(pending)
+        return written
+
+    def _append_raw(self, items: list[tuple[int, bytes]]) -> int:
+        while True:
+            try:
+                with self.env.begin(write=True) as txn:
+                    cur = txn.cursor(db=self._log)
+                    for seq, raw in items:
+                        if not cur.put(_U64.pack(seq), raw, append=True):
+                            raise ShoalError(f"log entry {seq} is out of order in {self.path}")
+                break
+            except lmdb.MapFullError:
+                self._grow()
+        self.next_seq = max(self.next_seq, items[-1][0] + 1)
+        return len(items)
+
     def commit(self, batch: Batch, wall_ms: int) -> None:
         """Write one batch in one synced transaction; grows the map when it is full."""
         if not batch:
@@ -212,5 +323,56 @@ class Store:
                     break
 
     def close(self) -> None:
-        """Close the environment."""
-        self.env.close()
+        """Close the environment and give up the broker lock."""
+        try:
+            self.env.close()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+
+
+class Snapshot:
+    """Raw tables as of one read transaction (see ``Store.snapshot``); values stay packed."""
+
+    def __init__(self, txn: lmdb.Transaction, tables: dict[str, Any]) -> None:
+        self._txn = txn
+        self._tables = tables
+
+    def log(self, start_seq: int = 1) -> Iterator[tuple[int, bytes]]:
+        """``(seq, packed entry)`` from ``start_seq`` on, in order."""
+        cur = self._txn.cursor(db=self._tables["log"])
+        if not cur.set_range(_U64.pack(start_seq)):
+            return
+        for key, raw in cur:
+            yield _U64.unpack(key)[0], raw
+
+    def log_backward(self, from_seq: int) -> Iterator[tuple[int, bytes]]:
+        """``(seq, packed entry)`` from ``from_seq`` (if present) back to the first."""
+        cur = self._txn.cursor(db=self._tables["log"])
+        if not cur.set_key(_U64.pack(from_seq)):
+            return
+        for key, raw in cur.iterprev():
+            yield _U64.unpack(key)[0], raw
+
+    def log_bounds(self) -> tuple[int, int]:
+        """First and last seq in the log; (0, 0) when it is empty."""
+        cur = self._txn.cursor(db=self._tables["log"])
+        if not cur.first():
+            return 0, 0
+        first = _U64.unpack(cur.key())[0]
+        cur.last()
+        return first, _U64.unpack(cur.key())[0]
+
+    def items(self, table: str) -> Iterator[tuple[bytes, bytes]]:
+        """Every ``(key, packed value)`` of one table, in key order."""
+        yield from self._txn.cursor(db=self._tables[table])
+
+
+def split_expiry_key(key: bytes) -> tuple[int, bytes]:
+    """An ``expiry`` key as ``(expire_ms, job id)``."""
+    return _U64.unpack(key[:8])[0], bytes(key[8:])
+
+
+def _unpack_entry(raw: bytes) -> Any:
+    # our own data, written by the broker: no peer-facing size limit applies
+    return unpack(raw, max_bytes=max(len(raw), 1))

@@ -149,6 +149,10 @@ class WorkerCommands(BrokerCore):
             job = self._current(identity, entry[0], entry[1])
             if job is None:
                 continue
+            if job.cancel_requested:  # finished anyway, but the caller asked to cancel it
+                job.value = entry[2]
+                self.cancel_running_done(job)
+                continue
             job.move("complete")
             job.value = entry[2]
             job.finished_ms = self.clock.wall_ms()
@@ -167,7 +171,10 @@ class WorkerCommands(BrokerCore):
             error = field(entry, "error", str, "")
             tb = field(entry, "traceback", str, None)
             self._count(job.group, "failed")
-            if kind in J.PERMANENT_KINDS or job.attempts > self.max_retries(job):
+            self._emit("failed", job, error=error, error_kind=kind, duration_ms=field(entry, "duration_ms", int, 0))
+            if job.cancel_requested:
+                self.cancel_running_done(job)
+            elif kind in J.PERMANENT_KINDS or job.attempts > self.max_retries(job):
                 self._finish_failed(job, "bury", kind, error, tb, failed=True)
             else:
                 self._retry(job, kind, error, tb)
@@ -181,6 +188,7 @@ class WorkerCommands(BrokerCore):
         job.error, job.error_kind, job.traceback = error, kind, tb
         job.token = 0
         self._count(job.group, "retried")
+        self._emit("retrying", job, due_ms=job.due_ms, error=error)
         self._save(job, "retry", {"state": job.state, "due_ms": job.due_ms, "error": error,
                                   "error_kind": kind, "traceback": tb, "token": 0})
         self.schedule.add(job.id, job.due_ms)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable, Iterator
 
 
 @dataclass
@@ -57,9 +58,17 @@ class WorkerRegistry:
         """Connected workers of ``group``."""
         return self.by_group.get(group, [])
 
-    def silent_since(self, cutoff_for: "callable[[WorkerInfo], float]") -> list[WorkerInfo]:  # type: ignore[valid-type]
+    def rotation(self, group: str) -> list[WorkerInfo]:
+        """The group's workers, starting one further each call, so dispatch spreads work evenly."""
+        members = self.by_group.get(group, [])
+        if len(members) < 2:
+            return members
+        members.append(members.pop(0))
+        return members
+
+    def silent_since(self, cutoff_for: Callable[[WorkerInfo], float]) -> list[WorkerInfo]:
         """Workers whose last message is older than their own lease."""
         return [w for w in self.by_identity.values() if w.last_seen < cutoff_for(w)]
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[WorkerInfo]:
         return iter(list(self.by_identity.values()))

@@ -1,4 +1,4 @@
 """The Shoal client library."""
-from .client import AsyncClient, Client, Result, Stats, StepInfo
+from .client import AsyncClient, CancelResult, Client, JobId, Result, Stats, StepInfo
 
-__all__ = ["AsyncClient", "Client", "Result", "Stats", "StepInfo"]
+__all__ = ["AsyncClient", "CancelResult", "Client", "JobId", "Result", "Stats", "StepInfo"]

@@ -6,7 +6,9 @@ import os
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
+
+import zmq
 
 from shoal import protocol as P
 from shoal.errors import PayloadError, WaitTimeout
@@ -35,6 +37,8 @@ class Result:
     created_ms: int = 0
     started_ms: int = 0
     finished_ms: int = 0
+    priority: int = 0
+    key: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -49,7 +53,8 @@ class Result:
                    error_kind=record.get("error_kind"), traceback=record.get("traceback"),
                    attempts=record.get("attempts", 0), workflow=record.get("workflow", ""),
                    group=record.get("group", "") or "", created_ms=record.get("created_ms", 0),
-                   started_ms=record.get("started_ms", 0), finished_ms=record.get("finished_ms", 0))
+                   started_ms=record.get("started_ms", 0), finished_ms=record.get("finished_ms", 0),
+                   priority=record.get("priority", 0), key=record.get("key"))
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,58 @@ class StepInfo:
         return cls(name, "waiting", value={"deadline_ms": record.get("deadline_ms")}, **common)
 
 
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One entry of a job's history (from the broker's log): what happened, when, in which run.
+
+    ``time_ms`` is Unix ms; ``state`` and ``attempt`` are the job's right after it; ``worker``
+    and ``token`` (the lease) are set on entries made during a run; ``error`` on failures.
+    """
+
+    seq: int
+    time_ms: int
+    op: str
+    state: str
+    attempt: int = 0
+    worker: str = ""
+    token: int = 0
+    error: str | None = None
+    detail: str = ""
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> "HistoryEntry":
+        return cls(seq=row["seq"], time_ms=row["wall_ms"], op=row["op"], state=row.get("state", ""),
+                   attempt=row.get("attempt", 0), worker=row.get("worker", ""), token=row.get("token", 0),
+                   error=row.get("error"), detail=row.get("detail", ""))
+
+
+class JobId(str):
+    """A job id as returned by ``enqueue``: a ``str``, plus ``deduplicated`` when a job
+    holding the same ``key`` already existed and nothing new was enqueued."""
+
+    deduplicated: bool = False
+
+    @classmethod
+    def of(cls, raw: bytes, deduplicated: bool) -> "JobId":
+        out = cls(id_to_str(raw))
+        out.deduplicated = deduplicated
+        return out
+
+
+@dataclass(frozen=True)
+class CancelResult:
+    """What ``cancel`` did: ``cancelled`` is False for a job that had already finished."""
+
+    cancelled: bool
+    state: str
+    message: str
+
+
+def _event(raw: dict[str, Any]) -> dict[str, Any]:
+    raw["id"] = id_to_str(raw["id"])
+    return raw
+
+
 class Stats(dict):  # type: ignore[type-arg]
     """Per-group counters, keyed by group; ``unrouted`` counts jobs per unknown workflow name."""
 
@@ -106,7 +163,8 @@ class _Requests:
         self.conn = Connection(self.endpoint)
 
     def job_items(self, workflow: Workflow | str, payloads: Iterable[Any], group: str | None,
-                  delay: float | None, priority: int, key: str | None) -> list[dict[str, Any]]:
+                  delay: float | None, priority: int, key: str | None,
+                  key_ttl: float | None = None) -> list[dict[str, Any]]:
         name, retries = (workflow.name, workflow.retries) if isinstance(workflow, Workflow) else (workflow, None)
         if not isinstance(name, str) or not name:
             raise PayloadError("workflow must be a @workflow object or a non-empty name")
@@ -129,11 +187,26 @@ class _Requests:
                 item["retries"] = retries
             if key is not None:
                 item["key"] = key
+                if key_ttl:
+                    item["key_ttl_ms"] = int(key_ttl * 1000)
             items.append(item)
         size = sum(len(i["payload"]) for i in items)
         if size > self.max_message_bytes:
             raise PayloadError(f"payloads total {size} bytes, over the limit of {self.max_message_bytes} bytes")
         return items
+
+    @staticmethod
+    def ids_from(reply: dict[str, Any], items: list[dict[str, Any]]) -> list[JobId]:
+        ids = reply.get("ids") or [i["id"] for i in items]
+        flags = reply.get("deduplicated") or [False] * len(ids)
+        return [JobId.of(raw, bool(flag)) for raw, flag in zip(ids, flags)]
+
+    def events_endpoint(self) -> str:
+        endpoint = self.send(P.STATS, {}).result()["events"]
+        if "://*:" in endpoint or "0.0.0.0" in endpoint:  # a wildcard bind: reach it where the broker is
+            host = self.endpoint.split("://", 1)[1].rsplit(":", 1)[0]
+            endpoint = endpoint.replace("*", host, 1).replace("0.0.0.0", host, 1)
+        return endpoint
 
     def send(self, command: bytes, body: dict[str, Any], timeout: float | None = None,
              is_wait: bool = False) -> "Future[dict[str, Any]]":
@@ -159,17 +232,50 @@ class Client:
         self._r.conn.close()
 
     def enqueue(self, workflow: Workflow | str, payload: Any = None, *, group: str | None = None,
-                delay: float | None = None, priority: int = 0, key: str | None = None) -> str:
-        """Enqueue one job; returns its id once the broker has committed it."""
-        return self.enqueue_many(workflow, [payload], group=group, delay=delay, priority=priority, key=key)[0]
+                delay: float | None = None, priority: int = 0, key: str | None = None,
+                key_ttl: float | None = None) -> JobId:
+        """Enqueue one job; returns its id once the broker has committed it.
+
+        ``priority``: higher runs first within the group. ``key``: while a job with this key is
+        pending, scheduled or running (and ``key_ttl`` seconds after), enqueue returns that job's
+        id with ``.deduplicated`` set and enqueues nothing.
+        """
+        return self.enqueue_many(workflow, [payload], group=group, delay=delay, priority=priority, key=key,
+                                 key_ttl=key_ttl)[0]
 
     def enqueue_many(self, workflow: Workflow | str, payloads: Iterable[Any], *, group: str | None = None,
-                     delay: float | None = None, priority: int = 0, key: str | None = None) -> list[str]:
+                     delay: float | None = None, priority: int = 0, key: str | None = None,
+                     key_ttl: float | None = None) -> list[JobId]:
         """Enqueue many jobs in one round trip and one transaction."""
-        items = self._r.job_items(workflow, payloads, group, delay, priority, key)
-        if items:
-            self._r.send(P.ENQUEUE, {"jobs": items}).result()
-        return [id_to_str(i["id"]) for i in items]
+        items = self._r.job_items(workflow, payloads, group, delay, priority, key, key_ttl)
+        if not items:
+            return []
+        return self._r.ids_from(self._r.send(P.ENQUEUE, {"jobs": items}).result(), items)
+
+    def cancel(self, job_id: str) -> CancelResult:
+        """Cancel a job: pending or scheduled at once; a running one is told to stop."""
+        body = self._r.send(P.CANCEL, {"id": id_from_str(job_id)}).result()
+        return CancelResult(bool(body["cancelled"]), body["state"], body["message"])
+
+    def events(self, group: str | None = None, workflow: str | None = None,
+               timeout: float | None = None) -> Iterator[dict[str, Any]]:
+        """Lifecycle events as they happen (queued, started, completed, failed, retrying,
+        dead_letter, cancelled). Stops after ``timeout`` seconds without an event, if given."""
+        sub = zmq.Context.instance().socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.connect(self._r.events_endpoint())
+        prefix = b"" if group is None else f"{group}\0".encode() + (b"" if workflow is None else f"{workflow}\0".encode())
+        sub.setsockopt(zmq.SUBSCRIBE, prefix)
+        try:
+            while True:
+                if not sub.poll(None if timeout is None else int(timeout * 1000)):
+                    return
+                _, body = sub.recv_multipart()
+                event = P.unpack(body)
+                if workflow is None or event.get("workflow") == workflow:
+                    yield _event(event)
+        finally:
+            sub.close(0)
 
     def get(self, job_id: str) -> Result | None:
         """The job's current state, or None if the broker has no such job."""
@@ -189,6 +295,11 @@ class Client:
         """The stored steps of a workflow run, in the order they finished."""
         body = self._r.send(P.STEPS, {"id": id_from_str(job_id)}).result()
         return StepInfo.all_from(body["steps"])
+
+    def history(self, job_id: str) -> list[HistoryEntry]:
+        """Every logged transition of a job, oldest first (kept after the job itself expires)."""
+        body = self._r.send(P.HISTORY, {"id": id_from_str(job_id)}).result()
+        return [HistoryEntry.from_row(row) for row in body["entries"]]
 
     def stats(self) -> Stats:
         """Per-group counters (cheap: the broker keeps them as jobs change)."""
@@ -248,18 +359,26 @@ class AsyncClient:
         return await asyncio.wrap_future(self._r.send(command, body, timeout, is_wait))
 
     async def enqueue(self, workflow: Workflow | str, payload: Any = None, *, group: str | None = None,
-                      delay: float | None = None, priority: int = 0, key: str | None = None) -> str:
+                      delay: float | None = None, priority: int = 0, key: str | None = None,
+                      key_ttl: float | None = None) -> JobId:
         """Enqueue one job; returns its id once the broker has committed it."""
-        ids = await self.enqueue_many(workflow, [payload], group=group, delay=delay, priority=priority, key=key)
+        ids = await self.enqueue_many(workflow, [payload], group=group, delay=delay, priority=priority, key=key,
+                                      key_ttl=key_ttl)
         return ids[0]
 
     async def enqueue_many(self, workflow: Workflow | str, payloads: Iterable[Any], *, group: str | None = None,
-                           delay: float | None = None, priority: int = 0, key: str | None = None) -> list[str]:
+                           delay: float | None = None, priority: int = 0, key: str | None = None,
+                           key_ttl: float | None = None) -> list[JobId]:
         """Enqueue many jobs in one round trip and one transaction."""
-        items = self._r.job_items(workflow, payloads, group, delay, priority, key)
-        if items:
-            await self._send(P.ENQUEUE, {"jobs": items})
-        return [id_to_str(i["id"]) for i in items]
+        items = self._r.job_items(workflow, payloads, group, delay, priority, key, key_ttl)
+        if not items:
+            return []
+        return self._r.ids_from(await self._send(P.ENQUEUE, {"jobs": items}), items)
+
+    async def cancel(self, job_id: str) -> CancelResult:
+        """Cancel a job (see ``Client.cancel``)."""
+        body = await self._send(P.CANCEL, {"id": id_from_str(job_id)})
+        return CancelResult(bool(body["cancelled"]), body["state"], body["message"])
 
     async def get(self, job_id: str) -> Result | None:
         """The job's current state, or None."""
@@ -278,6 +397,11 @@ class AsyncClient:
     async def steps(self, job_id: str) -> list[StepInfo]:
         """The stored steps of a workflow run."""
         return StepInfo.all_from((await self._send(P.STEPS, {"id": id_from_str(job_id)}))["steps"])
+
+    async def history(self, job_id: str) -> list[HistoryEntry]:
+        """Every logged transition of a job, oldest first."""
+        body = await self._send(P.HISTORY, {"id": id_from_str(job_id)})
+        return [HistoryEntry.from_row(row) for row in body["entries"]]
 
     async def stats(self) -> Stats:
         """Per-group counters."""

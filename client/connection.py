@@ -20,7 +20,7 @@ from typing import Any
 import zmq
 
 from shoal import protocol as P
-from shoal.errors import BrokerUnreachable, GroupUnhealthy, PayloadError, RemoteError, StorageFull, UnknownJob, WaitTimeout
+from shoal.errors import BrokerUnreachable, GroupSaturated, GroupUnhealthy, PayloadError, RemoteError, StorageFull, UnknownJob, WaitTimeout
 
 RESEND_FIRST_S = 1.0
 RESEND_MAX_S = 4.0
@@ -178,6 +178,8 @@ def _remote_error(body: dict[str, Any]) -> Exception:
     code, message = str(body.get("code")), str(body.get("message"))
     if code == P.E_UNKNOWN_JOB:
         return UnknownJob(message)
+    if code == P.E_SATURATED:
+        return GroupSaturated(message, float(body.get("retry_after_s") or 1.0))
     if code == P.E_GROUP_UNHEALTHY:
         return GroupUnhealthy(message)
     if code == P.E_STORAGE:

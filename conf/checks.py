@@ -12,6 +12,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from shoal.broker.cron import SCHEDULE_HINT, ZONE_HINT, schedule_problem, zone_problem
+
 from .durations import DURATION_HINT, MIB, bytes_to_mib, parse_duration, parse_size
 
 Checker = Callable[[object], object]
@@ -20,8 +22,9 @@ Checker = Callable[[object], object]
 class Invalid(ValueError):
     """A value that does not fit its key; the loader prefixes where it was found."""
 
-    def __init__(self, expected: str, found: object) -> None:
-        super().__init__(f"expected {expected}, found {describe(found)}")
+    def __init__(self, expected: str, found: object, reason: str | None = None) -> None:
+        because = f": {reason}" if reason else ""  # e.g. which cron field is wrong
+        super().__init__(f"expected {expected}, found {describe(found)}{because}")
 
 
 def describe(value: object) -> str:
@@ -106,6 +109,33 @@ def size_bytes(*, minimum: int) -> Checker:
     return check
 
 
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*$")
+_RATE_UNITS = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0, "h": 3600.0, "hour": 3600.0}
+
+
+def rate(value: object) -> float:
+    """A rate like ``"100/s"``, ``"20/m"``, ``"5/h"`` (or a number per second); 0 means no limit."""
+    expected = 'a rate like "100/s", "20/m" or "5/h"'
+    if isinstance(value, bool):
+        raise Invalid(expected, value)
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise Invalid(expected, value)
+        return float(value)
+    if isinstance(value, str):
+        found = _RATE.match(value)
+        if found:
+            return float(found.group(1)) / _RATE_UNITS[found.group(2)]
+    raise Invalid(expected, value)
+
+
+def host_port(value: object) -> str:
+    """``host:port`` for an HTTP listener (empty: off)."""
+    if isinstance(value, str) and (value == "" or re.fullmatch(r"[\w.\-\[\]:]+:\d{1,5}", value)):
+        return value
+    raise Invalid('"host:port" such as "127.0.0.1:9464"', value)
+
+
 def boolean(value: object) -> bool:
     """Check a TOML boolean (``true``/``false``, not 1 or "yes": TOML has real booleans)."""
     if not isinstance(value, bool):
@@ -134,6 +164,26 @@ def choice(*options: str) -> Checker:
 
 def anything(value: object) -> object:
     """Accept any TOML value as it is (a cron payload is the workflow's business)."""
+    return value
+
+
+def cron_schedule(value: object) -> str:
+    """Check a cron expression the way the broker will read it (croniter, optional seconds last)."""
+    if not isinstance(value, str):
+        raise Invalid(SCHEDULE_HINT, value)
+    problem = schedule_problem(value)
+    if problem is not None:
+        raise Invalid(SCHEDULE_HINT, value, problem)
+    return value
+
+
+def time_zone(value: object) -> str:
+    """Check an IANA time zone name against this host's time zone database."""
+    if not isinstance(value, str):
+        raise Invalid(ZONE_HINT, value)
+    problem = zone_problem(value)
+    if problem is not None:
+        raise Invalid(ZONE_HINT, value, problem)
     return value
 
 
@@ -216,6 +266,9 @@ GROUP_KEYS: dict[str, Key] = {
     "max_jobs": Key("max_jobs", integer(0), _int_text),
     "max_memory": Key("max_memory_mb", size_mib()),
     "retention": Key("retention_s", duration(positive=False)),
+    "rate": Key("rate_per_s", rate),
+    "max_pending": Key("max_pending", integer(0), _int_text),
+    "starvation": Key("starvation_s", duration(positive=True)),
 }
 
 BROKER_KEYS: dict[str, Key] = {
@@ -226,17 +279,19 @@ BROKER_KEYS: dict[str, Key] = {
     "heartbeat_interval": Key("heartbeat_interval_s", duration(positive=True)),
     "map_size": Key("map_size_mb", size_mib(minimum=1), _int_text),
     "supervise": Key("supervise", boolean, _bool_text),
+    "events": Key("events", endpoint),
+    "metrics": Key("metrics", host_port),
 }
 
-# Cron entries are only type-checked here; schedule syntax is checked where
-# cron is implemented. Absent optional keys get these values, so every stored
-# entry has the same shape.
+# Cron schedules and zones are checked by the rules shoal.broker.cron applies,
+# so a schedule that loads is one the broker can run. Absent optional keys get
+# these values, so every stored entry has the same shape.
 CRON_KEYS: dict[str, Checker] = {
     "workflow": text,
-    "schedule": text,
+    "schedule": cron_schedule,
     "payload": anything,
     "group": text,
-    "timezone": text,
+    "timezone": time_zone,
     "enabled": boolean,
     "catch_up": choice("none", "one", "all"),
 }
@@ -246,5 +301,5 @@ CRON_DEFAULTS: dict[str, object] = {
     "group": None,
     "timezone": None,
     "enabled": True,
-    "catch_up": "none",  # after downtime, skip missed ticks unless asked: no surprise bursts
+    "catch_up": "one",  # after downtime, one run stands for the missed ticks (issue 5)
 }

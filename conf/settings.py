@@ -27,6 +27,9 @@ class GroupSettings:
     max_jobs: int = 0                  # recycle a worker after this many jobs (0 = never)
     max_memory_mb: int = 0             # recycle a worker above this RSS (0 = never)
     retention_s: float = 86400.0       # finished jobs and results are kept this long
+    rate_per_s: float = 0.0            # global dispatch rate limit for the group (0 = none)
+    max_pending: int = 0               # enqueue raises GroupSaturated beyond this backlog (0 = unbounded)
+    starvation_s: float = 60.0         # pending this long with no free slot or no worker = starving
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,8 @@ class BrokerSettings:
     heartbeat_interval_s: float = 1.0
     map_size_mb: int = 1024            # initial LMDB map; it grows on demand
     supervise: bool = True
+    events: str = ""                   # PUB endpoint for lifecycle events ("" = next to bind, any port)
+    metrics: str = ""                  # host:port for Prometheus text metrics over HTTP ("" = off)
 
 
 @dataclass(frozen=True)

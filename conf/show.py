@@ -47,6 +47,8 @@ def _json_value(group: GroupSettings, spec: Key) -> object:
 def _shown(owner: GroupSettings | BrokerSettings, spec: Key) -> str:
     """A value written the way shoal.toml takes it; the field's unit suffix says how."""
     value = getattr(owner, spec.field)
+    if spec.field.endswith("_per_s"):
+        return f"{value:g}/s" if value else "none"
     if spec.field.endswith("_s"):
         return format_duration(value)
     if spec.field.endswith("_mb"):

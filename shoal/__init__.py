@@ -3,13 +3,13 @@
     from shoal import Client, workflow, Permanent
 """
 from .errors import (
-    BrokerUnreachable, ConfigError, GroupUnhealthy, PayloadError, Permanent, ProtocolError, RemoteError, ShoalError,
+    BrokerUnreachable, ConfigError, GroupSaturated, GroupUnhealthy, PayloadError, Permanent, ProtocolError, RemoteError, ShoalError,
     StorageFull, UnknownJob, UnknownWorkflow, WaitTimeout,
 )
 from .workflow import Workflow, workflow
 
 __all__ = [
-    "AsyncClient", "BrokerUnreachable", "Client", "ConfigError", "GroupUnhealthy", "PayloadError", "Permanent", "ProtocolError",
+    "AsyncClient", "BrokerUnreachable", "Client", "ConfigError", "GroupSaturated", "GroupUnhealthy", "PayloadError", "Permanent", "ProtocolError",
     "RemoteError", "Result", "ShoalError", "StorageFull", "UnknownJob", "UnknownWorkflow", "WaitTimeout",
     "Workflow", "run_worker", "workflow",
 ]

@@ -24,8 +24,6 @@ ACTIVE_STATES = ("pending", "scheduled", "running")
 # Commands that later issues implement: listed in --help, honest about being absent.
 NOT_YET = {
     "cron": "cron entries and their runs",
-    "events": "follow job events live",
-    "health": "broker and group health",
     "storage": "LMDB size and log compaction",
 }
 
@@ -104,6 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
     enqueue.add_argument("--wait", action="store_true", help="wait for the job to finish and print its result")
     enqueue.add_argument("--wait-timeout", type=_seconds, default=60.0, metavar="S",
                          help="with --wait: give up after S seconds (default 60)")
+    cancel = add("cancel", cmd_cancel, "cancel a job (pending or scheduled at once; running: its worker stops it)")
+    cancel.add_argument("id", metavar="ID")
+    add("health", cmd_health, "exit 0 when the broker answers and no group starves or is unhealthy")
+    events = add("events", cmd_events, "tail lifecycle events (queued, started, completed, failed, ...)")
+    events.add_argument("--group", metavar="G")
+    events.add_argument("--workflow", metavar="NAME")
+    events.add_argument("--count", type=_positive_int, metavar="N", help="stop after N events")
+    events.add_argument("--idle", type=_seconds, metavar="S", help="stop after S seconds without an event")
     # `config` and the later commands are dispatched before parsing (see main); these
     # entries only make them show in `shoal --help`.
     sub.add_parser("config", help="show the effective configuration (shoal config --show --help)", add_help=False)
@@ -207,6 +213,59 @@ def _result_dict(result: "Result") -> dict[str, Any]:
 
 
 # --- commands --------------------------------------------------------------------------
+def cmd_cancel(client: "Client", args: argparse.Namespace) -> int:
+    """``shoal cancel ID``."""
+    outcome = client.cancel(args.id)
+    if args.json:
+        _emit_json(dataclasses.asdict(outcome))
+    else:
+        print(f"{args.id}: {outcome.message}")
+    return EXIT_OK if outcome.cancelled else EXIT_FAILED
+
+
+def cmd_health(client: "Client", args: argparse.Namespace) -> int:
+    """``shoal health``: one line per problem; exit 0 only when there is none."""
+    problems = health_problems(client.stats())
+    if args.json:
+        _emit_json({"ok": not problems, "problems": problems})
+    elif problems:
+        print("\n".join(problems))
+    else:
+        print(f"ok: broker at {client.endpoint} answers; no group starves")
+    return EXIT_OK if not problems else EXIT_FAILED
+
+
+def health_problems(stats: dict[str, dict[str, Any]]) -> list[str]:
+    """What is wrong, group by group, in words a person on call can act on."""
+    problems = []
+    for group, row in sorted(stats.items()):
+        if row.get("starvation"):
+            why = "no worker" if not row.get("workers") else "no free slot"
+            problems.append(f"group {group} is starving: {row['pending']} pending, oldest "
+                            f"{fmt.duration(row.get('oldest_pending_s', 0))} old, {why}")
+        if row.get("state") == "unhealthy":
+            reason = fmt.first_line(str(row.get("reason") or ("crash loop" if row.get("crash_loop") else "")))
+            problems.append(f"group {group} is unhealthy: {reason}")
+    return problems
+
+
+def cmd_events(client: "Client", args: argparse.Namespace) -> int:
+    """``shoal events``: one line per lifecycle event as it happens."""
+    seen = 0
+    for event in client.events(group=args.group, workflow=args.workflow, timeout=args.idle):
+        if args.json:
+            print(fmt.to_json(event), flush=True)
+        else:
+            extra = " ".join(f"{k}={fmt.truncated(str(v), 80)}" for k, v in event.items()
+                             if k in ("duration_ms", "error", "worker", "error_kind") and v is not None)
+            print(f"{fmt.timestamp(event['ts_ms'])} {event['event']:<11} {event['id']} {event['workflow']} "
+                  f"[{event['group']}] attempt={event['attempt']} {extra}".rstrip(), flush=True)
+        seen += 1
+        if args.count and seen >= args.count:
+            break
+    return EXIT_OK
+
+
 def cmd_status(client: "Client", args: argparse.Namespace) -> int:
     """``shoal status``: one row per group, then the workflows no worker has announced yet."""
     stats = client.stats()

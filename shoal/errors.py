@@ -61,3 +61,11 @@ class StorageFull(ShoalError):
 
 class GroupUnhealthy(ShoalError):
     """The group's workers cannot start (they exit before taking a job); carries their exit and stderr."""
+
+
+class GroupSaturated(ShoalError):
+    """The group's backlog is at its ``max_pending``; try again after ``retry_after_s``."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

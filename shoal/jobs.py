@@ -95,6 +95,8 @@ class Job:
     parent: bytes | None = None    # the job whose step.enqueue made this one
     waiting_on: list[bytes] | None = None  # children a suspended parent waits for
     wait_step: str | None = None   # the step.wait that is waiting
+    key_ttl_ms: int = 0            # the dedup key stays taken this long after the job finished
+    cancel_requested: bool = False  # cancel asked while running: final status will be cancelled
 
     def move(self, event: str) -> str:
         """Apply a lifecycle event; returns the new state."""

@@ -25,6 +25,8 @@ DEAD = b"DEAD"          # {rid, group?, limit?}
 REQUEUE = b"REQUEUE"    # {rid, ids?, all?, group?}
 JOBS = b"JOBS"          # {rid, state?, group?, limit?}
 STEPS = b"STEPS"        # {rid, id}: the stored steps of a job
+HISTORY = b"HISTORY"    # {rid, id}: the job's history from the log, oldest first ({entries, skipped})
+CANCEL = b"CANCEL"      # {rid, id}: cancel a job (broker -> worker too: {id, token})
 # broker -> client
 REPLY = b"REPLY"        # {rid, ...}
 ERROR = b"ERROR"        # {rid?, code, message}
@@ -42,9 +44,9 @@ BYE = b"BYE"            # {}: the worker is leaving
 JOB = b"JOB"            # {jobs: [{id, token, wf, payload, attempt}]}
 RECONNECT = b"RECONNECT"  # {}: the broker does not know this worker; say HELLO again
 
-CLIENT_COMMANDS = frozenset({ENQUEUE, GET, WAIT, STATS, DEAD, REQUEUE, JOBS, STEPS})
+CLIENT_COMMANDS = frozenset({ENQUEUE, GET, WAIT, STATS, DEAD, REQUEUE, JOBS, STEPS, CANCEL, HISTORY})
 WORKER_COMMANDS = frozenset({HELLO, READY, DONE, FAIL, RETURN, HEARTBEAT, BYE, STEP, SUSPEND})
-BROKER_COMMANDS = frozenset({REPLY, ERROR, JOB, HEARTBEAT, RECONNECT})
+BROKER_COMMANDS = frozenset({REPLY, ERROR, JOB, HEARTBEAT, RECONNECT, CANCEL})
 KNOWN_COMMANDS = CLIENT_COMMANDS | WORKER_COMMANDS | BROKER_COMMANDS
 
 # Error codes the broker sends back in ERROR replies.
@@ -56,6 +58,7 @@ E_STORAGE = "storage"
 E_INTERNAL = "internal"
 E_GROUP_UNHEALTHY = "group_unhealthy"
 E_STALE_LEASE = "stale_lease"
+E_SATURATED = "saturated"
 
 
 def pack(obj: Any) -> bytes:

@@ -27,7 +27,7 @@ heartbeat_interval = "0.2s"
 [workflows]
 backoff = "20ms"
 backoff_max = "200ms"
-lease = "1.5s"
+lease = "3s"
 grace = "5s"
 """
 

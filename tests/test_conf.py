@@ -434,3 +434,58 @@ def test_config_show_reports_config_errors_with_exit_code_2(
     captured = capsys.readouterr()
     assert captured.out == ""
     assert 'workflows.concurency: unknown key; did you mean "concurrency"?' in captured.err
+
+
+# --- [cron] schedules and time zones ---------------------------------------------------
+def test_cron_catch_up_defaults_to_one(tmp_path: Path) -> None:
+    path = write(tmp_path, '[cron.nightly]\nworkflow = "report"\nschedule = "0 3 * * *"\n')
+    assert load(path).cron["nightly"]["catch_up"] == "one"
+
+
+def test_cron_accepts_seconds_and_a_time_zone(tmp_path: Path) -> None:
+    path = write(tmp_path, """\
+        [cron.tick]
+        workflow = "ping"
+        schedule = "* * * * * */5"
+        timezone = "Europe/Paris"
+        """)
+    entry = load(path).cron["tick"]
+    assert (entry["schedule"], entry["timezone"]) == ("* * * * * */5", "Europe/Paris")
+
+
+def test_bad_cron_schedule_names_the_entry_and_the_field(tmp_path: Path) -> None:
+    path = write(tmp_path, '[cron.nightly]\nworkflow = "report"\nschedule = "61 * * * *"\n')
+    assert config_error(path) == (
+        f'{path}:3: cron.nightly.schedule: expected a cron expression (5 fields, or 6 with seconds), '
+        'found "61 * * * *": the minute field "61" is not acceptable, out of range'
+    )
+
+
+def test_cron_schedule_with_a_year_field_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, '[cron.nightly]\nworkflow = "report"\nschedule = "0 0 1 1 * 0 2030"\n')
+    assert config_error(path).endswith('found "0 0 1 1 * 0 2030": it has 7 fields')
+
+
+def test_cron_schedule_that_never_fires_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, '[cron.never]\nworkflow = "report"\nschedule = "0 0 30 2 *"\n')
+    assert config_error(path).endswith('found "0 0 30 2 *": no date ever matches it')
+
+
+def test_cron_schedule_of_the_wrong_type_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, '[cron.nightly]\nworkflow = "report"\nschedule = 5\n')
+    assert config_error(path) == (
+        f"{path}:3: cron.nightly.schedule: expected a cron expression (5 fields, or 6 with seconds), found 5"
+    )
+
+
+def test_unknown_cron_time_zone_names_the_entry(tmp_path: Path) -> None:
+    path = write(tmp_path, """\
+        [cron.nightly]
+        workflow = "report"
+        schedule = "0 3 * * *"
+        timezone = "Mars/Olympus"
+        """)
+    assert config_error(path) == (
+        f'{path}:4: cron.nightly.timezone: expected an IANA time zone like "Europe/Paris" or "UTC", '
+        'found "Mars/Olympus": no such zone in the time zone database'
+    )

@@ -172,7 +172,7 @@ def test_second_signal_exits_at_once_and_jobs_are_redelivered(cluster: Cluster) 
 def test_grace_time_over_hands_unfinished_jobs_back_at_once(cluster_factory) -> None:
     from conftest import DEFAULT_TOML
 
-    cluster = cluster_factory(DEFAULT_TOML.replace('grace = "5s"', 'grace = "0.3s"').replace('lease = "1.5s"', 'lease = "30s"'))
+    cluster = cluster_factory(DEFAULT_TOML.replace('grace = "5s"', 'grace = "0.3s"').replace('lease = "3s"', 'lease = "30s"'))
     cluster.start_broker()
     worker = cluster.start_worker("media", 1)
     client = cluster.client()
@@ -191,7 +191,7 @@ def test_frozen_worker_loses_its_lease_and_its_late_result_is_rejected(cluster: 
     client = cluster.client()
     job_id = client.enqueue("slow", {"i": 1, "s": 0.5}, group="media")
     wait_for(lambda: len(lines(cluster.tmp / "slow.log")) >= 1, what="the job to start")
-    frozen.signal(signal.SIGSTOP)  # frozen mid-job: no heartbeats, lease (1.5 s) expires
+    frozen.signal(signal.SIGSTOP)  # frozen mid-job: no heartbeats, lease (3 s) expires
     wait_for(lambda: "went silent" in cluster.broker_output(), what="the lease to expire")
     cluster.start_worker("media", 1)
     result = client.wait(job_id, timeout=30)

@@ -9,7 +9,7 @@ import asyncio
 import threading
 import time
 import traceback
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -18,10 +18,11 @@ from shoal.errors import Permanent
 from shoal.protocol import pack, unpack
 from shoal.workflow import Workflow
 
-from .steps import AsyncStep, Channel, LeaseLost, Step, Suspend
+from .steps import AsyncStep, Cancelled, Channel, LeaseLost, Step, Suspend
 
 KIND_SUSPEND = "suspend"        # not a failure: the run gave its slot back (sleep / wait)
 KIND_LEASE_LOST = "lease_lost"  # the job was redelivered elsewhere: report nothing
+KIND_CANCELLED = "cancelled"    # stopped because the job was cancelled
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,8 @@ class Runner:
         self.group = group
         self.concurrency = concurrency
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=f"shoal-{group}")
+        self._running: dict[bytes, tuple[Step, Future[Any]]] = {}   # job id -> its step and future
+        self._running_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
         if any(wf.is_async for wf in workflows.values()):
@@ -70,15 +73,33 @@ class Runner:
                          error=f"workflow {job['wf']!r} is not registered in group {self.group!r} "
                                f"(this worker has: {names})"))
             return
-        if wf.is_async:
-            step: Step = AsyncStep(job, self.group, self.channel, self.max_step_bytes)
-            assert self._loop is not None
-            fut = asyncio.run_coroutine_threadsafe(self._run_async(wf, job, step), self._loop)
-            fut.add_done_callback(lambda f: done(_result_of(f, job_id, token)))
-        else:
-            step = Step(job, self.group, self.channel, self.max_step_bytes)
-            self._pool.submit(self._run_sync, wf, job, step).add_done_callback(
-                lambda f: done(_result_of(f, job_id, token)))
+        def finished(f: "Future[Outcome]") -> None:
+            with self._running_lock:
+                self._running.pop(job_id, None)
+            done(_result_of(f, job_id, token))
+
+        step: Step
+        fut: Future[Any]
+        with self._running_lock:
+            if wf.is_async:
+                step = AsyncStep(job, self.group, self.channel, self.max_step_bytes)
+                assert self._loop is not None
+                fut = asyncio.run_coroutine_threadsafe(self._run_async(wf, job, step), self._loop)
+            else:
+                step = Step(job, self.group, self.channel, self.max_step_bytes)
+                fut = self._pool.submit(self._run_sync, wf, job, step)
+            self._running[job_id] = (step, fut)
+        fut.add_done_callback(finished)
+
+    def cancel(self, job_id: bytes) -> None:
+        """The broker cancelled a running job: sync handlers see ``step.cancelled``; async ones are cancelled."""
+        with self._running_lock:
+            entry = self._running.get(job_id)
+        if entry is not None:
+            step, fut = entry
+            step.cancel()
+            if isinstance(step, AsyncStep):
+                fut.cancel()
 
     def _run_sync(self, wf: Workflow, job: dict[str, Any], step: Step) -> Outcome:
         started = time.perf_counter()
@@ -92,6 +113,8 @@ class Runner:
             return _suspended(job, suspend, started)
         except LeaseLost:
             return _failure(job, KIND_LEASE_LOST, "lease lost", started)
+        except Cancelled as exc:
+            return _failure(job, KIND_CANCELLED, str(exc), started)
         except Exception as exc:
             return _from_exception(job, exc, started)
         return _success(job, value, started)
@@ -111,6 +134,8 @@ class Runner:
             return _suspended(job, suspend, started)
         except LeaseLost:
             return _failure(job, KIND_LEASE_LOST, "lease lost", started)
+        except Cancelled as exc:
+            return _failure(job, KIND_CANCELLED, str(exc), started)
         except Exception as exc:
             return _from_exception(job, exc, started)
         return _success(job, value, started)
@@ -157,5 +182,7 @@ def _from_exception(job: dict[str, Any], exc: BaseException, started: float) -> 
 def _result_of(fut: "Future[Outcome]", job_id: bytes, token: int) -> Outcome:
     try:
         return fut.result()
-    except BaseException as exc:  # cancelled, or a bug in the runner itself
+    except CancelledError:
+        return Outcome(job_id, token, False, kind=KIND_CANCELLED, error="cancelled")
+    except BaseException as exc:  # a bug in the runner itself
         return Outcome(job_id, token, False, kind=J.KIND_ERROR, error=f"{type(exc).__name__}: {exc}")

@@ -232,6 +232,11 @@ class WorkerShell:
                 self._start(body.get("jobs", []))
             elif command == P.RECONNECT:
                 self._send_hello()
+            elif command == P.CANCEL:
+                job_id = body.get("id")
+                if isinstance(job_id, bytes) and self.inflight.get(job_id) == body.get("token"):
+                    log.info("job %s was cancelled; stopping it", id_to_str(job_id))
+                    self.runner.cancel(job_id)
             elif command == P.REPLY or (command == P.ERROR and body.get("rid") is not None):
                 self._on_reply(command, body)
             elif command == P.ERROR:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import inspect
+import threading
 import time
 from concurrent.futures import Future
 from datetime import datetime
@@ -43,6 +44,10 @@ class Suspend(BaseException):
     def __init__(self, name: str, due_ms: int, wait_on: list[bytes] | None = None) -> None:
         super().__init__(name)
         self.name, self.due_ms, self.wait_on = name, due_ms, wait_on
+
+
+class Cancelled(BaseException):
+    """The job was cancelled; raised by step methods so the run stops at the next step."""
 
 
 class LeaseLost(BaseException):
@@ -77,9 +82,21 @@ class Step:
         self._used: set[str] = set()
         self._channel = channel
         self._max_bytes = max_step_bytes
+        self._cancelled = threading.Event()
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the job was cancelled: a long sync handler should check it and return."""
+        return self._cancelled.is_set()
+
+    def cancel(self) -> None:
+        """Mark the run cancelled (called by the worker when the broker says so)."""
+        self._cancelled.set()
 
     # --- bookkeeping shared by the sync and async forms ---------------------------------
     def _claim(self, name: str) -> dict[str, Any] | None:
+        if self._cancelled.is_set():
+            raise Cancelled(f"job cancelled before step {name!r}")
         if not isinstance(name, str) or not name:
             raise StepError("a step needs a non-empty name")
         if name in self._used:

@@ -92,3 +92,26 @@ async def async_steps(payload, step):
     b = await step.run("b", twice, 21)
     await step.sleep("short", 0.2)
     return [a, b]
+
+
+@workflow("cancellable", worker="steps")
+def cancellable(payload, step):
+    effect("cancellable-started")
+    deadline = time.monotonic() + 30
+    while not step.cancelled and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if step.cancelled:
+        effect("saw-cancel")
+    return "stopped"
+
+
+@workflow("async-cancellable", worker="steps")
+async def async_cancellable(payload, step):
+    import asyncio
+
+    effect("async-cancellable-started")
+    try:
+        await asyncio.sleep(30)
+    except asyncio.CancelledError:
+        effect("async-task-cancelled")
+        raise

@@ -1,0 +1,279 @@
+"""``broker replay``: rebuild a data directory's state from its log alone.
+
+    broker replay --data DIR --out NEWDIR [--until SEQ|TIME]   a fresh directory a broker can start on
+    broker replay --data DIR --verify                          compare with DIR's own tables
+
+DIR is opened read-only and without the broker lock, so both work beside a live
+broker (they read one consistent snapshot). NEWDIR is built under a temporary name
+next to it and renamed into place only when complete; an existing non-empty NEWDIR is
+never touched. Exit codes: 0 done (and equal, for --verify), 1 --verify found
+differences, 2 refused (usage, not a data dir, newer schema, damaged log, NEWDIR not empty).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, Iterator, TextIO
+
+from shoal.errors import ConfigError, ShoalError
+from shoal.protocol import unpack
+
+from .rebuild import ReplayError, State, apply_entry
+from .store import Batch, Snapshot, Store
+from .verify import differences, stored_state
+
+EXIT_OK, EXIT_DIFFERENT, EXIT_REFUSED = 0, 1, 2
+PROGRESS_EVERY = 100_000
+_SECONDS_FROM = 1_000_000_000  # a bare integer this large is a Unix time (2001 on), smaller ones are seqs
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+@dataclass(frozen=True)
+class Until:
+    """Where a point-in-time replay stops: after log entry ``seq``, or after wall time ``wall_ms``."""
+
+    seq: int | None = None
+    wall_ms: int | None = None
+
+    def __str__(self) -> str:
+        if self.seq is not None:
+            return f"seq {self.seq}"
+        assert self.wall_ms is not None
+        return _utc(self.wall_ms)
+
+
+def parse_until(text: str) -> Until:
+    """``SEQ`` or ``TIME``: ``123`` / ``seq:123`` is a log position; ``@1714557600``, a bare
+    integer from 1,000,000,000 up, or ``1714557600.5`` is Unix seconds; anything else ISO-8601
+    (``2024-05-01T12:00:00Z``; without a zone it is read as UTC, like every time Shoal prints)."""
+    value = text.strip()
+    try:
+        if value.startswith("seq:"):
+            return Until(seq=int(value[4:]))
+        if value.startswith("@"):
+            return Until(wall_ms=int(float(value[1:]) * 1000))
+        if re.fullmatch(r"\d+", value):
+            n = int(value)
+            return Until(seq=n) if n < _SECONDS_FROM else Until(wall_ms=n * 1000)
+        if re.fullmatch(r"\d+\.\d*", value):
+            return Until(wall_ms=int(float(value) * 1000))
+        moment = datetime.fromisoformat(value[:-1] + "+00:00" if value[-1:] in "Zz" and value else value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a log seq (123), Unix seconds (@1714557600) or an ISO-8601 time "
+            f"(2024-05-01T12:00:00Z), found {text!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return Until(wall_ms=(moment - _EPOCH) // timedelta(milliseconds=1))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="broker replay",
+                                     description="Rebuild a Shoal data directory's state from its log alone.")
+    parser.add_argument("--data", help="the data directory to read (default: SHOAL_DATA, else the config's, else ./.shoal)")
+    parser.add_argument("--config", help="path to shoal.toml (default ./shoal.toml, or SHOAL_CONFIG)")
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--out", metavar="NEWDIR", help="write the rebuilt state (and the log) into this new directory")
+    mode.add_argument("--verify", action="store_true",
+                      help="rebuild in memory and compare with the directory's tables; exit 1 on any difference")
+    parser.add_argument("--until", type=parse_until, metavar="SEQ|TIME",
+                        help="with --out: the state as of this log seq or time (point-in-time recovery)")
+    parser.add_argument("--progress-every", type=int, default=PROGRESS_EVERY, metavar="N",
+                        help=f"report progress on stderr every N log entries (default {PROGRESS_EVERY:,})")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of ``broker replay``; returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else EXIT_REFUSED
+    if args.until is not None and args.verify:
+        print("broker replay: --until goes with --out (a past state cannot equal today's tables)", file=sys.stderr)
+        return EXIT_REFUSED
+    try:
+        data = args.data or _configured_data(args.config)
+        if args.out is not None:
+            _check_out(args.out)
+        source = Store(data, readonly=True)
+        try:
+            with source.snapshot() as snapshot:
+                if args.verify:
+                    return _verify(snapshot, data, args.progress_every)
+                return _write_out(snapshot, data, args.out, args.until, args.progress_every)
+        finally:
+            source.close()
+    except ShoalError as exc:
+        print(f"broker replay: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+
+
+# --- rebuilding --------------------------------------------------------------------------
+class Progress:
+    """Entries per second on stderr every ``every`` entries, so a long replay is visibly alive."""
+
+    def __init__(self, every: int, total: int, out: TextIO = sys.stderr) -> None:
+        self.every, self.total, self.out = max(1, every), total, out
+        self.started = time.monotonic()
+
+    def rate(self, done: int) -> float:
+        return done / max(time.monotonic() - self.started, 1e-6)
+
+    def tick(self, done: int, seq: int) -> None:
+        if done % self.every == 0:
+            print(f"replay: {done:,} entries applied (seq {seq:,} of {self.total:,}), "
+                  f"{self.rate(done):,.0f} entries/s", file=self.out, flush=True)
+
+
+def rebuild(snapshot: Snapshot, stop_seq: int, progress: Progress) -> State:
+    """Apply the log from its first entry through ``stop_seq``; ``ReplayError`` on a gap or a bad entry."""
+    state = State()
+    for seq, entry in _entries(snapshot, stop_seq):
+        apply_entry(state, seq, entry)
+        progress.tick(state.applied, seq)
+    return state
+
+
+def _entries(snapshot: Snapshot, stop_seq: int) -> Iterator[tuple[int, Any]]:
+    expected = 1
+    for seq, raw in snapshot.log():
+        if seq > stop_seq:
+            return
+        if seq != expected:  # compaction does not exist yet, so the log starts at 1 with no holes
+            raise ReplayError(f"the log is missing entries {expected}..{seq - 1}: it is damaged "
+                              f"(or was compacted, and replaying from a snapshot is not supported yet)")
+        expected += 1
+        yield seq, _decode(seq, raw)
+
+
+def stop_seq_for(snapshot: Snapshot, until: Until | None) -> int:
+    """The last seq to apply. Entries of one commit share its wall time; a stop inside a
+    commit moves back to the end of the previous one, so the state is one that existed and
+    nothing after the asked point is in it."""
+    first, last = snapshot.log_bounds()
+    if until is None or not last:
+        return last
+    if until.wall_ms is not None:
+        stop = 0
+        for seq, raw in snapshot.log():
+            if _decode(seq, raw)[0] > until.wall_ms:
+                break
+            stop = seq
+        return stop
+    assert until.seq is not None
+    if until.seq >= last:
+        return last
+    if until.seq < first:
+        return 0
+    following = next(snapshot.log(until.seq + 1), None)
+    wall_ms = _decode(until.seq, next(snapshot.log(until.seq))[1])[0]
+    if following is None or _decode(*following)[0] != wall_ms:
+        return until.seq
+    for seq, raw in snapshot.log_backward(until.seq):
+        if _decode(seq, raw)[0] != wall_ms:
+            return seq
+    return 0
+
+
+def _decode(seq: int, raw: bytes) -> Any:
+    try:
+        return unpack(raw, max_bytes=max(len(raw), 1))  # our own data: no peer-facing size limit
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise ReplayError(f"log entry {seq} does not decode ({exc}): the log is damaged") from None
+
+
+# --- the two modes -------------------------------------------------------------------------
+def _verify(snapshot: Snapshot, data: str, progress_every: int) -> int:
+    started = time.monotonic()
+    last = snapshot.log_bounds()[1]
+    rebuilt = rebuild(snapshot, last, Progress(progress_every, last))
+    stored, stored_expiry = stored_state(snapshot)
+    found = 0
+    for difference in differences(rebuilt, stored, stored_expiry):
+        found += 1
+        print(difference)
+    if found:
+        print(f"verify: {found} difference{'s' if found != 1 else ''} between the log "
+              f"({rebuilt.applied:,} entries) and the tables of {data}", file=sys.stderr)
+        return EXIT_DIFFERENT
+    print(f"verify: {data} is exactly what its log rebuilds: {rebuilt.applied:,} entries, {len(rebuilt.jobs):,} jobs, "
+          f"{rebuilt.step_count():,} steps, {len(rebuilt.routes):,} routes, {len(rebuilt.counters):,} counter groups, "
+          f"{len(stored_expiry):,} expiry entries ({_elapsed(started, rebuilt.applied)})")
+    return EXIT_OK
+
+
+def _write_out(snapshot: Snapshot, data: str, out: str, until: Until | None, progress_every: int) -> int:
+    started = time.monotonic()
+    stop = stop_seq_for(snapshot, until)
+    if until is not None:
+        print(f"replay: stopping at seq {stop:,} ({until} asked)", file=sys.stderr)
+    state = rebuild(snapshot, stop, Progress(progress_every, stop))
+    parent = os.path.dirname(os.path.abspath(out))
+    os.makedirs(parent, exist_ok=True)
+    # built under a temporary name and renamed when complete: a failed replay leaves no half directory
+    building = tempfile.mkdtemp(prefix=os.path.basename(os.path.abspath(out)) + ".partial-", dir=parent)
+    try:
+        target = Store(building)
+        try:
+            target.copy_log((seq, raw) for seq, raw in snapshot.log() if seq <= stop)
+            target.commit(_as_batch(state), wall_ms=0)  # no log entries in it: wall_ms is unused
+        finally:
+            target.close()
+        _check_out(out)  # again: someone may have filled it meanwhile
+        os.rename(building, out)  # onto a missing or empty directory: atomic
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+    _fsync_dir(parent)
+    print(f"replay: rebuilt {len(state.jobs):,} jobs, {state.step_count():,} steps and {len(state.routes):,} routes "
+          f"from {state.applied:,} log entries of {data} into {out} ({_elapsed(started, state.applied)})")
+    return EXIT_OK
+
+
+def _as_batch(state: State) -> Batch:
+    return Batch(jobs=dict(state.jobs), routes=state.routes, counters=state.counters,
+                 steps={(job_id, name): record for job_id, named in state.steps.items() for name, record in named.items()},
+                 expiry_add=sorted(state.expiry()))
+
+
+# --- small helpers -------------------------------------------------------------------------
+def _check_out(out: str) -> None:
+    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
+        raise ShoalError(f"{out} already exists and is not an empty directory; replay never overwrites, "
+                         f"give a new --out")
+
+
+def _configured_data(config: str | None) -> str:
+    from shoal.conf import load_settings
+
+    try:
+        return load_settings(config, env=os.environ).broker.data
+    except ConfigError as exc:
+        raise ShoalError(str(exc)) from None
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # the rename itself must survive a power loss
+    finally:
+        os.close(fd)
+
+
+def _elapsed(started: float, entries: int) -> str:
+    seconds = max(time.monotonic() - started, 1e-6)
+    return f"{seconds:.2f}s, {entries / seconds:,.0f} entries/s"
+
+
+def _utc(wall_ms: int) -> str:
+    moment = datetime.fromtimestamp(wall_ms / 1000, tz=timezone.utc)
+    return moment.strftime("%Y-%m-%d %H:%M:%S.") + f"{wall_ms % 1000:03d} UTC"
