@@ -208,3 +208,20 @@ def test_metrics_endpoint_serves_prometheus_text(cluster_factory) -> None:
     assert samples['shoal_workers{group="email"}'] == 1
     assert samples['shoal_free_slots{group="email"}'] == 3
     assert "# TYPE shoal_jobs_pending gauge" in text
+
+
+def test_json_logs_have_one_line_per_lifecycle_event(cluster_factory) -> None:
+    import json
+
+    cluster = cluster_factory()
+    cluster.start_broker("--log-level", "debug", "--log-format", "json")
+    cluster.start_worker("email", 1)
+    client = cluster.client()
+    job_id = client.wait(client.enqueue("echo", {}, group="email"), timeout=20).id
+    wait_for(lambda: '"completed' in cluster.broker_output(), what="the completed event in the log")
+    records = [json.loads(line) for line in cluster.broker_output().splitlines() if line.startswith("{")]
+    mine = [r for r in records if r.get("job") == job_id]
+    assert [r["msg"].split()[0] for r in mine] == ["queued", "started", "completed"]
+    done = mine[-1]
+    assert done["workflow"] == "echo" and done["group"] == "email" and done["attempt"] == 1
+    assert "duration_ms" in done
