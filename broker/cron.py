@@ -9,9 +9,10 @@ Schedules
     croniter syntax in 5 fields, or 6 where the sixth, last, is seconds:
     ``"* * * * * */5"`` fires every five seconds (``"*/5 * * * * *"`` is every
     second of every fifth minute). croniter's seventh "year" field is refused.
-    ``H`` hashes on the entry's name, so it is stable per entry. Each entry is evaluated in its ``timezone`` (IANA name, default UTC)
-    with tz-aware datetimes, so "0 9 * * *" in Europe/Paris is 09:00 Paris time
-    on both sides of a DST change. DST edges are croniter's: a time skipped by a
+    ``H`` hashes on the entry's name, so it is stable per entry. Each entry
+    is evaluated in its ``timezone`` (IANA name, default UTC) with tz-aware
+    datetimes, so "0 9 * * *" in Europe/Paris is 09:00 Paris time on both
+    sides of a DST change. DST edges are croniter's: a time skipped by a
     spring-forward fires at the first valid time after the gap, and a wall time
     that happens twice in the autumn fires twice for an hourly-or-finer
     schedule and (croniter's choice) for a daily one too.
@@ -289,6 +290,8 @@ class CronSchedule:
 
     def __init__(self, entries: list[CronEntry], *, on_time_ms: int = ON_TIME_MS) -> None:
         """Check every entry; a bad one raises ValueError naming it."""
+        if on_time_ms <= 0:
+            raise ValueError(f"on_time_ms must be > 0, not {on_time_ms}")
         self.entries = list(entries)
         self.on_time_ms = on_time_ms
         self._ticks: dict[str, _Ticks] = {}
@@ -302,20 +305,22 @@ class CronSchedule:
 
     def plan(self, now_ms: int, last_fired: Mapping[str, int]) -> CronPlan:
         """Everything due now: ticks to fire, entries first seen, ticks skipped for good."""
-        plan = CronPlan()
+        fire: list[tuple[CronEntry, int]] = []
+        skipped: list[Skipped] = []
+        first_seen: dict[str, int] = {}
         for entry in self.entries:
             if not entry.enabled:
                 continue
             since_ms = last_fired.get(entry.name)
             if since_ms is None:
-                plan.first_seen[entry.name] = now_ms
+                first_seen[entry.name] = now_ms
                 continue
-            ticks, skipped = self._entry_due(entry, since_ms, now_ms)
-            plan.fire.extend((entry, tick) for tick in ticks)
-            if skipped is not None:
-                plan.skipped.append(skipped)
-        plan.fire.sort(key=lambda pair: (pair[1], pair[0].name))
-        return plan
+            ticks, dropped = self._entry_due(entry, since_ms, now_ms)
+            fire.extend((entry, tick) for tick in ticks)
+            if dropped is not None:
+                skipped.append(dropped)
+        fire.sort(key=lambda pair: (pair[1], pair[0].name))
+        return CronPlan(fire, skipped, first_seen)
 
     def due(self, now_ms: int, last_fired: Mapping[str, int]) -> list[tuple[CronEntry, int]]:
         """Ticks to fire now as ``(entry, tick_ms)``, oldest first; ``plan().fire``.
