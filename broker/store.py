@@ -32,6 +32,7 @@ from .lock import DataDirLock
 
 SCHEMA_VERSION = 1
 _U64 = struct.Struct(">Q")
+CRON_PREFIX = b"cron:"
 _MAX_MAP_BYTES = 1 << 40
 _TABLES = ("jobs", "log", "expiry", "routes", "counters", "steps", "meta")
 
@@ -63,10 +64,11 @@ class Batch:
     counters: dict[str, dict[str, int]] = field(default_factory=dict)
     steps: dict[tuple[bytes, str], dict[str, Any]] = field(default_factory=dict)
     drop_steps: list[bytes] = field(default_factory=list)   # job ids whose steps go
+    cron: dict[str, int] = field(default_factory=dict)      # cron entry -> last fired tick (ms)
 
     def __bool__(self) -> bool:
         return bool(self.jobs or self.log or self.expiry_add or self.expiry_del or self.routes or self.counters
-                    or self.steps or self.drop_steps)
+                    or self.steps or self.drop_steps or self.cron)
 
 
 class Store:
@@ -313,7 +315,21 @@ class Store:
                 txn.put(name.encode(), pack(route), db=self._routes)
             for group, counts in batch.counters.items():
                 txn.put(group.encode(), pack(counts), db=self._counters)
+            for name, tick_ms in batch.cron.items():
+                txn.put(CRON_PREFIX + name.encode(), pack(tick_ms), db=self._meta)
         self.next_seq = seq
+
+    def cron_last_fired(self) -> dict[str, int]:
+        """Each cron entry's last fired tick (ms), kept in ``meta`` under ``cron:<name>``."""
+        out: dict[str, int] = {}
+        with self.env.begin() as txn:
+            cur = txn.cursor(db=self._meta)
+            if cur.set_range(CRON_PREFIX):
+                for key, raw in cur:
+                    if not bytes(key).startswith(CRON_PREFIX):
+                        break
+                    out[bytes(key[len(CRON_PREFIX):]).decode()] = unpack(raw)
+        return out
 
     def _delete_steps(self, txn: lmdb.Transaction, job_id: bytes) -> None:
         cur = txn.cursor(db=self._steps)

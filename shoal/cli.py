@@ -23,7 +23,6 @@ DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 ACTIVE_STATES = ("pending", "scheduled", "running")
 # Commands that later issues implement: listed in --help, honest about being absent.
 NOT_YET = {
-    "cron": "cron entries and their runs",
     "storage": "LMDB size and log compaction",
 }
 
@@ -83,8 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--state", choices=ACTIVE_STATES)
     jobs.add_argument("--group", metavar="G")
     jobs.add_argument("--limit", type=_positive_int, default=100, metavar="N", help="at most N jobs (default 100)")
-    job = add("job", cmd_job, "everything about one job")
+    job = add("job", cmd_job, "everything about one job; `shoal job why ID`: its whole history from the log")
     job.add_argument("id", metavar="ID")
+    job.add_argument("why_id", nargs="?", help=argparse.SUPPRESS)  # `job why ID`: see _check
     dead = add("dead", cmd_dead, "dead letters: jobs that ran out of retries or failed permanently")
     dead.add_argument("--group", metavar="G")
     dead.add_argument("--limit", type=_positive_int, default=1000, metavar="N", help="at most N jobs (default 1000)")
@@ -104,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="with --wait: give up after S seconds (default 60)")
     cancel = add("cancel", cmd_cancel, "cancel a job (pending or scheduled at once; running: its worker stops it)")
     cancel.add_argument("id", metavar="ID")
+    add("cron", cmd_cron, "cron entries with their last and next fire times")
     add("health", cmd_health, "exit 0 when the broker answers and no group starves or is unhealthy")
     events = add("events", cmd_events, "tail lifecycle events (queued, started, completed, failed, ...)")
     events.add_argument("--group", metavar="G")
@@ -168,6 +169,13 @@ def _run(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> None:
     """Checks argparse cannot express; raise ``UsageError`` before any connection is made."""
+    if args.command == "job":  # `job ID` or `job why ID` (a job id is never "why")
+        args.why = args.id == "why"
+        if args.why_id is not None and not args.why:
+            raise UsageError("expected `shoal job ID` or `shoal job why ID`")
+        if args.why and args.why_id is None:
+            raise UsageError("`shoal job why` needs a job ID")
+        args.id = args.why_id if args.why else args.id
     if args.command == "requeue":
         if args.all == (args.id is not None):
             raise UsageError("give either a job ID or --all")
@@ -221,6 +229,22 @@ def cmd_cancel(client: "Client", args: argparse.Namespace) -> int:
     else:
         print(f"{args.id}: {outcome.message}")
     return EXIT_OK if outcome.cancelled else EXIT_FAILED
+
+
+def cmd_cron(client: "Client", args: argparse.Namespace) -> int:
+    """``shoal cron``: one row per entry."""
+    entries = client.cron()
+    if args.json:
+        _emit_json(entries)
+        return EXIT_OK
+    if not entries:
+        print("no cron entries ([cron.NAME] tables in shoal.toml)")
+        return EXIT_OK
+    rows = [[e["name"], e["workflow"], e.get("group") or "-", e["schedule"], e.get("timezone") or "UTC",
+             "yes" if e["enabled"] else "no", fmt.timestamp(e["last_ms"]) if e.get("last_ms") else "never",
+             fmt.timestamp(e["next_ms"]) if e.get("next_ms") else "-"] for e in entries]
+    print("\n".join(fmt.table(["NAME", "WORKFLOW", "GROUP", "SCHEDULE", "TZ", "ENABLED", "LAST", "NEXT"], rows)))
+    return EXIT_OK
 
 
 def cmd_health(client: "Client", args: argparse.Namespace) -> int:
@@ -317,7 +341,11 @@ def _filters(args: argparse.Namespace) -> str:
 
 
 def cmd_job(client: "Client", args: argparse.Namespace) -> int:
-    """``shoal job ID``: everything the broker knows about one job."""
+    """``shoal job ID``: everything the broker knows about one job (``job why ID``: its history)."""
+    if getattr(args, "why", False):
+        from shoal.cli_why import cmd_job_why
+
+        return cmd_job_why(client, args)
     result = client.get(args.id)
     if result is None:
         print(f"shoal job: no job with id {args.id} (never enqueued, or expired)", file=sys.stderr)

@@ -228,7 +228,7 @@ def test_config_is_delegated_to_config_show(capsys, tmp_path: Path) -> None:
     assert json.loads(out)["groups"]["media"]["workers"] == {"value": 2, "source": "[workflows.media]"}
 
 
-@pytest.mark.parametrize("command", ["cron", "storage"])
+@pytest.mark.parametrize("command", ["storage"])
 def test_later_commands_are_listed_but_say_they_are_not_available(command: str, capsys) -> None:
     code, out, err = shoal(capsys, "--help")
     assert code == 0 and re.search(rf"^\s+{command}\s", out, re.M)

@@ -112,3 +112,16 @@ def unencodable(payload):
 async def async_echo(payload, step):
     await asyncio.sleep(payload.get("s", 0))
     return {"payload": payload, "async": True}
+
+
+@workflow("cron-mark", worker="default")
+def cron_mark(payload, step):
+    """Records which cron entry fired, and the job id (derived from the entry and tick)."""
+    _mark("cron.log", f"{payload['entry']} {step.job_id.hex()}")
+    return payload["entry"]
+
+
+@workflow("cron-media", worker="media")
+def cron_media(payload, step):
+    _mark("cron.log", f"{payload['entry']} {step.job_id.hex()}")
+    return os.getpid()

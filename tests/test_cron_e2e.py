@@ -1,0 +1,91 @@
+"""Cron in a real broker: ticks fire on time, exactly once across a SIGKILL, catch-up policies."""
+from __future__ import annotations
+
+import time
+
+from shoal.broker.cron import cron_job_id
+
+from conftest import DEFAULT_TOML, Cluster, lines, wait_for
+
+
+def _cron_toml(*entries: tuple[str, str]) -> str:
+    out = DEFAULT_TOML
+    for name, extra in entries:
+        out += (f'\n[cron.{name}]\nworkflow = "cron-mark"\nschedule = "* * * * * *"\n'
+                f'payload = {{ entry = "{name}" }}\ngroup = "default"\n{extra}\n')
+    return out
+
+
+def _fired(cluster: Cluster, entry: str) -> list[str]:
+    return [line.split()[1] for line in lines(cluster.tmp / "cron.log") if line.split()[0] == entry]
+
+
+def _ticks(entry: str, job_hexes: list[str], start_ms: int, end_ms: int) -> list[int]:
+    """Which whole-second ticks in [start, end] these job ids belong to."""
+    by_id = {cron_job_id(entry, t).hex(): t for t in range(start_ms - start_ms % 1000, end_ms + 1000, 1000)}
+    return sorted(by_id[h] for h in job_hexes if h in by_id)
+
+
+def test_seconds_schedule_fires_once_per_tick_on_the_second(cluster_factory) -> None:
+    cluster = cluster_factory(_cron_toml(("each", "")))
+    start_ms = int(time.time() * 1000)
+    cluster.start_broker()
+    cluster.start_worker("default", 4)
+    wait_for(lambda: len(_fired(cluster, "each")) >= 3, what="three ticks")
+    fired = _fired(cluster, "each")
+    ticks = _ticks("each", fired, start_ms, int(time.time() * 1000))
+    assert len(ticks) == len(fired) and len(set(fired)) == len(fired)  # every job is a known tick, once
+    assert all(b - a == 1000 for a, b in zip(ticks, ticks[1:]))
+    assert ticks[0] > start_ms  # a new entry never fires for the past
+    listing = {e["name"]: e for e in cluster.client().cron()}
+    assert listing["each"]["last_ms"] % 1000 == 0 and listing["each"]["next_ms"] > listing["each"]["last_ms"]
+
+
+def test_no_tick_fires_twice_across_a_broker_sigkill(cluster_factory) -> None:
+    cluster = cluster_factory(_cron_toml(("steady", 'catch_up = "all"')))
+    start_ms = int(time.time() * 1000)
+    cluster.start_broker()
+    cluster.start_worker("default", 4)
+    wait_for(lambda: len(_fired(cluster, "steady")) >= 2, what="two ticks")
+    cluster.broker.kill()
+    cluster.start_broker()
+    seen = len(_fired(cluster, "steady"))
+    wait_for(lambda: len(_fired(cluster, "steady")) >= seen + 3, timeout=30, what="three more ticks")
+    fired = _fired(cluster, "steady")
+    assert len(set(fired)) == len(fired), "a tick ran twice"
+    ticks = _ticks("steady", fired, start_ms, int(time.time() * 1000))
+    assert len(ticks) == len(fired)
+    assert all(b - a == 1000 for a, b in zip(ticks, ticks[1:])), "catch_up=all left a gap"
+
+
+def test_catch_up_policies_after_downtime(cluster_factory) -> None:
+    cluster = cluster_factory(_cron_toml(("none", 'catch_up = "none"'), ("one", 'catch_up = "one"'),
+                                         ("all", 'catch_up = "all"')))
+    cluster.start_broker()
+    client = cluster.client()
+    wait_for(lambda: all(e["last_ms"] for e in client.cron()), what="every entry to fire once")
+    cluster.broker.kill()
+    down_ms = int(time.time() * 1000)
+    wait_for(lambda: time.time() * 1000 > down_ms + 12_000, timeout=20, what="twelve missed ticks")
+    cluster.start_broker()
+    up_ms = int(time.time() * 1000)
+    cluster.start_worker("default", 8)
+    wait_for(lambda: len(_fired(cluster, "all")) >= 12, timeout=30, what="the missed ticks of 'all'")
+    in_gap = {name: [t for t in _ticks(name, _fired(cluster, name), down_ms - 2000, up_ms) if down_ms < t <= up_ms]
+              for name in ("none", "one", "all")}
+    assert len(in_gap["all"]) >= 11          # every missed tick ran
+    assert len(in_gap["one"]) == 1           # one run for the whole gap
+    # "none": missed ticks are skipped; only a tick still on time (at most 10 s late) may run
+    assert len(in_gap["none"]) <= 1 and all(t >= up_ms - 10_500 for t in in_gap["none"])
+    assert len(in_gap["none"]) < len(in_gap["all"])
+
+
+def test_a_cron_tick_wakes_a_scaled_to_zero_group(cluster_factory) -> None:
+    toml = DEFAULT_TOML + ('\n[workflows.media]\napp = "testapp"\nworkers = 0\n'
+                           '\n[cron.thumbs]\nworkflow = "cron-media"\nschedule = "* * * * * *"\n'
+                           'payload = { entry = "thumbs" }\ngroup = "media"\n')
+    cluster = cluster_factory(toml)
+    cluster.start_broker(supervise=True)
+    client = cluster.client()
+    wait_for(lambda: _fired(cluster, "thumbs"), timeout=30, what="the cron job to run in the woken group")
+    assert client.stats()["media"]["launches"] == 1
