@@ -69,10 +69,12 @@ class BrokerCore:
         self.events: list[dict[str, Any]] = []       # lifecycle events, published after the commit
         self.events_dropped = 0
         self.events_endpoint = ""
+        self.events_wanted = False                   # any subscriber on the events socket
         self.buckets: dict[str, list[float]] = {}     # rate-limited group -> [tokens, last refill (mono)]
         self._rate_wait_s: float | None = None
         self.counters: dict[str, dict[str, int]] = {}
         self.known_groups: set[str] = set(settings.groups)
+        self._group_settings: dict[str, GroupSettings] = {}
         self.supervisor: Supervisor | None = None   # set by the server when it starts workers
         self.batch = Batch()
         self.outbox: list[Outgoing] = []
@@ -115,7 +117,11 @@ class BrokerCore:
 
     # --- helpers ---------------------------------------------------------------
     def group_settings(self, group: str) -> GroupSettings:
-        return self.settings.group(group)
+        """A group's effective settings (cached: unnamed groups are built on each Settings.group call)."""
+        found = self._group_settings.get(group)
+        if found is None:
+            found = self._group_settings[group] = self.settings.group(group)
+        return found
 
     def _save(self, job: J.Job, op: str, changes: dict[str, Any]) -> None:
         self.batch.jobs[job.id] = job.to_record()
@@ -123,9 +129,12 @@ class BrokerCore:
 
     def _emit(self, event: str, job: J.Job, **extra: Any) -> None:
         """A lifecycle event: published on the events socket after the commit, and logged."""
+        if not self.events_wanted and not log.isEnabledFor(logging.DEBUG):
+            return  # nobody listens: skip the work on the hot path
         record = {"event": event, "id": job.id, "workflow": job.workflow, "group": job.group,
                   "attempt": job.attempts, "ts_ms": self.clock.wall_ms(), **extra}
-        self.events.append(record)
+        if self.events_wanted:
+            self.events.append(record)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s %s", event, id_to_str(job.id), extra={
                 "job": id_to_str(job.id), "workflow": job.workflow, "group": job.group,

@@ -87,6 +87,7 @@ class BrokerServer:
             if broker.events:
                 broker.events_dropped += self.events.publish(broker.events)
                 broker.events = []
+            broker.events_wanted = self.events.subscribers()
             if self.metrics is not None and time.monotonic() - self._metrics_at >= 1.0:
                 self._metrics_at = time.monotonic()
                 self.metrics.text = render_metrics(broker.stats(), broker.events_dropped)
@@ -121,12 +122,13 @@ class Events:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SNDHWM, self.HWM)
         self.sock.setsockopt(zmq.XPUB_NODROP, 1)
+        self.sock.setsockopt(zmq.XPUB_VERBOSER, 1)  # every (un)subscribe, so the count stays right
         self.sock.bind(endpoint)
+        self._subscriptions = 0
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
     def publish(self, events: list[dict[str, object]]) -> int:
         """Send events, topic ``group\0workflow\0``; returns how many were dropped."""
-        self._drain_subscriptions()
         dropped = 0
         for event in events:
             topic = f"{event['group']}\0{event['workflow']}\0".encode()
@@ -136,12 +138,17 @@ class Events:
                 dropped += 1
         return dropped
 
-    def _drain_subscriptions(self) -> None:
-        while True:  # XPUB hands us (un)subscribe messages; we only need to read them
+    def subscribers(self) -> bool:
+        """Read (un)subscribe messages; True while any subscription is open."""
+        while True:
             try:
-                self.sock.recv(zmq.NOBLOCK)
+                message = self.sock.recv(zmq.NOBLOCK)
             except zmq.Again:
-                return
+                return self._subscriptions > 0
+            if message[:1] == b"\x01":
+                self._subscriptions += 1
+            elif message[:1] == b"\x00":
+                self._subscriptions = max(0, self._subscriptions - 1)
 
     def close(self) -> None:
         self.sock.close(0)

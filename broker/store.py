@@ -33,6 +33,7 @@ from .lock import DataDirLock
 SCHEMA_VERSION = 1
 _U64 = struct.Struct(">Q")
 CRON_PREFIX = b"cron:"
+_LOG_HEAD = b"\x94"  # msgpack fixarray of 4
 _MAX_MAP_BYTES = 1 << 40
 _TABLES = ("jobs", "log", "expiry", "routes", "counters", "steps", "meta")
 
@@ -294,14 +295,19 @@ class Store:
 
     def _write(self, batch: Batch, wall_ms: int) -> None:
         seq = self.next_seq
+        packed: dict[int, bytes] = {}  # an enqueue's record is both the job and its log entry: pack once
         with self.env.begin(write=True) as txn:
             for job_id, record in batch.jobs.items():
                 if record is None:
                     txn.delete(job_id, db=self._jobs)
                 else:
-                    txn.put(job_id, pack(record), db=self._jobs)
+                    raw = packed[id(record)] = pack(record)
+                    txn.put(job_id, raw, db=self._jobs)
+            head = _LOG_HEAD + pack(wall_ms)
             for op, job_id, changes in batch.log:
-                txn.put(_U64.pack(seq), pack([wall_ms, op, job_id, changes]), db=self._log, append=True)
+                body = packed.get(id(changes)) or pack(changes)
+                # [wall_ms, op, job_id, changes] as a msgpack array, built from packed parts
+                txn.put(_U64.pack(seq), head + pack(op) + pack(job_id) + body, db=self._log, append=True)
                 seq += 1
             for expire_ms, job_id in batch.expiry_del:
                 txn.delete(_U64.pack(expire_ms) + job_id, db=self._expiry)

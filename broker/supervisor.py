@@ -12,6 +12,7 @@ exit code and the tail of the worker's stderr, so a job never waits silently for
 from __future__ import annotations
 
 import collections
+import ctypes
 import logging
 import os
 import signal
@@ -202,8 +203,7 @@ class Supervisor:
             args += ["--config", self.settings.path]
         nice = gs.nice
         popen = subprocess.Popen(args, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                 preexec_fn=(lambda: _lower_priority(nice)) if nice else None,
-                                 start_new_session=bool(nice))
+                                 preexec_fn=lambda: _in_child(nice), start_new_session=bool(nice))
         child = Child(popen, now, scaled)
         state.children.append(child)
         state.launches += 1
@@ -247,6 +247,23 @@ def _pump_stderr(stream: IO[bytes], tail: collections.deque[str], group: str) ->
         tail.append(line)
         sys.stderr.write(line)
     stream.close()
+
+
+def _in_child(nice: int) -> None:
+    """Runs in the child before exec: die with the broker, and take the group's priority."""
+    _exit_with_parent()
+    if nice:
+        _lower_priority(nice)
+
+
+def _exit_with_parent() -> None:
+    """Linux: SIGTERM (a graceful drain) when the broker dies, even by SIGKILL, so its workers
+    never outlive it as duplicates of the ones a restarted broker starts."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the worker still leaves when it finds the broker gone for good
 
 
 def _lower_priority(nice: int) -> None:

@@ -36,8 +36,9 @@ def new_job_id() -> bytes:
 
 
 def id_to_str(raw: bytes) -> str:
-    """The canonical text form users see (8-4-4-4-12 hex)."""
-    return str(uuid.UUID(bytes=raw))
+    """The canonical text form users see (8-4-4-4-12 hex), without building a UUID object."""
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def id_from_str(text: str | bytes) -> bytes:

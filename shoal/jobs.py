@@ -14,6 +14,7 @@ An illegal transition raises ``IllegalTransition`` and changes nothing.
 """
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -105,7 +106,7 @@ class Job:
 
     def to_record(self) -> dict[str, Any]:
         """The msgpack-able form stored in LMDB and the log."""
-        return {f: getattr(self, f) for f in _FIELD_NAMES}
+        return dict(zip(_FIELD_NAMES, _GET_FIELDS(self)))
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> "Job":
@@ -114,6 +115,7 @@ class Job:
 
 
 _FIELD_NAMES = tuple(f.name for f in fields(Job))
+_GET_FIELDS = operator.attrgetter(*_FIELD_NAMES)  # one C call for every field (a hot path)
 _FIELD_SET = frozenset(_FIELD_NAMES)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import inspect
 from dataclasses import dataclass
+from functools import cached_property
 from types import ModuleType
 from typing import Any, Callable, Iterable
 
@@ -26,12 +27,12 @@ class Workflow:
     retries: int | None = None       # None: the group's `retries` setting
     timeout_s: float | None = None   # enforced for async handlers (a thread cannot be killed)
 
-    @property
+    @cached_property
     def is_async(self) -> bool:
         """True for ``async def`` handlers, which run on the worker's event loop."""
         return inspect.iscoroutinefunction(self.fn)
 
-    @property
+    @cached_property
     def wants_step(self) -> bool:
         """Whether the handler takes the ``step`` argument after the payload."""
         params = [p for p in inspect.signature(self.fn).parameters.values()

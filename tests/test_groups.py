@@ -152,3 +152,20 @@ def test_worker_recycles_above_max_memory(cluster_factory) -> None:
     assert all(r.status == "completed" and r.attempts == 1 for r in results)
     assert len({r.value["pid"] for r in results}) == 3
     assert "recycling at" in cluster.broker_output()
+
+
+def test_supervised_workers_leave_when_the_broker_is_sigkilled(groups: Cluster) -> None:
+    import os
+
+    client = groups.client()
+    pid = client.wait(client.enqueue("echo", {}, group="email"), timeout=20).value["pid"]
+    groups.broker.kill()
+
+    def gone() -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    wait_for(gone, timeout=20, what="the orphaned worker to exit")

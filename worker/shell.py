@@ -210,7 +210,7 @@ class WorkerShell:
 
     def _sleep_interruptibly(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
-        while not self._stop_now.is_set() and time.monotonic() < deadline:
+        while not (self._stop_now.is_set() or self._draining.is_set()) and time.monotonic() < deadline:
             self._flush_outcomes_to_memory()
             time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
 
