@@ -54,8 +54,10 @@ class BrokerServer:
             self.broker.supervisor = Supervisor(settings, _local_endpoint(self.endpoint))
 
     def stop(self) -> None:
-        """Ask the loop to finish its pass and return."""
+        """Ask the loop to finish its pass and return (from any thread)."""
         self._stop.set()
+
+    stop_requested = False  # set by the signal handler (no locks there); the loop turns it into stop()
 
     def run(self) -> None:
         """Serve until ``stop()`` or SIGTERM/SIGINT."""
@@ -65,6 +67,9 @@ class BrokerServer:
         busy = False
         stopping_until: float | None = None
         while True:
+            if self.stop_requested and not self._stop.is_set():
+                log.info("stopping: draining the workers this broker started")
+                self._stop.set()
             if self._stop.is_set():
                 # Drain the workers we started while still serving, so their last results land.
                 supervisor = broker.supervisor
@@ -177,11 +182,16 @@ def serve(settings: Settings) -> int:
     print(f"shoal broker listening on {server.endpoint} (data {settings.broker.data}, "
           f"events on {server.events.endpoint}{extra})", flush=True)
 
+    interrupts = 0
+
     def on_signal(signum: int, frame: object) -> None:
-        if server._stop.is_set():
-            raise SystemExit(1)
-        log.info("signal %d: stopping", signum)
-        server.stop()
+        # Runs between bytecodes of the loop, maybe while it holds a lock: only set flags here.
+        nonlocal interrupts
+        if signum == signal.SIGINT:
+            interrupts += 1
+            if interrupts > 1:
+                raise SystemExit(1)  # second Ctrl-C: stop now
+        server.stop_requested = True
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)

@@ -40,10 +40,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"worker: {exc}", file=sys.stderr)
         return 2
 
+    interrupts = 0
+
     def on_signal(signum: int, frame: object) -> None:
-        if shell._draining.is_set():
-            os._exit(1)  # second signal: leave now; the broker redelivers in-flight jobs
-        shell.drain()
+        # Runs between bytecodes of the main thread, maybe while it holds a lock: take none here.
+        nonlocal interrupts
+        if signum == signal.SIGINT:
+            interrupts += 1
+            if interrupts > 1:
+                os._exit(1)  # second Ctrl-C: leave now; the broker redelivers in-flight jobs
+        shell.drain_from_signal()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)

@@ -66,6 +66,7 @@ class WorkerShell:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         self._draining = threading.Event()
+        self._drain_signalled = False
         self._stop_now = threading.Event()
         self._drain_deadline = 0.0
         self.refused: str | None = None
@@ -81,6 +82,11 @@ class WorkerShell:
             grace_s = self.options.grace_s if grace_s is None else grace_s
             self._drain_deadline = time.monotonic() + grace_s
             self._draining.set()
+        self._wake()
+
+    def drain_from_signal(self) -> None:
+        """``drain`` for a signal handler: only sets a flag and wakes the loop (no locks)."""
+        self._drain_signalled = True
         self._wake()
 
     def stop_now(self) -> None:
@@ -179,6 +185,8 @@ class WorkerShell:
                         backoff_s = opts.heartbeat_interval_s
                 if self.refused:
                     return 2
+                if self._drain_signalled and not self._draining.is_set():
+                    self.drain()
                 now = time.monotonic()
                 self._send_calls(now)
                 self._flush_outcomes()
@@ -210,7 +218,8 @@ class WorkerShell:
 
     def _sleep_interruptibly(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
-        while not (self._stop_now.is_set() or self._draining.is_set()) and time.monotonic() < deadline:
+        while not (self._stop_now.is_set() or self._draining.is_set() or self._drain_signalled) \
+                and time.monotonic() < deadline:
             self._flush_outcomes_to_memory()
             time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
 
