@@ -143,10 +143,11 @@ class Cluster:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def start_broker(self, traced_events: Path | None = None) -> None:
-        """Start the broker and wait until it listens (``traced_events``: the traced broker of ``trace``)."""
+    def start_broker(self, traced_events: Path | None = None, supervise: bool = False) -> None:
+        """Start the broker and wait until it listens (``traced_events``: the traced broker of ``trace``;
+        ``supervise``: the broker starts the workers the config asks for, as in production)."""
         args = ["-m", "shoal.broker", "--config", str(self.config), "--data", str(self.dir / "data"),
-                "--bind", "tcp://127.0.0.1:*", "--no-supervise", "--log-level", "warning"]
+                "--bind", "tcp://127.0.0.1:*", *([] if supervise else ["--no-supervise"]), "--log-level", "warning"]
         if traced_events is not None:
             args = [str(Path(__file__).resolve()), TRACED_BROKER, str(self.config), str(self.dir / "data"),
                     str(traced_events)]
@@ -684,14 +685,52 @@ def hol_params(args: argparse.Namespace) -> dict[str, Any]:
             "email_concurrency": 4, "media_concurrency": 2, "media_backlog": 300}
 
 
+SUPERVISED_HOL_TOML = CONFIG_TOML + """
+[workflows]
+app = "bench_app"
+
+[workflows.email]
+workers = 1
+concurrency = {email}
+
+[workflows.media]
+workers = 1
+concurrency = {media}
+nice = {nice}
+"""
+
+
+def media_worker_pid(c: "Cluster") -> int:
+    """The supervised media worker of this cluster (found by its command line)."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"shoal.worker" in cmdline and b"media" in cmdline and c.endpoint.encode() in cmdline:
+            return int(proc.name)
+    raise RuntimeError("no media worker found")
+
+
 def run_hol(args: argparse.Namespace, p: dict[str, Any], run: int) -> dict[str, float]:
     """Email round trips with media idle, then with every media slot busy and a backlog behind."""
     fig: dict[str, float] = {}
     with Cluster(f"hol-{run}", keep=args.keep) as c:
-        c.start_broker()
-        c.start_worker("email", p["email_concurrency"])
-        media_worker = c.start_worker("media", p["media_concurrency"])
-        client = c.client()
+        if args.nice is not None:  # the broker's supervisor starts both groups, media at this nice level
+            c.config.write_text(SUPERVISED_HOL_TOML.format(email=p["email_concurrency"], media=p["media_concurrency"],
+                                                           nice=args.nice))
+            c.start_broker(supervise=True)
+            client = c.client()
+            wait_until(lambda: all(client.stats().get(g, {}).get("workers") for g in ("email", "media")), 30,
+                       "the supervised workers")
+            media_pid = media_worker_pid(c)
+        else:
+            c.start_broker()
+            c.start_worker("email", p["email_concurrency"])
+            media_pid = c.start_worker("media", p["media_concurrency"]).popen.pid
+            client = c.client()
         progress(f"email round trip, media idle ({p['samples']} samples)")
         idle, early_idle = roundtrip_ms(client, "email-noop", "email", p["samples"], p["warmup"])
         slots, backlog = p["media_concurrency"], p["media_backlog"]
@@ -699,9 +738,9 @@ def run_hol(args: argparse.Namespace, p: dict[str, Any], run: int) -> dict[str, 
         client.enqueue_many(p["media_workflow"], [p["media_payload"]] * (slots + backlog), group="media")
         wait_until(lambda: client.stats()["media"]["running"] >= slots, 30, "the media slots to fill")
         time.sleep(0.2)  # let the handlers get going
-        cpu0, t0 = cpu_seconds(media_worker.popen.pid), time.perf_counter()
+        cpu0, t0 = cpu_seconds(media_pid), time.perf_counter()
         busy, early_busy = roundtrip_ms(client, "email-noop", "email", p["samples"], 10)
-        fig["media_cpu_pct"] = 100 * (cpu_seconds(media_worker.popen.pid) - cpu0) / (time.perf_counter() - t0)
+        fig["media_cpu_pct"] = 100 * (cpu_seconds(media_pid) - cpu0) / (time.perf_counter() - t0)
         media = client.stats()["media"]
         if media["running"] < slots or media["pending"] < backlog - 10:
             raise RuntimeError(f"media was not kept busy during the measurement: {media}")
@@ -807,6 +846,8 @@ def build_parser() -> argparse.ArgumentParser:
     brk = sub.add_parser("breakdown", help="where the round trip goes: raw socket vs Client, with and without commit")
     trace = sub.add_parser("trace", help="round trips against a traced broker: the time of each leg")
     hol.add_argument("--cpu", action="store_true", help="media jobs are CPU-bound loops (~1s) instead of sleeps (2s)")
+    hol.add_argument("--nice", type=int, metavar="N",
+                     help="the broker's supervisor starts both groups, media at nice N (own session, autogroup niced)")
     core.add_argument("--concurrency", type=int, default=32, help="slots of the bench worker (default 32)")
     core.add_argument("--profile", metavar="DIR",
                       help="run each broker under cProfile, writing DIR/broker-PHASE-RUN.prof, and print the top costs")
@@ -847,6 +888,7 @@ def main(argv: list[str] | None = None) -> int:
         runs.append(run_once(args, params, n))
     summary = summarize(runs)
     command = " ".join([args.command, *(["--cpu"] if getattr(args, "cpu", False) else []),
+                        *([f"--nice {args.nice}"] if getattr(args, "nice", None) is not None else []),
                         *(["--quick"] if args.quick else []), f"--repeat {repeat}"])
     wall_s = time.perf_counter() - started
     if args.json:
