@@ -14,6 +14,7 @@ import time
 import zmq
 
 from shoal.conf.settings import Settings
+from shoal.faults import fault
 from shoal.protocol import pack
 
 from .broker import Broker
@@ -88,7 +89,13 @@ class BrokerServer:
                     broker.handle(frames[0], frames[1:])
             broker.tick()
             batch, outbox = broker.take()
+            if batch:
+                fault("before_commit")
             self.store.commit(batch, broker.clock.wall_ms())
+            if batch:
+                fault("after_commit_before_ack")
+                if batch.steps:
+                    fault("after_step_stored")
             if broker.events:
                 broker.events_dropped += self.events.publish(broker.events)
                 broker.events = []
@@ -104,6 +111,8 @@ class BrokerServer:
                     log.debug("could not deliver to %s: %s", out.identity.hex(), exc)
                     broker.undeliverable(out)
                     busy = True  # commit what that undid before sleeping
+            if any(out.job_ids for out in outbox):
+                fault("after_dispatch")
 
     def close(self) -> None:
         """Drain the workers we started, then release the socket and the environment."""

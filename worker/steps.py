@@ -20,6 +20,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 from shoal import protocol as P
 from shoal.errors import Permanent, RemoteError, ShoalError
+from shoal.faults import fault
 from shoal.ids import id_from_str, id_to_str
 from shoal.workflow import Workflow
 
@@ -206,6 +207,7 @@ class Step:
         stored = self._reply(self._request(self._body(
             name, {"value": packed, "attempts": attempt, "duration_ms": int((time.perf_counter() - started) * 1000)},
             None)))
+        fault("worker_after_step")
         return self._answer(name, stored)
 
     def sleep(self, name: str, seconds: float) -> None:

@@ -1,0 +1,32 @@
+"""Named fault points for crash tests: ``SHOAL_FAULT=after_commit_before_ack`` makes the
+process SIGKILL itself the first time it reaches that point, so each crash window is hit
+on purpose, not by luck. Unset (the normal case), a check costs one dict lookup.
+
+``SHOAL_FAULT`` may name several points separated by commas; ``SHOAL_FAULT_AFTER=N`` lets
+the point pass N times before it fires (to crash in the middle of a burst).
+"""
+from __future__ import annotations
+
+import os
+import signal
+
+POINTS = frozenset({
+    "before_commit",            # broker: a batch decided, nothing written
+    "after_commit_before_ack",  # broker: the batch is durable, no reply or JOB sent yet
+    "after_dispatch",           # broker: JOB messages sent for a committed batch
+    "after_step_stored",        # broker: a committed batch held a step result, before its reply
+    "worker_after_step",        # worker: step.run's result is stored, before the handler goes on
+})
+
+_armed = {p.strip() for p in os.environ.get("SHOAL_FAULT", "").split(",") if p.strip()}
+_skip = int(os.environ.get("SHOAL_FAULT_AFTER", "0") or 0)
+_seen: dict[str, int] = {}
+
+
+def fault(point: str) -> None:
+    """SIGKILL this process if ``point`` is armed (and its skip count is used up)."""
+    if point not in _armed:
+        return
+    _seen[point] = _seen.get(point, 0) + 1
+    if _seen[point] > _skip:
+        os.kill(os.getpid(), signal.SIGKILL)
