@@ -75,6 +75,8 @@ class BrokerCore:
         self.counters: dict[str, dict[str, int]] = {}
         self.known_groups: set[str] = set(settings.groups)
         self._group_settings: dict[str, GroupSettings] = {}
+        self.storage_used = 0
+        self.storage_full = False
         self.supervisor: Supervisor | None = None   # set by the server when it starts workers
         self.batch = Batch()
         self.outbox: list[Outgoing] = []
@@ -246,6 +248,7 @@ class BrokerCore:
         if now >= self._next_expiry:
             self._next_expiry = now + 1.0
             self._expire(wall)
+            self._check_storage()
         if now - self._last_heartbeat >= self.heartbeat_s:
             self._last_heartbeat = now
             frames = P.encode(P.HEARTBEAT, {})
@@ -422,6 +425,32 @@ class BrokerCore:
         log.info("job %s (%s) is dead: %s", id_to_str(job.id), job.workflow, error)
         self._finish(job, "dead", {"state": job.state, "error": error, "error_kind": kind, "traceback": tb,
                                    "finished_ms": job.finished_ms, "attempts": job.attempts, "failed": failed})
+
+    # Near the cap, new work is refused so what is running can still finish and be recorded.
+    STORAGE_HEADROOM = 0.8
+
+    def _check_storage(self) -> None:
+        cap = self.settings.broker.max_size_mb * 1024 * 1024
+        if not cap:
+            return
+        self.storage_used = self.store.used_bytes()
+        full = self.storage_used > cap * self.STORAGE_HEADROOM
+        if full and not self.storage_full:
+            log.error("storage is full: %d of max_size %d MiB used; enqueues are refused until finished jobs "
+                      "expire", self.storage_used // 2**20, cap // 2**20)
+        elif self.storage_full and not full:
+            log.info("storage has room again (%d MiB used); accepting enqueues", self.storage_used // 2**20)
+        self.storage_full = full
+
+    def storage_refusal(self, incoming_bytes: int) -> str | None:
+        """Why an enqueue of about this many bytes is refused for lack of storage, or None."""
+        cap = self.settings.broker.max_size_mb * 1024 * 1024
+        if not cap:
+            return None
+        if self.storage_full or self.storage_used + 3 * incoming_bytes > cap * self.STORAGE_HEADROOM:
+            return (f"storage full: {self.storage_used // 2**20} MiB used of max_size {cap // 2**20} MiB; "
+                    f"enqueues are refused until finished jobs expire (retention) or max_size is raised")
+        return None
 
     def _expire(self, wall_ms: int) -> None:
         for expire_ms, job_id in self.store.expired(wall_ms):

@@ -3,8 +3,9 @@
 Pure (no lmdb, no sockets): ``broker replay`` feeds it every entry of a log,
 ``shoal job why`` the entries of one job. Each entry is ``[wall_ms, op, job_id,
 changes]`` (see store.py); ``enqueue`` carries the whole job record and later ops the
-fields they changed. Derived tables follow from the ops: ``counters`` from outcomes,
-the ``expiry`` index from the final records (``State.expiry``).
+fields they changed; table-level entries (``learn_route``, ``cron``) have an empty job
+id. Derived tables follow from the ops: ``counters`` from outcomes, the ``expiry``
+index from the final records (``State.expiry``).
 
 An entry this module cannot apply (an op it does not know, a job that was never
 enqueued, a move the lifecycle table does not have) raises ``ReplayError``: a replay
@@ -21,7 +22,6 @@ from shoal.errors import ShoalError
 from shoal.ids import id_to_str
 
 JOB_FIELDS = frozenset(f.name for f in fields(J.Job))
-ROUTE_KEY = b""  # the job id of table-level entries (learn_route)
 
 
 class ReplayError(ShoalError):
@@ -36,6 +36,7 @@ class State:
     steps: dict[bytes, dict[str, dict[str, Any]]] = field(default_factory=dict)
     routes: dict[str, dict[str, Any]] = field(default_factory=dict)
     counters: dict[str, dict[str, int]] = field(default_factory=dict)
+    cron: dict[str, int] = field(default_factory=dict)   # cron entry -> last fired tick (ms)
     applied: int = 0     # entries applied
     last_seq: int = 0    # seq of the last one
 
@@ -82,9 +83,9 @@ def _update(state: State, job_id: bytes, changes: dict[str, Any]) -> None:
     _job(state, job_id).update((k, v) for k, v in changes.items() if k in JOB_FIELDS)
 
 
-def _dead(state: State, job_id: bytes, changes: dict[str, Any]) -> None:
+def _final(state: State, job_id: bytes, changes: dict[str, Any]) -> None:
     _update(state, job_id, changes)
-    if changes.get("failed"):  # the FAIL that killed it was a failed attempt too
+    if changes.get("failed"):  # the FAIL that ended it was a failed attempt too
         _count(state, state.jobs[job_id], "failed")
 
 
@@ -108,6 +109,13 @@ def _learn_route(state: State, job_id: bytes, changes: dict[str, Any]) -> None:
     state.routes[_text(changes, "workflow")] = {"group": changes.get("group"), "retries": changes.get("retries")}
 
 
+def _cron(state: State, job_id: bytes, changes: dict[str, Any]) -> None:
+    tick_ms = changes["tick_ms"]
+    if not isinstance(tick_ms, int):
+        raise ReplayError(f"cron tick_ms must be an integer, found {type(tick_ms).__name__}")
+    state.cron[_text(changes, "name")] = tick_ms
+
+
 OPS: dict[str, Op] = {
     "enqueue": Op(_enqueue),
     "dispatch": Op(_update, "dispatch"),
@@ -118,13 +126,14 @@ OPS: dict[str, Op] = {
     "route": Op(_update),
     "suspend": Op(_update, "suspend"),
     "complete": Op(_update, "complete", counts=("completed",)),
-    "dead": Op(_dead, "bury", counts=("dead",)),
-    "cancel": Op(_update, "cancel"),
+    "dead": Op(_final, "bury", counts=("dead",)),
+    "cancel": Op(_final, "cancel"),
     "cancel_requested": Op(_update),
     "step": Op(_step),
     "fan_in": Op(_fan_in, "due"),
     "expire": Op(_expire),
     "learn_route": Op(_learn_route),
+    "cron": Op(_cron),
 }
 
 

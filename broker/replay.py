@@ -26,7 +26,8 @@ from shoal.errors import ConfigError, ShoalError
 from shoal.protocol import unpack
 
 from .rebuild import ReplayError, State, apply_entry
-from .store import Batch, Snapshot, Store
+from .snapshot import Snapshot
+from .store import Batch, Store
 from .verify import differences, stored_state
 
 EXIT_OK, EXIT_DIFFERENT, EXIT_REFUSED = 0, 1, 2
@@ -207,7 +208,7 @@ def _verify(snapshot: Snapshot, data: str, progress_every: int) -> int:
         return EXIT_DIFFERENT
     print(f"verify: {data} is exactly what its log rebuilds: {rebuilt.applied:,} entries, {len(rebuilt.jobs):,} jobs, "
           f"{rebuilt.step_count():,} steps, {len(rebuilt.routes):,} routes, {len(rebuilt.counters):,} counter groups, "
-          f"{len(stored_expiry):,} expiry entries ({_elapsed(started, rebuilt.applied)})")
+          f"{len(rebuilt.cron):,} cron marks, {len(stored_expiry):,} expiry entries ({_elapsed(started, rebuilt.applied)})")
     return EXIT_OK
 
 
@@ -242,7 +243,7 @@ def _write_out(snapshot: Snapshot, data: str, out: str, until: Until | None, pro
 def _as_batch(state: State) -> Batch:
     return Batch(jobs=dict(state.jobs), routes=state.routes, counters=state.counters,
                  steps={(job_id, name): record for job_id, named in state.steps.items() for name, record in named.items()},
-                 expiry_add=sorted(state.expiry()))
+                 expiry_add=sorted(state.expiry()), cron=state.cron)
 
 
 # --- small helpers -------------------------------------------------------------------------
@@ -256,7 +257,7 @@ def _configured_data(config: str | None) -> str:
     from shoal.conf import load_settings
 
     try:
-        return load_settings(config, env=os.environ).broker.data
+        return str(load_settings(config, env=os.environ).broker.data)
     except ConfigError as exc:
         raise ShoalError(str(exc)) from None
 

@@ -14,11 +14,13 @@ import time
 import zmq
 
 from shoal.conf.settings import Settings
+from shoal import protocol as P
+from shoal.errors import StorageFull
 from shoal.faults import fault
 from shoal.protocol import pack
 
 from .broker import Broker
-from .core import Clock
+from .core import Clock, Outgoing
 from .metrics import MetricsServer
 from .metrics import render as render_metrics
 from .store import Store
@@ -33,7 +35,10 @@ class BrokerServer:
 
     def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
         self.settings = settings
-        self.store = Store(settings.broker.data, settings.broker.map_size_mb)
+        max_mb = settings.broker.max_size_mb
+        self.store = Store(settings.broker.data, min(settings.broker.map_size_mb, max_mb) if max_mb else
+                           settings.broker.map_size_mb)
+        self.store.max_bytes = max_mb * 1024 * 1024
         self.broker = Broker(self.store, settings, clock)
         self.broker.load()
         self.ctx = zmq.Context.instance()
@@ -91,7 +96,11 @@ class BrokerServer:
             batch, outbox = broker.take()
             if batch:
                 fault("before_commit")
-            self.store.commit(batch, broker.clock.wall_ms())
+            try:
+                self.store.commit(batch, broker.clock.wall_ms())
+            except StorageFull as exc:
+                outbox = self._after_failed_commit(outbox, str(exc))
+                broker = self.broker
             if batch:
                 fault("after_commit_before_ack")
                 if batch.steps:
@@ -113,6 +122,27 @@ class BrokerServer:
                     busy = True  # commit what that undid before sleeping
             if any(out.job_ids for out in outbox):
                 fault("after_dispatch")
+
+    def _after_failed_commit(self, outbox: list[Outgoing], reason: str) -> list[Outgoing]:
+        """Storage refused a batch: nothing of it is stored, so nothing of it may be said.
+
+        Every client request answered in the batch gets a storage error instead; JOBs
+        are not sent. The broker's memory is rebuilt from LMDB (the truth); workers are
+        asked to say HELLO again and keep the leases they still hold.
+        """
+        log.error("commit failed, the pass is discarded: %s", reason)
+        refusals = []
+        for out in outbox:
+            command, body = P.decode(out.frames)
+            if command in (P.REPLY, P.ERROR) and body.get("rid") is not None:
+                refusals.append(Outgoing(out.identity, P.encode(P.ERROR, {
+                    "rid": body["rid"], "code": P.E_STORAGE, "message": f"storage full: {reason}"})))
+        supervisor, events_endpoint = self.broker.supervisor, self.broker.events_endpoint
+        self.broker = Broker(self.store, self.settings, self.broker.clock)
+        self.broker.load()
+        self.broker.supervisor, self.broker.events_endpoint = supervisor, events_endpoint
+        self.broker.storage_full = True
+        return refusals
 
     def close(self) -> None:
         """Drain the workers we started, then release the socket and the environment."""

@@ -29,6 +29,7 @@ from shoal.errors import ShoalError, StorageFull
 from shoal.protocol import pack, unpack
 
 from .lock import DataDirLock
+from .snapshot import Snapshot
 
 SCHEMA_VERSION = 1
 _U64 = struct.Struct(">Q")
@@ -233,7 +234,7 @@ class Store:
         return list(kept), seen - len(kept)
 
     @contextmanager
-    def snapshot(self) -> Iterator["Snapshot"]:
+    def snapshot(self) -> Iterator[Snapshot]:
         """Every table as of one moment (one read transaction): a replay that compares the
         log with the tables never sees a commit land between reading one and the other."""
         try:
@@ -277,7 +278,11 @@ class Store:
         return len(items)
 
     def commit(self, batch: Batch, wall_ms: int) -> None:
-        """Write one batch in one synced transaction; grows the map when it is full."""
+        """Write one batch in one synced transaction; grows the map when it is full.
+
+        Raises ``StorageFull`` when the map is at ``max_size`` or the disk is full; the
+        transaction was aborted, so nothing of the batch is stored.
+        """
         if not batch:
             return
         while True:
@@ -286,12 +291,30 @@ class Store:
                 return
             except lmdb.MapFullError:
                 self._grow()
+            except lmdb.Error as exc:
+                if "space" in str(exc).lower() or "quota" in str(exc).lower():
+                    raise StorageFull(f"the disk under {self.path} is full: {exc}") from None
+                raise
+
+    max_bytes = 0  # the configured cap (0: none but the disk); set by the server
 
     def _grow(self) -> None:
         size = self.env.info()["map_size"]
-        if size * 2 > _MAX_MAP_BYTES:
-            raise StorageFull(f"LMDB map at {self.path} reached {size} bytes")
-        self.env.set_mapsize(size * 2)
+        limit = self.max_bytes or _MAX_MAP_BYTES
+        if size >= limit:
+            raise StorageFull(f"storage at {self.path} reached its max_size of {limit // (1024 * 1024)} MiB")
+        self.env.set_mapsize(min(size * 2, limit))
+
+    def used_bytes(self) -> int:
+        """Bytes in live pages of every table (freed pages, reused by LMDB, are not counted)."""
+        psize = self.env.stat()["psize"]
+        pages = 0
+        with self.env.begin() as txn:
+            for db in (None, self._jobs, self._log, self._expiry, self._routes, self._counters, self._steps,
+                       self._meta):
+                st = txn.stat(db) if db is not None else self.env.stat()
+                pages += st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]
+        return pages * psize
 
     def _write(self, batch: Batch, wall_ms: int) -> None:
         seq = self.next_seq
@@ -351,48 +374,6 @@ class Store:
         finally:
             if self.lock is not None:
                 self.lock.release()
-
-
-class Snapshot:
-    """Raw tables as of one read transaction (see ``Store.snapshot``); values stay packed."""
-
-    def __init__(self, txn: lmdb.Transaction, tables: dict[str, Any]) -> None:
-        self._txn = txn
-        self._tables = tables
-
-    def log(self, start_seq: int = 1) -> Iterator[tuple[int, bytes]]:
-        """``(seq, packed entry)`` from ``start_seq`` on, in order."""
-        cur = self._txn.cursor(db=self._tables["log"])
-        if not cur.set_range(_U64.pack(start_seq)):
-            return
-        for key, raw in cur:
-            yield _U64.unpack(key)[0], raw
-
-    def log_backward(self, from_seq: int) -> Iterator[tuple[int, bytes]]:
-        """``(seq, packed entry)`` from ``from_seq`` (if present) back to the first."""
-        cur = self._txn.cursor(db=self._tables["log"])
-        if not cur.set_key(_U64.pack(from_seq)):
-            return
-        for key, raw in cur.iterprev():
-            yield _U64.unpack(key)[0], raw
-
-    def log_bounds(self) -> tuple[int, int]:
-        """First and last seq in the log; (0, 0) when it is empty."""
-        cur = self._txn.cursor(db=self._tables["log"])
-        if not cur.first():
-            return 0, 0
-        first = _U64.unpack(cur.key())[0]
-        cur.last()
-        return first, _U64.unpack(cur.key())[0]
-
-    def items(self, table: str) -> Iterator[tuple[bytes, bytes]]:
-        """Every ``(key, packed value)`` of one table, in key order."""
-        yield from self._txn.cursor(db=self._tables[table])
-
-
-def split_expiry_key(key: bytes) -> tuple[int, bytes]:
-    """An ``expiry`` key as ``(expire_ms, job id)``."""
-    return _U64.unpack(key[:8])[0], bytes(key[8:])
 
 
 def _unpack_entry(raw: bytes) -> Any:

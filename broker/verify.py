@@ -13,7 +13,8 @@ from shoal.ids import id_to_str
 from shoal.protocol import unpack
 
 from .rebuild import State
-from .store import Snapshot, split_expiry_key
+from .snapshot import Snapshot, split_expiry_key
+from .store import CRON_PREFIX
 
 _MISSING = object()
 VALUE_CHARS = 80
@@ -48,6 +49,9 @@ def stored_state(snapshot: Snapshot) -> tuple[State, set[tuple[int, bytes]]]:
         state.routes[bytes(key).decode()] = _decode(raw)
     for key, raw in snapshot.items("counters"):
         state.counters[bytes(key).decode()] = _decode(raw)
+    for key, raw in snapshot.items("meta"):
+        if bytes(key).startswith(CRON_PREFIX):
+            state.cron[bytes(key[len(CRON_PREFIX):]).decode()] = _decode(raw)
     expiry = {split_expiry_key(bytes(key)) for key, _ in snapshot.items("expiry")}
     return state, expiry
 
@@ -58,6 +62,7 @@ def differences(rebuilt: State, stored: State, stored_expiry: set[tuple[int, byt
     yield from _rows("steps", _flat_steps(rebuilt), _flat_steps(stored))
     yield from _rows("routes", rebuilt.routes, stored.routes)
     yield from _rows("counters", rebuilt.counters, stored.counters)
+    yield from _rows("cron", rebuilt.cron, stored.cron)
     expiry_log = rebuilt.expiry()
     for expire_ms, job_id in sorted(expiry_log ^ stored_expiry):
         in_log = (expire_ms, job_id) in expiry_log

@@ -281,6 +281,7 @@ BROKER_KEYS: dict[str, Key] = {
     "max_step_bytes": Key("max_step_bytes", size_bytes(minimum=1), _int_text),
     "heartbeat_interval": Key("heartbeat_interval_s", duration(positive=True)),
     "map_size": Key("map_size_mb", size_mib(minimum=1), _int_text),
+    "max_size": Key("max_size_mb", size_mib(minimum=0), _int_text),
     "supervise": Key("supervise", boolean, _bool_text),
     "events": Key("events", endpoint),
     "metrics": Key("metrics", host_port),

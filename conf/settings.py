@@ -42,6 +42,7 @@ class BrokerSettings:
     max_step_bytes: int = 1024 * 1024      # largest encoded step.run result
     heartbeat_interval_s: float = 1.0
     map_size_mb: int = 1024            # initial LMDB map; it grows on demand
+    max_size_mb: int = 0               # storage cap: enqueues are refused near it (0 = the disk's size)
     supervise: bool = True
     events: str = ""                   # PUB endpoint for lifecycle events ("" = next to bind, any port)
     metrics: str = ""                  # host:port for Prometheus text metrics over HTTP ("" = off)
