@@ -3,11 +3,12 @@ from __future__ import annotations
 
 from .control_commands import ControlCommands
 from .cron_commands import CronCommands
+from .history_commands import HistoryCommands
 from .step_commands import StepCommands
 from .worker_commands import WorkerCommands
 
 
-class Broker(CronCommands, ControlCommands, StepCommands, WorkerCommands):
+class Broker(HistoryCommands, CronCommands, ControlCommands, StepCommands, WorkerCommands):
     """All broker state and decisions; see core.BrokerCore for the shape."""
 
     def load(self) -> None:

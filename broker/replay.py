@@ -76,6 +76,7 @@ def parse_until(text: str) -> Until:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``broker replay`` flags."""
     parser = argparse.ArgumentParser(prog="broker replay",
                                      description="Rebuild a Shoal data directory's state from its log alone.")
     parser.add_argument("--data", help="the data directory to read (default: SHOAL_DATA, else the config's, else ./.shoal)")
@@ -85,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--verify", action="store_true",
                       help="rebuild in memory and compare with the directory's tables; exit 1 on any difference")
     parser.add_argument("--until", type=parse_until, metavar="SEQ|TIME",
-                        help="with --out: the state as of this log seq or time (point-in-time recovery)")
+                        help="with --out: the state as of this point (point-in-time recovery): a log seq (123), "
+                             "Unix seconds (@1714557600) or an ISO-8601 time (2024-05-01T12:00:00Z; UTC without a zone)")
     parser.add_argument("--progress-every", type=int, default=PROGRESS_EVERY, metavar="N",
                         help=f"report progress on stderr every N log entries (default {PROGRESS_EVERY:,})")
     return parser
@@ -127,9 +129,11 @@ class Progress:
         self.started = time.monotonic()
 
     def rate(self, done: int) -> float:
+        """Entries per second so far."""
         return done / max(time.monotonic() - self.started, 1e-6)
 
     def tick(self, done: int, seq: int) -> None:
+        """One more entry applied; a line every ``every``."""
         if done % self.every == 0:
             print(f"replay: {done:,} entries applied (seq {seq:,} of {self.total:,}), "
                   f"{self.rate(done):,.0f} entries/s", file=self.out, flush=True)

@@ -11,8 +11,11 @@ Tables:
     expiry    expire_ms(8) + id(16)  -> b""       finished jobs, by when they go
     steps     id(16) + step name     -> step record {value | error, permanent, ...}
     routes    workflow name (utf-8)  -> {group, retries}
-    counters  group name (utf-8)     -> {completed, failed, retried}
-    meta      name                   -> value (schema version)
+    counters  group name (utf-8)     -> {completed, failed, retried, dead}
+    meta      name                   -> value (schema version; cron:<entry> -> last fired tick)
+
+A writable ``Store`` holds ``DIR/broker.lock`` (lock.py): one broker per directory.
+``Store(path, readonly=True)`` and ``snapshot()`` are how ``broker replay`` reads.
 """
 from __future__ import annotations
 
@@ -35,6 +38,11 @@ SCHEMA_VERSION = 1
 _U64 = struct.Struct(">Q")
 CRON_PREFIX = b"cron:"
 _LOG_HEAD = b"\x94"  # msgpack fixarray of 4
+
+
+def _load(raw: bytes) -> Any:
+    """Decode our own stored data: no peer's size limit applies (a record may hold a full-size payload)."""
+    return unpack(raw, max_bytes=1 << 40)
 _MAX_MAP_BYTES = 1 << 40
 _TABLES = ("jobs", "log", "expiry", "routes", "counters", "steps", "meta")
 
@@ -140,7 +148,7 @@ class Store:
                     raise NotADataDir(f"{self.path} is not a Shoal data directory (no schema version in its meta table)")
                 txn.put(b"schema", pack(SCHEMA_VERSION), db=self._meta)
                 return
-            found = unpack(raw)
+            found = _load(raw)
         if not isinstance(found, int) or found > SCHEMA_VERSION:
             raise ShoalError(
                 f"{self.path} was written by a newer Shoal (schema {found}, this is {SCHEMA_VERSION}); refusing to open it"
@@ -159,7 +167,7 @@ class Store:
             return None
         with self.env.begin(buffers=False) as txn:
             raw = txn.get(job_id, db=self._jobs)
-        return None if raw is None else unpack(raw)
+        return None if raw is None else _load(raw)
 
     def has_jobs(self, job_ids: list[bytes]) -> set[bytes]:
         """Which of these ids are stored."""
@@ -170,7 +178,7 @@ class Store:
         """Every stored job record (used once at start to rebuild the in-memory queues)."""
         with self.env.begin() as txn:
             for _, raw in txn.cursor(db=self._jobs):
-                yield unpack(raw)
+                yield _load(raw)
 
     def steps_of(self, job_id: bytes) -> dict[str, dict[str, Any]]:
         """Every stored step of one job, by name."""
@@ -183,18 +191,18 @@ class Store:
                 for key, raw in cur:
                     if key[:16] != job_id:
                         break
-                    out[bytes(key[16:]).decode()] = unpack(raw)
+                    out[bytes(key[16:]).decode()] = _load(raw)
         return out
 
     def routes(self) -> dict[str, dict[str, Any]]:
         """The routing table learned from workers' HELLOs."""
         with self.env.begin() as txn:
-            return {k.decode(): unpack(v) for k, v in txn.cursor(db=self._routes)}
+            return {k.decode(): _load(v) for k, v in txn.cursor(db=self._routes)}
 
     def counters(self) -> dict[str, dict[str, int]]:
         """Cumulative per-group counters."""
         with self.env.begin() as txn:
-            return {k.decode(): unpack(v) for k, v in txn.cursor(db=self._counters)}
+            return {k.decode(): _load(v) for k, v in txn.cursor(db=self._counters)}
 
     def expired(self, now_ms: int, limit: int = 1000) -> list[tuple[int, bytes]]:
         """Finished jobs whose retention ended, oldest first."""
@@ -215,7 +223,7 @@ class Store:
             if not cur.set_range(_U64.pack(start_seq)):
                 return
             for key, raw in cur:
-                yield _U64.unpack(key)[0], unpack(raw)
+                yield _U64.unpack(key)[0], _load(raw)
 
     def log_of(self, job_id: bytes, limit: int) -> tuple[list[tuple[int, list[Any]]], int]:
         """One job's log entries, oldest first: at most the newest ``limit``, and how many
@@ -357,7 +365,7 @@ class Store:
                 for key, raw in cur:
                     if not bytes(key).startswith(CRON_PREFIX):
                         break
-                    out[bytes(key[len(CRON_PREFIX):]).decode()] = unpack(raw)
+                    out[bytes(key[len(CRON_PREFIX):]).decode()] = _load(raw)
         return out
 
     def _delete_steps(self, txn: lmdb.Transaction, job_id: bytes) -> None:
@@ -378,4 +386,4 @@ class Store:
 
 def _unpack_entry(raw: bytes) -> Any:
     # our own data, written by the broker: no peer-facing size limit applies
-    return unpack(raw, max_bytes=max(len(raw), 1))
+    return _load(raw)

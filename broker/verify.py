@@ -7,7 +7,7 @@ reported, field by field, with the log's value next to the stored one.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from shoal.ids import id_to_str
 from shoal.protocol import unpack
@@ -58,11 +58,11 @@ def stored_state(snapshot: Snapshot) -> tuple[State, set[tuple[int, bytes]]]:
 
 def differences(rebuilt: State, stored: State, stored_expiry: set[tuple[int, bytes]]) -> Iterator[Difference]:
     """Every difference, table by table, in key order."""
-    yield from _rows("jobs", _by_id(rebuilt.jobs), _by_id(stored.jobs))
-    yield from _rows("steps", _flat_steps(rebuilt), _flat_steps(stored))
-    yield from _rows("routes", rebuilt.routes, stored.routes)
-    yield from _rows("counters", rebuilt.counters, stored.counters)
-    yield from _rows("cron", rebuilt.cron, stored.cron)
+    yield from _rows("jobs", rebuilt.jobs, stored.jobs, _id)
+    yield from _rows("steps", _flat_steps(rebuilt), _flat_steps(stored), _step_key)
+    yield from _rows("routes", rebuilt.routes, stored.routes, str)
+    yield from _rows("counters", rebuilt.counters, stored.counters, str)
+    yield from _rows("cron", rebuilt.cron, stored.cron, str)
     expiry_log = rebuilt.expiry()
     for expire_ms, job_id in sorted(expiry_log ^ stored_expiry):
         in_log = (expire_ms, job_id) in expiry_log
@@ -70,26 +70,29 @@ def differences(rebuilt: State, stored: State, stored_expiry: set[tuple[int, byt
                          True if in_log else _MISSING, _MISSING if in_log else True)
 
 
-def _rows(table: str, from_log: dict[str, Any], from_store: dict[str, Any]) -> Iterator[Difference]:
+def _rows(table: str, from_log: dict[Any, Any], from_store: dict[Any, Any],
+          show: Callable[[Any], str]) -> Iterator[Difference]:
     for key in sorted(from_log.keys() | from_store.keys()):
         log_row, stored_row = from_log.get(key, _MISSING), from_store.get(key, _MISSING)
+        if log_row == stored_row:  # the common case, compared whole (keys are shown only for differences)
+            continue
         if log_row is _MISSING or stored_row is _MISSING:
-            yield Difference(table, key, "", log_row, stored_row)
+            yield Difference(table, show(key), "", log_row, stored_row)
         elif isinstance(log_row, dict) and isinstance(stored_row, dict):
             for name in sorted(log_row.keys() | stored_row.keys()):
                 a, b = log_row.get(name, _MISSING), stored_row.get(name, _MISSING)
                 if a != b:
-                    yield Difference(table, key, name, a, b)
-        elif log_row != stored_row:
-            yield Difference(table, key, "(value)", log_row, stored_row)
+                    yield Difference(table, show(key), name, a, b)
+        else:
+            yield Difference(table, show(key), "(value)", log_row, stored_row)
 
 
-def _by_id(jobs: dict[bytes, dict[str, Any]]) -> dict[str, Any]:
-    return {_id(job_id): record for job_id, record in jobs.items()}
+def _flat_steps(state: State) -> dict[tuple[bytes, str], Any]:
+    return {(job_id, name): record for job_id, named in state.steps.items() for name, record in named.items()}
 
 
-def _flat_steps(state: State) -> dict[str, Any]:
-    return {f"{_id(job_id)}/{name}": record for job_id, named in state.steps.items() for name, record in named.items()}
+def _step_key(key: tuple[bytes, str]) -> str:
+    return f"{_id(key[0])}/{key[1]}"
 
 
 def _id(job_id: bytes) -> str:

@@ -170,11 +170,12 @@ class WorkerCommands(BrokerCore):
             kind = field(entry, "kind", str, J.KIND_ERROR)
             error = field(entry, "error", str, "")
             tb = field(entry, "traceback", str, None)
+            if job.cancel_requested:  # it stopped because it was cancelled: not a failed attempt
+                self.cancel_running_done(job)
+                continue
             self._count(job.group, "failed")
             self._emit("failed", job, error=error, error_kind=kind, duration_ms=field(entry, "duration_ms", int, 0))
-            if job.cancel_requested:
-                self.cancel_running_done(job)
-            elif kind in J.PERMANENT_KINDS or job.attempts > self.max_retries(job):
+            if kind in J.PERMANENT_KINDS or job.attempts > self.max_retries(job):
                 self._finish_failed(job, "bury", kind, error, tb, failed=True)
             else:
                 self._retry(job, kind, error, tb)

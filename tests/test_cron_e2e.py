@@ -59,25 +59,35 @@ def test_no_tick_fires_twice_across_a_broker_sigkill(cluster_factory) -> None:
 
 
 def test_catch_up_policies_after_downtime(cluster_factory) -> None:
-    cluster = cluster_factory(_cron_toml(("none", 'catch_up = "none"'), ("one", 'catch_up = "one"'),
-                                         ("all", 'catch_up = "all"')))
+    every_15s = 'schedule = "* * * * * */15"'
+    toml = _cron_toml(("all", 'catch_up = "all"'), ("one", 'catch_up = "one"'), ("none", 'catch_up = "none"'))
+    toml = toml.replace('schedule = "* * * * * *"\npayload = { entry = "one" }',
+                        f'{every_15s}\npayload = {{ entry = "one" }}')
+    toml = toml.replace('schedule = "* * * * * *"\npayload = { entry = "none" }',
+                        f'{every_15s}\npayload = {{ entry = "none" }}')
+    cluster = cluster_factory(toml)
+    up_ms = int(time.time() * 1000)
     cluster.start_broker()
-    client = cluster.client()
-    wait_for(lambda: all(e["last_ms"] for e in client.cron()), what="every entry to fire once")
+    # Stop the broker just after a 15-second boundary, so every entry has seen the next one coming...
+    wait_for(lambda: time.time() * 1000 > up_ms + 1000 and 0.5 <= time.time() % 15 < 3.0,
+             timeout=40, what="a moment just after a 15 s boundary")
     cluster.broker.kill()
     down_ms = int(time.time() * 1000)
-    wait_for(lambda: time.time() * 1000 > down_ms + 12_000, timeout=20, what="twelve missed ticks")
+    missed_15s = (down_ms // 15_000 + 1) * 15_000
+    # ...and come back when that missed tick is 11-14 s old: older than the 10 s a late tick may
+    # still run under "none", so "one" (runs it) and "none" (skips it) must differ.
+    wait_for(lambda: missed_15s + 11_000 <= time.time() * 1000 < missed_15s + 14_000,
+             timeout=40, what="the right moment to restart")
     cluster.start_broker()
-    up_ms = int(time.time() * 1000)
     cluster.start_worker("default", 8)
-    wait_for(lambda: len(_fired(cluster, "all")) >= 12, timeout=30, what="the missed ticks of 'all'")
-    in_gap = {name: [t for t in _ticks(name, _fired(cluster, name), down_ms - 2000, up_ms) if down_ms < t <= up_ms]
-              for name in ("none", "one", "all")}
-    assert len(in_gap["all"]) >= 11          # every missed tick ran
-    assert len(in_gap["one"]) == 1           # one run for the whole gap
-    # "none": missed ticks are skipped; only a tick still on time (at most 10 s late) may run
-    assert len(in_gap["none"]) <= 1 and all(t >= up_ms - 10_500 for t in in_gap["none"])
-    assert len(in_gap["none"]) < len(in_gap["all"])
+    wait_for(lambda: len(_fired(cluster, "all")) >= 14, timeout=30, what="the missed ticks of 'all'")
+    now_ms = int(time.time() * 1000)
+    all_ticks = _ticks("all", _fired(cluster, "all"), down_ms - 5000, now_ms)
+    assert all(b - a == 1000 for a, b in zip(all_ticks, all_ticks[1:])), "catch_up=all left a gap"
+    assert all_ticks[0] < down_ms < all_ticks[-1]
+    # "one" ran the newest missed tick, 11-14 s late; "none" did not
+    assert missed_15s in _ticks("one", _fired(cluster, "one"), down_ms - 20_000, now_ms)
+    assert missed_15s not in _ticks("none", _fired(cluster, "none"), down_ms - 20_000, now_ms)
 
 
 def test_a_cron_tick_wakes_a_scaled_to_zero_group(cluster_factory) -> None:
