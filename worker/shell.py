@@ -8,6 +8,7 @@ so the broker keeps their leases.
 """
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import os
@@ -72,6 +73,8 @@ class WorkerShell:
         self.refused: str | None = None
         self.jobs_done = 0
         self._pending_send: list[Outcome] = []   # outcomes taken while reconnecting
+        # outcomes sent lately, re-sent after a reconnect (the broker does not ack them)
+        self._recent: collections.deque[tuple[float, list[bytes]]] = collections.deque(maxlen=10_000)
         self._last_sent = 0.0
         self.poller = zmq.Poller()
 
@@ -142,6 +145,7 @@ class WorkerShell:
 
     # --- connection ---------------------------------------------------------------
     def _connect(self) -> None:
+        reconnecting = self.sock is not None
         if self.sock is not None:
             self.sock.close(0)
         self.sock = self.ctx.socket(zmq.DEALER)
@@ -151,7 +155,19 @@ class WorkerShell:
         self.poller.register(self.sock, zmq.POLLIN)
         self.poller.register(self._wake_r, zmq.POLLIN)
         self._send_hello()
+        if reconnecting:
+            self._resend_recent_outcomes()
 
+    def _resend_recent_outcomes(self) -> None:
+        """Outcomes sent just before the broker went silent may have died with the old socket
+        or the old broker: send them again. A restarted broker still holds those jobs as
+        running with our lease token and accepts them; one that already has them ignores
+        the repeat (its token is no longer live), so the job is not run twice."""
+        horizon = time.monotonic() - self.options.heartbeat_interval_s * (self.options.liveness + 2) - self.options.reconnect_max_s
+        while self._recent and self._recent[0][0] < horizon:
+            self._recent.popleft()
+        for _, frames in self._recent:
+            self._send_frames(frames)
     def _send_hello(self) -> None:
         slots = 0 if self._draining.is_set() else self.options.concurrency
         self._send(P.HELLO, {
@@ -239,8 +255,9 @@ class WorkerShell:
                 continue
             if command == P.JOB:
                 self._start(body.get("jobs", []))
-            elif command == P.RECONNECT:
+            elif command == P.RECONNECT:  # a restarted broker that does not know us yet
                 self._send_hello()
+                self._resend_recent_outcomes()
             elif command == P.CANCEL:
                 job_id = body.get("id")
                 if isinstance(job_id, bytes) and self.inflight.get(job_id) == body.get("token"):
@@ -285,14 +302,19 @@ class WorkerShell:
         failed = [{"id": o.job_id, "token": o.token, "kind": o.kind, "error": o.error,
                    "traceback": o.traceback, "duration_ms": o.duration_ms}
                   for o in outcomes if not o.ok and o.kind not in (KIND_SUSPEND, KIND_LEASE_LOST)]
+        messages = []
         if done:
-            self._send(P.DONE, {"results": done})
+            messages.append(P.encode(P.DONE, {"results": done}))
         if failed:
-            self._send(P.FAIL, {"failures": failed})
+            messages.append(P.encode(P.FAIL, {"failures": failed}))
         for o in outcomes:
             if o.suspend is not None:
-                self._send(P.SUSPEND, {"id": o.job_id, "token": o.token, "name": o.suspend.name,
-                                       "due_ms": o.suspend.due_ms, "wait_on": o.suspend.wait_on or []})
+                messages.append(P.encode(P.SUSPEND, {"id": o.job_id, "token": o.token, "name": o.suspend.name,
+                                                     "due_ms": o.suspend.due_ms, "wait_on": o.suspend.wait_on or []}))
+        now = time.monotonic()
+        for frames in messages:
+            self._send_frames(frames)
+            self._recent.append((now, frames))
         for o in outcomes:
             self.inflight.pop(o.job_id, None)
             self.jobs_done += 1
