@@ -27,10 +27,12 @@ class ClientCommands(BrokerCore):
         rid = field(body, "rid", int)
         items = field(body, "jobs", list)
         parsed = [self._parse_job(item) for item in items]
-        no_room = self.storage_refusal(sum(len(p["payload"]) + 512 for p in parsed))
+        incoming = sum(len(p["payload"]) + 512 for p in parsed)
+        no_room = self.storage_refusal(incoming)
         if no_room:
             self.error(identity, rid, P.E_STORAGE, no_room)
             return
+        self.storage_used += 2 * incoming  # until the next measurement: job record + log entry
         refused = self._refusal(parsed)
         if refused:
             self.error(identity, rid, P.E_GROUP_UNHEALTHY, refused)

@@ -17,7 +17,12 @@ class ControlCommands(ClientCommands):
     def handlers(self) -> dict[bytes, Callable[[bytes, dict[str, Any]], None]]:
         table = super().handlers()
         table[P.CANCEL] = self._on_cancel
+        table[P.STORAGE] = self._on_storage
         return table
+
+    def _on_storage(self, identity: bytes, body: dict[str, Any]) -> None:
+        rid = field(body, "rid", int)
+        self.reply(identity, rid, storage={**self.store.sizes(), "refusing_enqueues": self.storage_full})
 
     def _on_cancel(self, identity: bytes, body: dict[str, Any]) -> None:
         rid = field(body, "rid", int)

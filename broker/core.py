@@ -426,8 +426,11 @@ class BrokerCore:
         self._finish(job, "dead", {"state": job.state, "error": error, "error_kind": kind, "traceback": tb,
                                    "finished_ms": job.finished_ms, "attempts": job.attempts, "failed": failed})
 
-    # Near the cap, new work is refused so what is running can still finish and be recorded.
-    STORAGE_HEADROOM = 0.8
+    # Near the cap, new work is refused so what is queued can still be dispatched and finish:
+    # LMDB copies a page on every change, and a job's record (with its payload) is rewritten
+    # at dispatch and at completion, so accepted work needs room beyond its own size.
+    STORAGE_HEADROOM = 0.5
+    STORAGE_COST = 6  # bytes per payload byte over a job's life: job, log entry, rewrites, fragmentation
 
     def _check_storage(self) -> None:
         cap = self.settings.broker.max_size_mb * 1024 * 1024
@@ -447,7 +450,7 @@ class BrokerCore:
         cap = self.settings.broker.max_size_mb * 1024 * 1024
         if not cap:
             return None
-        if self.storage_full or self.storage_used + 3 * incoming_bytes > cap * self.STORAGE_HEADROOM:
+        if self.storage_full or self.storage_used + self.STORAGE_COST * incoming_bytes > cap * self.STORAGE_HEADROOM:
             return (f"storage full: {self.storage_used // 2**20} MiB used of max_size {cap // 2**20} MiB; "
                     f"enqueues are refused until finished jobs expire (retention) or max_size is raised")
         return None

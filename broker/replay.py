@@ -27,7 +27,7 @@ from shoal.protocol import unpack
 
 from .rebuild import ReplayError, State, apply_entry
 from .snapshot import Snapshot
-from .store import Batch, Store
+from .store import LOG_BASE, Batch, Store
 from .verify import differences, stored_state
 
 EXIT_OK, EXIT_DIFFERENT, EXIT_REFUSED = 0, 1, 2
@@ -139,25 +139,62 @@ class Progress:
                   f"{self.rate(done):,.0f} entries/s", file=self.out, flush=True)
 
 
-def rebuild(snapshot: Snapshot, stop_seq: int, progress: Progress) -> State:
-    """Apply the log from its first entry through ``stop_seq``; ``ReplayError`` on a gap or a bad entry."""
-    state = State()
-    for seq, entry in _entries(snapshot, stop_seq):
+def rebuild(snapshot: Snapshot, stop_seq: int, progress: Progress, base: tuple[State, int] | None = None) -> State:
+    """Apply the log through ``stop_seq``, from its first entry or after ``base`` (the state a
+    snapshot holds and its seq); ``ReplayError`` on a gap or a bad entry."""
+    state, base_seq = base if base is not None else (State(), 0)
+    for seq, entry in _entries(snapshot, stop_seq, base_seq):
         apply_entry(state, seq, entry)
         progress.tick(state.applied, seq)
     return state
 
 
-def _entries(snapshot: Snapshot, stop_seq: int) -> Iterator[tuple[int, Any]]:
-    expected = 1
-    for seq, raw in snapshot.log():
+def _entries(snapshot: Snapshot, stop_seq: int, base_seq: int = 0) -> Iterator[tuple[int, Any]]:
+    expected = base_seq + 1
+    for seq, raw in snapshot.log(expected):
         if seq > stop_seq:
             return
-        if seq != expected:  # compaction does not exist yet, so the log starts at 1 with no holes
+        if seq != expected:
             raise ReplayError(f"the log is missing entries {expected}..{seq - 1}: it is damaged "
-                              f"(or was compacted, and replaying from a snapshot is not supported yet)")
+                              f"(or was compacted behind a snapshot that is gone)")
         expected += 1
         yield seq, _decode(seq, raw)
+
+
+def snapshot_base(data: str, stop_seq: int) -> tuple[State, int, str] | None:
+    """The newest snapshot under ``data/snapshots`` at or before ``stop_seq``, as a starting state."""
+    directory = os.path.join(data, "snapshots")
+    try:
+        names = sorted((d for d in os.listdir(directory) if d.startswith("snap-")), reverse=True)
+    except FileNotFoundError:
+        return None
+    for name in names:
+        seq = int(name[len("snap-"):])
+        if seq > stop_seq:
+            continue
+        path = os.path.join(directory, name)
+        snap_store = Store(path, readonly=True)
+        try:
+            with snap_store.snapshot() as snap:
+                state, _ = stored_state(snap)
+        finally:
+            snap_store.close()
+        state.last_seq = seq
+        print(f"replay: starting from the snapshot at seq {seq:,} ({path})", file=sys.stderr)
+        return state, seq, path
+    return None
+
+
+def _base(data: str, snapshot: Snapshot, stop_seq: int) -> tuple[tuple[State, int] | None, str | None]:
+    """Where a replay through ``stop_seq`` starts: the log's beginning when it still has seq 1,
+    else the newest snapshot before the stop (a compacted log has dropped what that holds)."""
+    first, _ = snapshot.log_bounds()
+    if first == 1:
+        return None, None
+    found = snapshot_base(data, stop_seq)
+    if found is None:
+        return None, None  # and the replay reports the entries the log is missing
+    return (found[0], found[1]), found[2]
 
 
 def stop_seq_for(snapshot: Snapshot, until: Until | None) -> int:
@@ -189,6 +226,14 @@ def stop_seq_for(snapshot: Snapshot, until: Until | None) -> int:
     return 0
 
 
+def _log_base(snapshot: Snapshot) -> int:
+    """The seq the log was trimmed to (0: never trimmed)."""
+    for key, raw in snapshot.items("meta"):
+        if bytes(key) == LOG_BASE:
+            return int(unpack(raw, max_bytes=max(len(raw), 1)))
+    return 0
+
+
 def _decode(seq: int, raw: bytes) -> Any:
     try:
         return unpack(raw, max_bytes=max(len(raw), 1))  # our own data: no peer-facing size limit
@@ -199,8 +244,9 @@ def _decode(seq: int, raw: bytes) -> Any:
 # --- the two modes -------------------------------------------------------------------------
 def _verify(snapshot: Snapshot, data: str, progress_every: int) -> int:
     started = time.monotonic()
-    last = snapshot.log_bounds()[1]
-    rebuilt = rebuild(snapshot, last, Progress(progress_every, last))
+    last = max(snapshot.log_bounds()[1], _log_base(snapshot))
+    base, _ = _base(data, snapshot, last)
+    rebuilt = rebuild(snapshot, last, Progress(progress_every, last), base)
     stored, stored_expiry = stored_state(snapshot)
     found = 0
     for difference in differences(rebuilt, stored, stored_expiry):
@@ -221,7 +267,9 @@ def _write_out(snapshot: Snapshot, data: str, out: str, until: Until | None, pro
     stop = stop_seq_for(snapshot, until)
     if until is not None:
         print(f"replay: stopping at seq {stop:,} ({until} asked)", file=sys.stderr)
-    state = rebuild(snapshot, stop, Progress(progress_every, stop))
+    base, base_path = _base(data, snapshot, stop)
+    state = rebuild(snapshot, stop, Progress(progress_every, stop), base)
+    base_seq = base[1] if base is not None else 0
     parent = os.path.dirname(os.path.abspath(out))
     os.makedirs(parent, exist_ok=True)
     # built under a temporary name and renamed when complete: a failed replay leaves no half directory
@@ -229,7 +277,9 @@ def _write_out(snapshot: Snapshot, data: str, out: str, until: Until | None, pro
     try:
         target = Store(building)
         try:
-            target.copy_log((seq, raw) for seq, raw in snapshot.log() if seq <= stop)
+            target.copy_log((seq, raw) for seq, raw in snapshot.log(base_seq + 1) if seq <= stop)
+            if base_path is not None:  # the new directory's log starts after it: keep the snapshot too
+                shutil.copytree(base_path, os.path.join(building, "snapshots", os.path.basename(base_path)))
             target.commit(_as_batch(state), wall_ms=0)  # no log entries in it: wall_ms is unused
         finally:
             target.close()

@@ -7,6 +7,8 @@ their replies go out only after that commit.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import signal
 import threading
 import time
@@ -54,6 +56,7 @@ class BrokerServer:
         self.events = Events(self.ctx, settings.broker.events or _events_endpoint(self.endpoint))
         self.broker.events_endpoint = self.events.endpoint
         self.metrics = MetricsServer(settings.broker.metrics) if settings.broker.metrics else None
+        self.snapshots = Snapshots(self.store, settings)
         self._metrics_at = 0.0
         self._stop = threading.Event()
         if settings.broker.supervise:
@@ -109,6 +112,10 @@ class BrokerServer:
                 broker.events_dropped += self.events.publish(broker.events)
                 broker.events = []
             broker.events_wanted = self.events.subscribers()
+            trim_to = self.snapshots.due()
+            if trim_to:
+                broker.batch.trim_log_to = trim_to  # committed with the next pass
+                busy = True
             if self.metrics is not None and time.monotonic() - self._metrics_at >= 1.0:
                 self._metrics_at = time.monotonic()
                 self.metrics.text = render_metrics(broker.stats(), broker.events_dropped)
@@ -153,6 +160,63 @@ class BrokerServer:
         if self.metrics is not None:
             self.metrics.close()
         self.store.close()
+
+
+class Snapshots:
+    """Takes snapshots in a background thread and says how far the log may be dropped.
+
+    A snapshot is a compacted copy of the environment made in one read transaction (LMDB
+    copies without blocking writers), so it is the complete state at one log seq; once it
+    is safely on disk, the log entries up to that seq are dropped a bounded chunk per pass.
+    ``broker replay`` starts from the newest snapshot and applies the log after it.
+    """
+
+    def __init__(self, store: Store, settings: Settings) -> None:
+        self.store = store
+        self.dir = os.path.join(settings.broker.data, "snapshots")
+        self.interval_s = settings.broker.snapshot_interval_s
+        self.entries = settings.broker.snapshot_entries
+        self.keep = settings.broker.snapshot_keep
+        self._thread: threading.Thread | None = None
+        self._taken_seq = latest_snapshot_seq(self.dir)
+        self._last_at = time.monotonic()
+        self._trimmed_to = 0
+        self.error: str | None = None
+
+    def due(self) -> int:
+        """Called each pass: start a snapshot when one is due; the seq to trim the log to (0: none)."""
+        if self._thread is None or not self._thread.is_alive():
+            behind = self.store.next_seq - 1 - self._taken_seq
+            if behind > 0 and (behind >= self.entries or time.monotonic() - self._last_at >= self.interval_s):
+                self._last_at = time.monotonic()
+                self._thread = threading.Thread(target=self._take, name="shoal-snapshot", daemon=True)
+                self._thread.start()
+        if self._taken_seq > self._trimmed_to:
+            if self.store.log_first_seq() in range(1, self._taken_seq + 1):
+                return self._taken_seq
+            self._trimmed_to = self._taken_seq
+        return 0
+
+    def _take(self) -> None:
+        try:
+            fault("during_snapshot")
+            path, seq = self.store.take_snapshot(self.dir)
+            for old in sorted(d for d in os.listdir(self.dir) if d.startswith("snap-"))[:-self.keep]:
+                shutil.rmtree(os.path.join(self.dir, old), ignore_errors=True)
+            self._taken_seq = seq
+            log.info("snapshot at log seq %d in %s", seq, path)
+        except Exception as exc:  # the log is kept, nothing is lost; say so and try again later
+            self.error = str(exc)
+            log.error("snapshot failed (the log is kept): %s", exc)
+
+
+def latest_snapshot_seq(directory: str) -> int:
+    """The log seq of the newest snapshot under ``directory`` (0: none)."""
+    try:
+        names = [d for d in os.listdir(directory) if d.startswith("snap-")]
+    except FileNotFoundError:
+        return 0
+    return max((int(d[len("snap-"):]) for d in names), default=0)
 
 
 class Events:

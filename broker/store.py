@@ -20,7 +20,9 @@ A writable ``Store`` holds ``DIR/broker.lock`` (lock.py): one broker per directo
 from __future__ import annotations
 
 import os
+import shutil
 import struct
+import tempfile
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -37,6 +39,7 @@ from .snapshot import Snapshot
 SCHEMA_VERSION = 1
 _U64 = struct.Struct(">Q")
 CRON_PREFIX = b"cron:"
+LOG_BASE = b"log_base"  # meta: every log entry up to this seq was dropped behind a snapshot
 _LOG_HEAD = b"\x94"  # msgpack fixarray of 4
 
 
@@ -75,10 +78,11 @@ class Batch:
     steps: dict[tuple[bytes, str], dict[str, Any]] = field(default_factory=dict)
     drop_steps: list[bytes] = field(default_factory=list)   # job ids whose steps go
     cron: dict[str, int] = field(default_factory=dict)      # cron entry -> last fired tick (ms)
+    trim_log_to: int = 0   # drop log entries up to this seq (a snapshot holds the state there)
 
     def __bool__(self) -> bool:
         return bool(self.jobs or self.log or self.expiry_add or self.expiry_del or self.routes or self.counters
-                    or self.steps or self.drop_steps or self.cron)
+                    or self.steps or self.drop_steps or self.cron or self.trim_log_to)
 
 
 class Store:
@@ -155,11 +159,7 @@ class Store:
             )
 
     def _load_next_seq(self) -> int:
-        with self.env.begin() as txn:
-            cur = txn.cursor(db=self._log)
-            if cur.last():
-                return int(_U64.unpack(cur.key())[0]) + 1
-        return 1
+        return self.last_seq() + 1  # after a trim the log may be empty: seqs never restart
 
     def get_job(self, job_id: bytes) -> dict[str, Any] | None:
         """The stored record of one job, or None."""
@@ -354,6 +354,8 @@ class Store:
                 txn.put(group.encode(), pack(counts), db=self._counters)
             for name, tick_ms in batch.cron.items():
                 txn.put(CRON_PREFIX + name.encode(), pack(tick_ms), db=self._meta)
+            if batch.trim_log_to:
+                self._trim_log(txn, batch.trim_log_to)
         self.next_seq = seq
 
     def cron_last_fired(self) -> dict[str, int]:
@@ -367,6 +369,83 @@ class Store:
                         break
                     out[bytes(key[len(CRON_PREFIX):]).decode()] = _load(raw)
         return out
+
+    TRIM_PER_COMMIT = 20_000  # bounded, so trimming a long log never stalls one pass
+
+    def _trim_log(self, txn: lmdb.Transaction, upto_seq: int) -> None:
+        cur = txn.cursor(db=self._log)
+        limit = _U64.pack(upto_seq)
+        deleted = 0
+        if cur.first():
+            while deleted < self.TRIM_PER_COMMIT and cur.key() and cur.key() <= limit:
+                if not cur.delete():
+                    break
+                deleted += 1
+        base = _load(txn.get(LOG_BASE, pack(0), db=self._meta))
+        if upto_seq > base:
+            txn.put(LOG_BASE, pack(upto_seq), db=self._meta)
+
+    def sizes(self) -> dict[str, Any]:
+        """What ``shoal storage`` shows: file, map and live sizes, entries per table, snapshots."""
+        out: dict[str, Any] = {"path": self.path, "used_bytes": self.used_bytes(),
+                               "map_bytes": self.env.info()["map_size"], "max_bytes": self.max_bytes}
+        try:
+            out["file_bytes"] = os.path.getsize(os.path.join(self.path, "data.mdb"))
+        except OSError:
+            out["file_bytes"] = 0
+        with self.env.begin() as txn:
+            out["entries"] = {name: txn.stat(getattr(self, f"_{name}"))["entries"] for name in _TABLES}
+        out["log_first_seq"], out["log_last_seq"] = self.log_first_seq(), self.last_seq()
+        snaps = []
+        directory = os.path.join(self.path, "snapshots")
+        for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+            if name.startswith("snap-"):
+                path = os.path.join(directory, name)
+                size = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
+                snaps.append({"name": name, "seq": int(name[len("snap-"):]), "bytes": size})
+        out["snapshots"] = snaps
+        return out
+
+    def log_first_seq(self) -> int:
+        """The oldest seq still in the log (0 when it is empty)."""
+        with self.env.begin() as txn:
+            cur = txn.cursor(db=self._log)
+            return int(_U64.unpack(cur.key())[0]) if cur.first() else 0
+
+    def take_snapshot(self, directory: str) -> tuple[str, int]:
+        """Copy the whole environment, consistently (one read transaction, compacted), into a new
+        ``snap-<seq>`` directory under ``directory``; returns its path and the log seq it holds.
+
+        Runs fine in a background thread: LMDB copies without blocking writers, and py-lmdb
+        releases the GIL while it does.
+        """
+        os.makedirs(directory, exist_ok=True)
+        building = tempfile.mkdtemp(prefix=".snap-partial-", dir=directory)
+        try:
+            self.env.copy(building, compact=True)
+            copy = Store(building, readonly=True)
+            try:
+                seq = copy.last_seq()
+            finally:
+                copy.close()
+            final = os.path.join(directory, f"snap-{seq:016d}")
+            if os.path.exists(final):
+                shutil.rmtree(building)
+            else:
+                os.rename(building, final)
+            return final, seq
+        except BaseException:
+            shutil.rmtree(building, ignore_errors=True)
+            raise
+
+    def last_seq(self) -> int:
+        """The seq of the newest log entry, or the trim point when the log is empty."""
+        with self.env.begin() as txn:
+            cur = txn.cursor(db=self._log)
+            if cur.last():
+                return int(_U64.unpack(cur.key())[0])
+            raw = txn.get(LOG_BASE, db=self._meta)
+            return 0 if raw is None else int(_load(raw))
 
     def _delete_steps(self, txn: lmdb.Transaction, job_id: bytes) -> None:
         cur = txn.cursor(db=self._steps)

@@ -301,6 +301,10 @@ class Client:
         body = self._r.send(P.HISTORY, {"id": id_from_str(job_id)}).result()
         return [HistoryEntry.from_row(row) for row in body["entries"]]
 
+    def storage(self) -> dict[str, Any]:
+        """Sizes of the broker's state, log and snapshots (bytes), and whether it refuses enqueues."""
+        return dict(self._r.send(P.STORAGE, {}).result()["storage"])
+
     def cron(self) -> list[dict[str, Any]]:
         """Cron entries with their last and next fire times (Unix ms)."""
         return list(self._r.send(P.CRON, {}).result()["entries"])

@@ -43,6 +43,9 @@ class BrokerSettings:
     heartbeat_interval_s: float = 1.0
     map_size_mb: int = 1024            # initial LMDB map; it grows on demand
     max_size_mb: int = 0               # storage cap: enqueues are refused near it (0 = the disk's size)
+    snapshot_interval_s: float = 600.0  # snapshot (and drop the log behind it) this often...
+    snapshot_entries: int = 1_000_000   # ...or after this many log entries, whichever comes first
+    snapshot_keep: int = 2              # newest snapshots kept under DATA/snapshots
     supervise: bool = True
     events: str = ""                   # PUB endpoint for lifecycle events ("" = next to bind, any port)
     metrics: str = ""                  # host:port for Prometheus text metrics over HTTP ("" = off)

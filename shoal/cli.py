@@ -22,10 +22,6 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 ACTIVE_STATES = ("pending", "scheduled", "running")
 # Commands that later issues implement: listed in --help, honest about being absent.
-NOT_YET = {
-    "storage": "LMDB size and log compaction",
-}
-
 if TYPE_CHECKING:  # the client is imported late: it pulls in zmq, which --help does not need
     from shoal.client import Client, Result
 
@@ -104,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="with --wait: give up after S seconds (default 60)")
     cancel = add("cancel", cmd_cancel, "cancel a job (pending or scheduled at once; running: its worker stops it)")
     cancel.add_argument("id", metavar="ID")
+    add("storage", cmd_storage, "sizes of the state, the log and the snapshots")
     add("cron", cmd_cron, "cron entries with their last and next fire times")
     add("health", cmd_health, "exit 0 when the broker answers and no group starves or is unhealthy")
     events = add("events", cmd_events, "tail lifecycle events (queued, started, completed, failed, ...)")
@@ -111,11 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     events.add_argument("--workflow", metavar="NAME")
     events.add_argument("--count", type=_positive_int, metavar="N", help="stop after N events")
     events.add_argument("--idle", type=_seconds, metavar="S", help="stop after S seconds without an event")
-    # `config` and the later commands are dispatched before parsing (see main); these
-    # entries only make them show in `shoal --help`.
+    # `config` is dispatched before parsing (see main); this entry only shows it in `shoal --help`.
     sub.add_parser("config", help="show the effective configuration (shoal config --show --help)", add_help=False)
-    for name, what in NOT_YET.items():
-        sub.add_parser(name, help=f"{what} (not available yet)", add_help=False)
     return parser
 
 
@@ -127,9 +121,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         from shoal.conf.show import main as config_main
 
         return config_main(args_list[1:])
-    if args_list and args_list[0] in NOT_YET:
-        print(f"shoal {args_list[0]}: not available yet in this version", file=sys.stderr)
-        return EXIT_USAGE
     parser = build_parser()
     try:
         args = parser.parse_args(args_list)
@@ -229,6 +220,28 @@ def cmd_cancel(client: "Client", args: argparse.Namespace) -> int:
     else:
         print(f"{args.id}: {outcome.message}")
     return EXIT_OK if outcome.cancelled else EXIT_FAILED
+
+
+def cmd_storage(client: "Client", args: argparse.Namespace) -> int:
+    """``shoal storage``."""
+    info = client.storage()
+    if args.json:
+        _emit_json(info)
+        return EXIT_OK
+    mib = lambda n: f"{n / 2**20:,.1f} MiB"  # noqa: E731
+    cap = mib(info["max_bytes"]) if info["max_bytes"] else "none (the disk)"
+    print(f"data      {info['path']}")
+    print(f"state     {mib(info['used_bytes'])} in live pages; file {mib(info['file_bytes'])}; "
+          f"map {mib(info['map_bytes'])}; max_size {cap}"
+          + ("; REFUSING ENQUEUES (storage full)" if info.get("refusing_enqueues") else ""))
+    entries = info["entries"]
+    print(f"tables    {entries['jobs']:,} jobs, {entries['steps']:,} steps, {entries['expiry']:,} awaiting expiry")
+    print(f"log       {entries['log']:,} entries, seq {info['log_first_seq']:,}..{info['log_last_seq']:,}")
+    for snap in info["snapshots"]:
+        print(f"snapshot  {snap['name']}  seq {snap['seq']:,}  {mib(snap['bytes'])}")
+    if not info["snapshots"]:
+        print("snapshot  none yet")
+    return EXIT_OK
 
 
 def cmd_cron(client: "Client", args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ POINTS = frozenset({
     "after_dispatch",           # broker: JOB messages sent for a committed batch
     "after_step_stored",        # broker: a committed batch held a step result, before its reply
     "worker_after_step",        # worker: step.run's result is stored, before the handler goes on
+    "during_snapshot",          # broker: a snapshot has started (its thread kills the whole process)
 })
 
 _armed = {p.strip() for p in os.environ.get("SHOAL_FAULT", "").split(",") if p.strip()}

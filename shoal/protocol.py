@@ -28,6 +28,7 @@ STEPS = b"STEPS"        # {rid, id}: the stored steps of a job
 HISTORY = b"HISTORY"    # {rid, id}: the job's history from the log, oldest first ({entries, skipped})
 CANCEL = b"CANCEL"      # {rid, id}: cancel a job (broker -> worker too: {id, token})
 CRON = b"CRON"          # {rid}: cron entries with their last and next fire times
+STORAGE = b"STORAGE"    # {rid}: sizes of the state, the log and the snapshots
 # broker -> client
 REPLY = b"REPLY"        # {rid, ...}
 ERROR = b"ERROR"        # {rid?, code, message}
@@ -45,7 +46,7 @@ BYE = b"BYE"            # {}: the worker is leaving
 JOB = b"JOB"            # {jobs: [{id, token, wf, payload, attempt}]}
 RECONNECT = b"RECONNECT"  # {}: the broker does not know this worker; say HELLO again
 
-CLIENT_COMMANDS = frozenset({ENQUEUE, GET, WAIT, STATS, DEAD, REQUEUE, JOBS, STEPS, CANCEL, HISTORY, CRON})
+CLIENT_COMMANDS = frozenset({ENQUEUE, GET, WAIT, STATS, DEAD, REQUEUE, JOBS, STEPS, CANCEL, HISTORY, CRON, STORAGE})
 WORKER_COMMANDS = frozenset({HELLO, READY, DONE, FAIL, RETURN, HEARTBEAT, BYE, STEP, SUSPEND})
 BROKER_COMMANDS = frozenset({REPLY, ERROR, JOB, HEARTBEAT, RECONNECT, CANCEL})
 KNOWN_COMMANDS = CLIENT_COMMANDS | WORKER_COMMANDS | BROKER_COMMANDS

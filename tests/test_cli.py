@@ -228,14 +228,6 @@ def test_config_is_delegated_to_config_show(capsys, tmp_path: Path) -> None:
     assert json.loads(out)["groups"]["media"]["workers"] == {"value": 2, "source": "[workflows.media]"}
 
 
-@pytest.mark.parametrize("command", ["storage"])
-def test_later_commands_are_listed_but_say_they_are_not_available(command: str, capsys) -> None:
-    code, out, err = shoal(capsys, "--help")
-    assert code == 0 and re.search(rf"^\s+{command}\s", out, re.M)
-    code, out, err = shoal(capsys, command)
-    assert code == 2 and err == f"shoal {command}: not available yet in this version\n"
-
-
 # --- formatting --------------------------------------------------------------------------
 def test_durations_and_timestamps_read_as_people_expect() -> None:
     assert [cli_format.duration(s) for s in (0.35, 4.21, 192, 7500, 270000)] == \

@@ -125,3 +125,9 @@ def cron_mark(payload, step):
 def cron_media(payload, step):
     _mark("cron.log", f"{payload['entry']} {step.job_id.hex()}")
     return os.getpid()
+
+
+@workflow("sink", worker="email")
+def sink(payload):
+    """Takes a (large) payload, returns something small."""
+    return len(str(payload))

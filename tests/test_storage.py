@@ -1,0 +1,78 @@
+"""Snapshots, log compaction, replay from a snapshot, and a full store."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from shoal import StorageFull
+
+from conftest import DEFAULT_TOML, Cluster, wait_for
+
+SNAPSHOT_TOML = DEFAULT_TOML.replace("[broker]\n", "[broker]\nsnapshot_entries = 100\nsnapshot_interval = \"1h\"\n")
+
+
+def _replay(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "shoal.broker", "replay", "--data", str(cluster.data), *args],
+                          capture_output=True, text=True, timeout=120, env=cluster.env)
+
+
+def test_snapshot_drops_the_log_behind_it_and_replay_starts_from_it(cluster_factory) -> None:
+    cluster = cluster_factory(SNAPSHOT_TOML)
+    cluster.start_broker()
+    cluster.start_worker("email", 8)
+    client = cluster.client()
+    ids = client.enqueue_many("echo", [{"n": n} for n in range(300)], group="email")
+    assert all(client.wait(i, timeout=30).status == "completed" for i in ids)
+    wait_for(lambda: (s := client.storage())["snapshots"] and s["log_first_seq"] > 1,
+             what="a snapshot and the log trimmed behind it")
+    storage = client.storage()
+    assert storage["entries"]["log"] < storage["log_last_seq"]  # the log shrank
+    cluster.broker.signal(signal.SIGTERM)
+    cluster.broker.wait(30)
+    verified = _replay(cluster, "--verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "starting from the snapshot" in verified.stderr
+    out = cluster.tmp / "restored"
+    rebuilt = _replay(cluster, "--out", str(out))
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    cluster.data = out  # a broker on the rebuilt directory serves the same results
+    cluster.start_broker()
+    assert client.wait(ids[7], timeout=20).value["payload"] == {"n": 7}
+
+
+def test_shoal_storage_shows_state_log_and_snapshots(cluster_factory) -> None:
+    cluster = cluster_factory(SNAPSHOT_TOML)
+    cluster.start_broker()
+    client = cluster.client()
+    client.enqueue_many("echo", [{}] * 150, group="email")
+    wait_for(lambda: client.storage()["snapshots"], what="a snapshot")
+    out = subprocess.run([sys.executable, "-m", "shoal.cli", "storage", "--broker", cluster.endpoint],
+                         capture_output=True, text=True, timeout=30, env=cluster.env)
+    assert out.returncode == 0, out.stderr
+    assert "150 jobs" in out.stdout and "snapshot  snap-" in out.stdout and "log " in out.stdout
+
+
+@pytest.mark.timeout(180)
+def test_a_full_store_refuses_enqueues_cleanly_and_recovers_after_expiry(cluster_factory) -> None:
+    toml = SNAPSHOT_TOML.replace("[broker]\n", '[broker]\nmax_size = "32MiB"\nmap_size = "32MiB"\n')
+    toml += '\n[workflows.email]\nretention = "2s"\n'
+    cluster = cluster_factory(toml)
+    cluster.start_broker()
+    client = cluster.client()
+    big = {"blob": "x" * 20_000}
+    accepted = []
+    with pytest.raises(StorageFull) as err:
+        for _ in range(2000):
+            accepted.append(client.enqueue("sink", big, group="email"))
+    assert "storage full" in str(err.value) and "max_size" in str(err.value)
+    assert len(accepted) >= 3
+    assert client.stats()["email"]["pending"] == len(accepted)  # reads still work; nothing half-done
+    cluster.start_worker("email", 4)  # the accepted jobs still run and complete
+    assert all(client.wait(i, timeout=60).status == "completed" for i in accepted)
+    # they expire after 2 s, a snapshot drops the log behind them, and there is room again
+    wait_for(lambda: not client.storage()["refusing_enqueues"] and not client.get(accepted[0]),
+             timeout=60, what="room again")
+    assert client.wait(client.enqueue("sink", big, group="email"), timeout=30).status == "completed"
