@@ -196,7 +196,7 @@ class BrokerCore:
         route = self.routes.get(job.workflow)
         if route is not None and route.get("retries") is not None:
             return int(route["retries"])
-        return self.group_settings(job.group).retries
+        return int(self.group_settings(job.group).retries)
 
     def take(self) -> tuple[Batch, list[Outgoing]]:
         """What this pass decided: the writes, then the messages."""
@@ -273,7 +273,7 @@ class BrokerCore:
             wait = min(wait, (due - self.clock.wall_ms()) / 1000)
         if self._rate_wait_s is not None:
             wait = min(wait, self._rate_wait_s)
-        return max(0.0, wait)
+        return float(max(0.0, wait))
 
     def undeliverable(self, out: Outgoing) -> None:
         """A send failed: the peer's connection is gone. Undo the dispatches it carried.
@@ -351,6 +351,10 @@ class BrokerCore:
     def steps_for(self, job_id: bytes) -> dict[str, dict[str, Any]]:
         """Stored step results of a job (see step_commands)."""
         return {}
+
+    def _current(self, identity: bytes, job_id: Any, token: Any) -> J.Job | None:
+        """The job if an outcome is for its live lease (see worker_commands)."""
+        raise NotImplementedError
 
     def cancel_running_done(self, job: J.Job) -> None:
         """A running job whose cancel was asked has stopped (see control_commands)."""

@@ -43,7 +43,7 @@ class BrokerServer:
         self.store.max_bytes = max_mb * 1024 * 1024
         self.broker = Broker(self.store, settings, clock)
         self.broker.load()
-        self.ctx = zmq.Context.instance()
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)   # an unroutable send raises, never drops silently
         self.sock.setsockopt(zmq.LINGER, 0)

@@ -377,11 +377,11 @@ class Store:
         limit = _U64.pack(upto_seq)
         deleted = 0
         if cur.first():
-            while deleted < self.TRIM_PER_COMMIT and cur.key() and cur.key() <= limit:
+            while deleted < self.TRIM_PER_COMMIT and cur.key() and bytes(cur.key()) <= limit:
                 if not cur.delete():
                     break
                 deleted += 1
-        base = _load(txn.get(LOG_BASE, pack(0), db=self._meta))
+        base = _load(bytes(txn.get(LOG_BASE, pack(0), db=self._meta)))
         if upto_seq > base:
             txn.put(LOG_BASE, pack(upto_seq), db=self._meta)
 

@@ -225,7 +225,7 @@ class Supervisor:
                 if child.popen.poll() is None:
                     child.draining = True
                     child.popen.send_signal(signal.SIGTERM)
-        return max([s.settings.grace_s for s in self.groups.values()] + [0.0]) + 2.0
+        return float(max([s.settings.grace_s for s in self.groups.values()] + [0.0])) + 2.0
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Drain every child (SIGTERM), then SIGKILL what is left after ``timeout_s``."""

@@ -261,7 +261,7 @@ class Client:
                timeout: float | None = None) -> Iterator[dict[str, Any]]:
         """Lifecycle events as they happen (queued, started, completed, failed, retrying,
         dead_letter, cancelled). Stops after ``timeout`` seconds without an event, if given."""
-        sub = zmq.Context.instance().socket(zmq.SUB)
+        sub: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
         sub.connect(self._r.events_endpoint())
         prefix = b"" if group is None else f"{group}\0".encode() + (b"" if workflow is None else f"{workflow}\0".encode())

@@ -65,7 +65,8 @@ E_SATURATED = "saturated"
 
 def pack(obj: Any) -> bytes:
     """Encode with msgpack (bin for bytes, str for text); raises TypeError on the unencodable."""
-    return msgpack.packb(obj, use_bin_type=True)
+    packed: bytes = msgpack.packb(obj, use_bin_type=True)
+    return packed
 
 
 def unpack(data: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Any:
@@ -127,7 +128,7 @@ def job_id_field(body: Mapping[str, Any], name: str = "id") -> bytes:
     value = field(body, name, bytes)
     if len(value) != 16:
         raise _error(E_BAD_REQUEST, f"field {name!r} must be a 16-byte job id, got {len(value)} bytes", value)
-    return value
+    return bytes(value)
 
 
 def field(body: Mapping[str, Any], name: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:

@@ -141,9 +141,9 @@ class Step:
             raise
 
     def _children(self, name: str, ids: str | Sequence[str]) -> tuple[bool, list[bytes]]:
-        single = isinstance(ids, str)
-        raw = [id_from_str(i) for i in ([ids] if single else list(ids))]  # type: ignore[list-item]
-        return single, raw
+        if isinstance(ids, str):
+            return True, [id_from_str(ids)]
+        return False, [id_from_str(i) for i in ids]
 
     def _child_items(self, name: str, workflow: Workflow | str, payloads: list[Any],
                      group: str | None) -> list[dict[str, Any]]:
