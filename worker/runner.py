@@ -109,14 +109,8 @@ class Runner:
             return _failure(job, J.KIND_BAD_PAYLOAD, f"payload is not valid msgpack: {exc}", started)
         try:
             value = wf.fn(payload, step) if wf.wants_step else wf.fn(payload)
-        except Suspend as suspend:
-            return _suspended(job, suspend, started)
-        except LeaseLost:
-            return _failure(job, KIND_LEASE_LOST, "lease lost", started)
-        except Cancelled as exc:
-            return _failure(job, KIND_CANCELLED, str(exc), started)
-        except Exception as exc:
-            return _from_exception(job, exc, started)
+        except (Suspend, LeaseLost, Cancelled, Exception) as exc:
+            return _ended_by(job, exc, started)
         return _success(job, value, started)
 
     async def _run_async(self, wf: Workflow, job: dict[str, Any], step: Step) -> Outcome:
@@ -130,14 +124,8 @@ class Runner:
             value = await (asyncio.wait_for(coro, wf.timeout_s) if wf.timeout_s else coro)
         except asyncio.TimeoutError:
             return _failure(job, J.KIND_ERROR, f"timed out after {wf.timeout_s}s", started)
-        except Suspend as suspend:
-            return _suspended(job, suspend, started)
-        except LeaseLost:
-            return _failure(job, KIND_LEASE_LOST, "lease lost", started)
-        except Cancelled as exc:
-            return _failure(job, KIND_CANCELLED, str(exc), started)
-        except Exception as exc:
-            return _from_exception(job, exc, started)
+        except (Suspend, LeaseLost, Cancelled, Exception) as exc:
+            return _ended_by(job, exc, started)
         return _success(job, value, started)
 
     def shutdown(self, wait: bool) -> None:
@@ -167,6 +155,17 @@ def _success(job: dict[str, Any], value: Any, started: float) -> Outcome:
 def _failure(job: dict[str, Any], kind: str, error: str, started: float, tb: str | None = None) -> Outcome:
     return Outcome(job["id"], job["token"], False, kind=kind, error=error, traceback=tb,
                    duration_ms=_elapsed_ms(started))
+
+
+def _ended_by(job: dict[str, Any], exc: BaseException, started: float) -> Outcome:
+    """The outcome of a run that raised: a suspension, a lost lease, a cancel, or a failure."""
+    if isinstance(exc, Suspend):
+        return _suspended(job, exc, started)
+    if isinstance(exc, LeaseLost):
+        return _failure(job, KIND_LEASE_LOST, "lease lost", started)
+    if isinstance(exc, Cancelled):
+        return _failure(job, KIND_CANCELLED, str(exc), started)
+    return _from_exception(job, exc, started)
 
 
 def _suspended(job: dict[str, Any], suspend: Suspend, started: float) -> Outcome:
