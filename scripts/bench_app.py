@@ -42,3 +42,15 @@ def media_cpu(payload: Any) -> int:
             spins += i & 7
         if time.perf_counter() >= deadline:
             return spins
+
+
+@workflow("step-timer", worker="bench")
+def step_timer(payload: Any, step: Any) -> list[float]:
+    """Runs ``n`` no-op steps and returns how long each ``step.run`` took (ms): round trip
+    to the broker plus its synced commit, the cost a durable step adds."""
+    timings = []
+    for i in range(payload["n"]):
+        t0 = time.perf_counter()
+        step.run(f"s{i}", int, i)
+        timings.append((time.perf_counter() - t0) * 1000)
+    return timings
