@@ -292,29 +292,47 @@ class BrokerCore:
         worker.last_seen = min(worker.last_seen, self.clock.mono() - worker.lease_s + 1.0)
 
     # --- dispatch ----------------------------------------------------------------
+    def _tokens(self, key: str, rate: float) -> float:
+        """Refill and return the token bucket ``key`` (a group or a workflow) at ``rate`` per second."""
+        now = self.clock.mono()
+        capacity = max(1.0, rate / 10)  # bursts of at most a tenth of a second's worth
+        bucket = self.buckets.setdefault(key, [capacity, now])
+        bucket[0] = min(capacity, bucket[0] + (now - bucket[1]) * rate)
+        bucket[1] = now
+        if bucket[0] < 1:
+            wait = (1 - bucket[0]) / rate
+            self._rate_wait_s = wait if self._rate_wait_s is None else min(self._rate_wait_s, wait)
+        return bucket[0]
+
     def _rate_allowance(self, group: str) -> int | None:
         """How many jobs the group's global rate limit lets out now (None: no limit)."""
         rate = self.group_settings(group).rate_per_s
+        return int(self._tokens("group:" + group, rate)) if rate else None
+
+    def _workflow_allows(self, workflow: str) -> bool:
+        """Take a token for one job of ``workflow`` if ``[rates]`` limits it; False when none is left."""
+        rate = self.settings.rates.get(workflow)
         if not rate:
-            return None
-        now = self.clock.mono()
-        capacity = max(1.0, rate / 10)  # bursts of at most a tenth of a second's worth
-        bucket = self.buckets.setdefault(group, [capacity, now])
-        bucket[0] = min(capacity, bucket[0] + (now - bucket[1]) * rate)
-        bucket[1] = now
-        allowed = int(bucket[0])
-        if allowed < 1:
-            wait = (1 - bucket[0]) / rate
-            self._rate_wait_s = wait if self._rate_wait_s is None else min(self._rate_wait_s, wait)
-        return allowed
+            return True
+        if self._tokens("workflow:" + workflow, rate) < 1:
+            return False
+        self.buckets["workflow:" + workflow][0] -= 1
+        return True
+
+    MAX_HELD_PER_PASS = 1000
 
     def dispatch(self) -> None:
-        """Send ready jobs to workers of their group, never beyond a worker's credit or the group's rate."""
+        """Send ready jobs to workers of their group, never beyond a worker's credit or a global rate.
+
+        A job whose workflow is out of tokens is set aside for this pass (and put back in its
+        place), so a rate-limited workflow never holds up the other workflows of its group.
+        """
         self._rate_wait_s = None
         for group, queue in self.ready.items():
             if not queue:
                 continue
             allowance = self._rate_allowance(group)
+            held: list[J.Job] = []
             for worker in self.workers.rotation(group):
                 credit = worker.credit if allowance is None else min(worker.credit, allowance)
                 batch: list[dict[str, Any]] = []
@@ -322,15 +340,23 @@ class BrokerCore:
                     job_id = queue.pop()
                     if job_id is None:
                         break
-                    batch.append(self._lease(self.jobs[job_id], worker))
+                    job = self.jobs[job_id]
+                    if not self._workflow_allows(job.workflow):
+                        held.append(job)
+                        if len(held) >= self.MAX_HELD_PER_PASS:
+                            break  # bound the scan of a long rate-limited backlog
+                        continue
+                    batch.append(self._lease(job, worker))
                 if batch:
                     ids = tuple(item["id"] for item in batch)
                     self.outbox.append(Outgoing(worker.identity, P.encode(P.JOB, {"jobs": batch}), ids))
                     if allowance is not None:
                         allowance -= len(batch)
-                        self.buckets[group][0] -= len(batch)
+                        self.buckets["group:" + group][0] -= len(batch)
                 if not queue:
                     break
+            for job in held:
+                queue.push(job.id, job.seq, job.priority)
 
     def _lease(self, job: J.Job, worker: WorkerInfo) -> dict[str, Any]:
         job.move("dispatch")

@@ -219,6 +219,7 @@ def _assemble(
         sources=sources,
         path=path,
         cron=document.cron,
+        rates=document.rates,
         unknown_server_groups=_unknown_server_groups(document, server),
         broker_sources=broker_sources,
     )

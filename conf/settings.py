@@ -68,6 +68,7 @@ class Settings:
     # [workflows.<group>] defines (other servers only): reported by `config --show`
     unknown_server_groups: dict[str, list[str]] = field(default_factory=dict)
     broker_sources: dict[str, str] = field(default_factory=dict)     # broker key -> source
+    rates: dict[str, float] = field(default_factory=dict)            # [rates]: workflow -> jobs per second
 
     def group(self, name: str) -> GroupSettings:
         """Effective settings for ``name``; a group absent from the file inherits the defaults."""

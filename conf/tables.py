@@ -19,10 +19,11 @@ from .checks import (
     Checker,
     Invalid,
     describe,
+    rate,
 )
 from .problems import Problems
 
-TOP_LEVEL_TABLES = ("broker", "workflows", "servers", "cron")
+TOP_LEVEL_TABLES = ("broker", "workflows", "servers", "cron", "rates")
 
 
 @dataclass
@@ -41,6 +42,7 @@ class Document:
     workflows: Workflows = field(default_factory=Workflows)
     servers: dict[str, Workflows] = field(default_factory=dict)  # server name -> its workflows
     cron: dict[str, dict[str, object]] = field(default_factory=dict)
+    rates: dict[str, float] = field(default_factory=dict)   # workflow name -> jobs per second
 
 
 def unknown_key(key: str, known: Collection[str], what: str = "key") -> str:
@@ -66,6 +68,9 @@ def read_document(doc: Mapping[str, object], problems: Problems) -> Document:
             result.workflows = _read_workflows(value, ("workflows",), problems)
         elif name == "servers":
             result.servers = _read_servers(value, problems)
+        elif name == "rates":  # [rates] send-email = "20/m": a global limit for one workflow
+            result.rates = {str(k): v for k, v in _check_keys(value, ("rates",), {k: rate for k in value},
+                                                              problems).items()}  # type: ignore[misc]
         else:
             result.cron = _read_cron(value, problems)
     return result

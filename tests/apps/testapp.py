@@ -131,3 +131,8 @@ def cron_media(payload, step):
 def sink(payload):
     """Takes a (large) payload, returns something small."""
     return len(str(payload))
+
+
+@workflow("rated", worker="email")
+def rated(payload):
+    return time.time()
