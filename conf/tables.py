@@ -6,6 +6,8 @@ Problems are collected, not raised, so one run reports every mistake.
 """
 from __future__ import annotations
 
+from typing import cast
+
 import difflib
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
@@ -69,8 +71,8 @@ def read_document(doc: Mapping[str, object], problems: Problems) -> Document:
         elif name == "servers":
             result.servers = _read_servers(value, problems)
         elif name == "rates":  # [rates] send-email = "20/m": a global limit for one workflow
-            result.rates = {str(k): v for k, v in _check_keys(value, ("rates",), {k: rate for k in value},
-                                                              problems).items()}  # type: ignore[misc]
+            checked = _check_keys(value, ("rates",), {key: rate for key in value}, problems)
+            result.rates = {str(key): cast(float, per_s) for key, per_s in checked.items()}
         else:
             result.cron = _read_cron(value, problems)
     return result
