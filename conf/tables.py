@@ -6,10 +6,9 @@ Problems are collected, not raised, so one run reports every mistake.
 """
 from __future__ import annotations
 
-from typing import cast
-
 import difflib
 from collections.abc import Collection, Mapping
+from typing import cast
 from dataclasses import dataclass, field
 
 from .checks import (
