@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Collection, Mapping
-from typing import cast
 from dataclasses import dataclass, field
+from typing import cast
 
 from .checks import (
     BROKER_KEYS,
