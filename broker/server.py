@@ -179,6 +179,9 @@ class Snapshots:
         self.keep = settings.broker.snapshot_keep
         self._thread: threading.Thread | None = None
         self._taken_seq = latest_snapshot_seq(self.dir)
+        for name in os.listdir(self.dir) if os.path.isdir(self.dir) else []:
+            if name.startswith(".snap-partial-"):  # a snapshot cut short by a crash: never used
+                shutil.rmtree(os.path.join(self.dir, name), ignore_errors=True)
         self._last_at = time.monotonic()
         self._trimmed_to = 0
         self.error: str | None = None

@@ -76,3 +76,21 @@ def test_a_full_store_refuses_enqueues_cleanly_and_recovers_after_expiry(cluster
     wait_for(lambda: not client.storage()["refusing_enqueues"] and not client.get(accepted[0]),
              timeout=60, what="room again")
     assert client.wait(client.enqueue("sink", big, group="email"), timeout=30).status == "completed"
+
+
+def test_a_broker_killed_during_a_snapshot_loses_nothing(cluster_factory) -> None:
+    cluster = cluster_factory(SNAPSHOT_TOML)
+    broker = cluster.start_broker(env={"SHOAL_FAULT": "during_snapshot"})
+    client = cluster.client(timeout=60)
+    ids = client.enqueue_many("echo", [{"n": n} for n in range(90)], group="email")  # < snapshot_entries
+    cluster.start_worker("email", 8)  # dispatches and completions pass 100 entries: a snapshot starts
+    wait_for(lambda: not broker.alive(), what="the broker to die in its snapshot")
+    assert broker.popen.returncode == -signal.SIGKILL
+    cluster.start_broker()
+    assert all(client.wait(i, timeout=30).status == "completed" for i in ids)
+    wait_for(lambda: client.storage()["snapshots"], what="a snapshot after the restart")
+    assert not [p for p in (cluster.data / "snapshots").iterdir() if p.name.startswith(".snap-partial-")]
+    cluster.broker.signal(signal.SIGTERM)
+    cluster.broker.wait(30)
+    verified = _replay(cluster, "--verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
