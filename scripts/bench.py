@@ -1,7 +1,9 @@
 """Shoal benchmarks: real broker and worker processes on loopback, LMDB under /tmp.
 
     python scripts/bench.py [core] [--quick] [--repeat N] [--json] [--concurrency 32] [--profile DIR] [--keep]
-    python scripts/bench.py hol [--cpu] [--quick] [--repeat N] [--json]
+    python scripts/bench.py hol [--cpu] [--nice N] [--quick] [--repeat N] [--json]
+    python scripts/bench.py steps [--steps N] [--jobs J]     (scripts/bench_steps.py)
+    python scripts/bench.py retention [--seconds S]          (scripts/bench_retention.py)
     python scripts/bench.py breakdown | trace [--quick] [--repeat N] [--json]
 
 ``core`` (the default) measures enqueue throughput (one thread, sixteen threads on one
@@ -870,6 +872,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == [TRACED_BROKER]:
         return serve_traced_broker(*argv[1:4])
+    if argv[:1] in (["steps"], ["retention"]):  # kept in their own modules; same helpers
+        module = __import__(f"bench_{argv[0]}")
+        return int(module.main(argv[1:]))
     args = build_parser().parse_args(with_default_command(argv))
     repeat = args.repeat or (1 if args.quick else 3)
     info = machine()
