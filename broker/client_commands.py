@@ -102,6 +102,22 @@ class ClientCommands(BrokerCore):
         return None
 
     def _parse_job(self, item: Any) -> dict[str, Any]:
+        """One job of an ENQUEUE, checked. The common case (well-formed) takes a fast path;
+        anything odd goes through the field-by-field checks, which name the problem."""
+        if type(item) is dict:
+            get = item.get
+            job_id, wf, payload = get("id"), get("wf"), get("payload")
+            group, delay, priority = get("group"), get("delay_ms", 0), get("priority", 0)
+            retries, key, key_ttl = get("retries"), get("key"), get("key_ttl_ms", 0)
+            if (type(job_id) is bytes and len(job_id) == 16 and type(wf) is str and wf
+                    and type(payload) is bytes and (group is None or type(group) is str)
+                    and type(delay) is int and type(priority) is int and (retries is None or type(retries) is int)
+                    and (key is None or type(key) is str) and type(key_ttl) is int):
+                return {"id": job_id, "wf": wf, "payload": payload, "group": group, "delay_ms": delay,
+                        "priority": priority, "retries": retries, "key": key, "key_ttl_ms": key_ttl}
+        return self._parse_job_checked(item)
+
+    def _parse_job_checked(self, item: Any) -> dict[str, Any]:
         if not isinstance(item, dict):
             raise P.ProtocolError("each job must be a map", item)
         job_id = field(item, "id", bytes)
