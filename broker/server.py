@@ -108,6 +108,18 @@ class BrokerServer:
                 fault("after_commit_before_ack")
                 if batch.steps:
                     fault("after_step_stored")
+            busy = False
+            # JOBs first: the worker's leg is the longer path of an enqueue-then-wait round trip
+            for out in sorted(outbox, key=lambda o: not o.job_ids):
+                try:
+                    sock.send_multipart([out.identity, *out.frames], zmq.NOBLOCK)
+                except zmq.ZMQError as exc:  # EHOSTUNREACH: the peer is gone
+                    log.debug("could not deliver to %s: %s", out.identity.hex(), exc)
+                    broker.undeliverable(out)
+                    busy = True  # commit what that undid before sleeping
+            if any(out.job_ids for out in outbox):
+                fault("after_dispatch")
+            # housekeeping after the replies are out, so it never adds to anyone's latency
             if broker.events:
                 broker.events_dropped += self.events.publish(broker.events)
                 broker.events = []
@@ -119,16 +131,6 @@ class BrokerServer:
             if self.metrics is not None and time.monotonic() - self._metrics_at >= 1.0:
                 self._metrics_at = time.monotonic()
                 self.metrics.text = render_metrics(broker.stats(), broker.events_dropped)
-            busy = False
-            for out in outbox:
-                try:
-                    sock.send_multipart([out.identity, *out.frames], zmq.NOBLOCK)
-                except zmq.ZMQError as exc:  # EHOSTUNREACH: the peer is gone
-                    log.debug("could not deliver to %s: %s", out.identity.hex(), exc)
-                    broker.undeliverable(out)
-                    busy = True  # commit what that undid before sleeping
-            if any(out.job_ids for out in outbox):
-                fault("after_dispatch")
 
     def _after_failed_commit(self, outbox: list[Outgoing], reason: str) -> list[Outgoing]:
         """Storage refused a batch: nothing of it is stored, so nothing of it may be said.
