@@ -204,6 +204,11 @@ class Snapshots:
 
     def _take(self) -> None:
         try:
+            # Linux niceness is per thread: the copy yields the CPU to the loop (and its acks).
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except (OSError, AttributeError):
+            pass
+        try:
             fault("during_snapshot")
             path, seq = self.store.take_snapshot(self.dir)
             for old in sorted(d for d in os.listdir(self.dir) if d.startswith("snap-"))[:-self.keep]:

@@ -370,7 +370,7 @@ class Store:
                     out[bytes(key[len(CRON_PREFIX):]).decode()] = _load(raw)
         return out
 
-    TRIM_PER_COMMIT = 20_000  # bounded, so trimming a long log never stalls one pass
+    TRIM_PER_COMMIT = 1_000  # bounded, so trimming a long log never stalls one pass (or its acks)
 
     def _trim_log(self, txn: lmdb.Transaction, upto_seq: int) -> None:
         cur = txn.cursor(db=self._log)
