@@ -169,3 +169,12 @@ def test_supervised_workers_leave_when_the_broker_is_sigkilled(groups: Cluster) 
         return False
 
     wait_for(gone, timeout=20, what="the orphaned worker to exit")
+
+
+def test_a_worker_started_by_hand_takes_its_groups_nice(cluster: Cluster) -> None:
+    cluster.config.write_text(DEFAULT_TOML + "\n[workflows.media]\nnice = 5\n")
+    worker = cluster.start_worker("media", 1)
+    from pathlib import Path
+
+    nice = int(Path(f"/proc/{worker.pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+    assert nice == 5

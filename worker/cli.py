@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
 
     interrupts = 0
 
+    _apply_nice(shell.options.nice)
+
     def on_signal(signum: int, frame: object) -> None:
         # Runs between bytecodes of the main thread, maybe while it holds a lock: take none here.
         nonlocal interrupts
@@ -61,6 +63,15 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def _apply_nice(nice: int) -> None:
+    """Take the group's ``nice`` when started by hand (the supervisor already set it, and put its
+    workers in their own session with the autogroup niced too; a terminal's session is the
+    user's, so here only the process's own niceness changes)."""
+    current = os.nice(0)
+    if nice > current:
+        os.nice(nice - current)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ def build_worker(*, group: str | None = None, app: str | list[str] | None = None
         group=name, concurrency=concurrency or gs.concurrency, server=settings.server,
         grace_s=gs.grace_s, heartbeat_interval_s=settings.broker.heartbeat_interval_s,
         max_jobs=gs.max_jobs, max_memory_mb=gs.max_memory_mb, max_step_bytes=settings.broker.max_step_bytes,
+        nice=gs.nice,
     )
     runner = Runner(workflows, name, options.concurrency, max_step_bytes=options.max_step_bytes)
     return WorkerShell(options, runner)

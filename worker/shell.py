@@ -48,6 +48,7 @@ class WorkerOptions:
     max_jobs: int = 0          # recycle (drain and exit 0) after this many jobs; 0 = never
     max_memory_mb: int = 0     # recycle when resident memory passes this; 0 = never
     max_step_bytes: int = 1024 * 1024
+    nice: int = 0              # the group's OS priority (applied by the worker command)
 
 
 class WorkerShell:
