@@ -43,6 +43,15 @@ LOG_BASE = b"log_base"  # meta: every log entry up to this seq was dropped behin
 _LOG_HEAD = b"\x94"  # msgpack fixarray of 4
 
 
+def _fsync_path(path: str) -> None:
+    """fsync a file or a directory (a directory's entries: a rename or a new file in it)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _load(raw: bytes) -> Any:
     """Decode our own stored data: no peer's size limit applies (a record may hold a full-size payload)."""
     return unpack(raw, max_bytes=1 << 40)
@@ -423,6 +432,8 @@ class Store:
         building = tempfile.mkdtemp(prefix=".snap-partial-", dir=directory)
         try:
             self.env.copy(building, compact=True)
+            _fsync_path(os.path.join(building, "data.mdb"))  # LMDB's copy does not sync: the log
+            _fsync_path(building)                             # behind it is dropped once it exists
             copy = Store(building, readonly=True)
             try:
                 seq = copy.last_seq()
@@ -433,6 +444,7 @@ class Store:
                 shutil.rmtree(building)
             else:
                 os.rename(building, final)
+                _fsync_path(directory)  # the rename itself is durable before any log is trimmed
             return final, seq
         except BaseException:
             shutil.rmtree(building, ignore_errors=True)
