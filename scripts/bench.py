@@ -4,6 +4,8 @@
     python scripts/bench.py hol [--cpu] [--nice N] [--quick] [--repeat N] [--json]
     python scripts/bench.py steps [--steps N] [--jobs J]     (scripts/bench_steps.py)
     python scripts/bench.py retention [--seconds S]          (scripts/bench_retention.py)
+    python scripts/bench.py replay [--entries N]             (scripts/bench_replay.py)
+    python scripts/bench.py snapshot [--jobs N] [--samples S] (scripts/bench_replay.py)
     python scripts/bench.py breakdown | trace [--quick] [--repeat N] [--json]
 
 ``core`` (the default) measures enqueue throughput (one thread, sixteen threads on one
@@ -785,7 +787,7 @@ def progress(message: str) -> None:
 
 
 def fmt(value: float, unit: str) -> str:
-    return f"{value:,.0f}" if unit in ("jobs/s", "%") else f"{value:.3f}"
+    return f"{value:,.0f}" if unit in ("jobs/s", "%", "entries/s") else f"{value:.3f}"
 
 
 def summarize(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
@@ -875,6 +877,10 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] in (["steps"], ["retention"]):  # kept in their own modules; same helpers
         module = __import__(f"bench_{argv[0]}")
         return int(module.main(argv[1:]))
+    if argv[:1] in (["replay"], ["snapshot"]):  # recovery benchmarks, both in bench_replay.py
+        import bench_replay
+
+        return int(bench_replay.main(argv))
     args = build_parser().parse_args(with_default_command(argv))
     repeat = args.repeat or (1 if args.quick else 3)
     info = machine()
