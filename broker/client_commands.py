@@ -150,6 +150,7 @@ class ClientCommands(BrokerCore):
             job.due_ms = now_ms + item["delay_ms"]
             self.schedule.add(job.id, job.due_ms)
         self.jobs[job.id] = job
+        self.active[job.group] = self.active.get(job.group, 0) + 1
         record = job.to_record()
         self.batch.jobs[job.id] = record
         self.batch.log.append(("enqueue", job.id, record))
@@ -213,9 +214,16 @@ class ClientCommands(BrokerCore):
             else:
                 per[name]["state"] = "warm" if members else "cold"
         now = self.clock.wall_ms()
-        for job in self.jobs.values():
-            if job.group in per:
-                per[job.group][job.state] += 1
+        # From counts kept as jobs change, not a walk over every job: stats() is safe to poll.
+        orphans_by_group: dict[str, int] = {}
+        for job_id in self.orphans:
+            group = self.jobs[job_id].group
+            orphans_by_group[group] = orphans_by_group.get(group, 0) + 1
+        for name, row in per.items():
+            queue = self.ready.get(name)
+            row["pending"] = len(queue) if queue else 0
+            row["running"] = sum(len(w.leases) for w in self.workers.in_group(name)) + orphans_by_group.get(name, 0)
+            row["scheduled"] = max(0, self.active.get(name, 0) - row["pending"] - row["running"])
         for name, queue in self.ready.items():
             head = queue.peek()
             if head is not None and name in per:
@@ -263,6 +271,7 @@ class ClientCommands(BrokerCore):
         job.token = 0
         self.dead.get(job.group, set()).discard(job_id)
         self.jobs[job_id] = job
+        self.active[job.group] = self.active.get(job.group, 0) + 1
         self._save(job, "requeue", {"state": job.state, "attempts": 0, "error": None, "error_kind": None,
                                     "traceback": None, "finished_ms": 0, "token": 0})
         self._queue(job)

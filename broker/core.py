@@ -56,6 +56,7 @@ class BrokerCore:
         self.max_message_bytes = settings.broker.max_message_bytes
         self.heartbeat_s = settings.broker.heartbeat_interval_s
         self.jobs: dict[bytes, J.Job] = {}            # active jobs only
+        self.active: dict[str, int] = {}              # active jobs per group, kept as they come and go
         self.ready: dict[str, ReadyQueue] = {}
         self.schedule = Schedule()
         self.unrouted: dict[str, list[bytes]] = {}    # workflow -> job ids
@@ -107,6 +108,7 @@ class BrokerCore:
             if job.state not in J.ACTIVE_STATES:
                 continue
             self.jobs[job.id] = job
+            self.active[job.group] = self.active.get(job.group, 0) + 1
             if job.group:
                 self.known_groups.add(job.group)
             if job.state == J.PENDING:
@@ -420,7 +422,8 @@ class BrokerCore:
     def _finish(self, job: J.Job, op: str, changes: dict[str, Any]) -> None:
         """Log the final transition and move the job out of memory; its record stays in
         storage until it expires (dead letters stay until requeued)."""
-        self.jobs.pop(job.id, None)
+        if self.jobs.pop(job.id, None) is not None:
+            self.active[job.group] = self.active.get(job.group, 0) - 1
         self.orphans.pop(job.id, None)
         if job.state != J.DEAD:
             job.expire_ms = job.finished_ms + int(self.group_settings(job.group).retention_s * 1000)

@@ -100,6 +100,8 @@ class WorkerCommands(BrokerCore):
             for job_id in self.unrouted.pop(name, []):
                 job = self.jobs.get(job_id)
                 if job is not None and not job.group:
+                    self.active[""] = self.active.get("", 0) - 1
+                    self.active[group] = self.active.get(group, 0) + 1
                     job.group = group
                     self._save(job, "route", {"group": group})
                     self._queue(job)
