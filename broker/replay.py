@@ -203,7 +203,7 @@ def stop_seq_for(snapshot: Snapshot, until: Until | None) -> int:
     nothing after the asked point is in it."""
     first, last = snapshot.log_bounds()
     if until is None or not last:
-        return last
+        return max(last, _log_base(snapshot))  # a log trimmed to empty: everything is in the snapshot
     if until.wall_ms is not None:
         stop = 0
         for seq, raw in snapshot.log():

@@ -98,3 +98,34 @@ def test_a_broker_killed_during_a_snapshot_loses_nothing(cluster_factory) -> Non
     cluster.broker.wait(30)
     verified = _replay(cluster, "--verify")
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_replay_of_a_log_trimmed_to_empty_restores_everything_from_the_snapshot(tmp_path) -> None:
+    from shoal import protocol as P
+    from shoal.broker.broker import Broker
+    from shoal.broker.store import Batch, Store
+    from shoal.conf import Settings
+    from shoal.ids import new_job_id
+
+    data = tmp_path / "data"
+    store = Store(str(data))
+    broker = Broker(store, Settings())
+    broker.load()
+    job_id = new_job_id()
+    broker.handle(b"c", P.encode(P.ENQUEUE, {"rid": 1, "jobs": [{"id": job_id, "wf": "echo", "group": "email",
+                                                                  "payload": P.pack({"n": 1})}]}))
+    batch, _ = broker.take()
+    store.commit(batch, 1)
+    _, seq = store.take_snapshot(str(data / "snapshots"))
+    store.commit(Batch(trim_log_to=seq), 1)
+    assert store.log_first_seq() == 0  # the log is empty: the snapshot holds everything
+    store.close()
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "shoal.broker", "replay", "--data", str(data), "--out", str(out)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    restored = Store(str(out))
+    try:
+        assert restored.get_job(job_id)["state"] == "pending"
+    finally:
+        restored.close()
