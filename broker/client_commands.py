@@ -197,41 +197,37 @@ class ClientCommands(BrokerCore):
                    events=self.events_endpoint, events_dropped=self.events_dropped)
 
     def stats(self) -> dict[str, dict[str, Any]]:
-        """Per-group counters, all kept as jobs change (cheap to poll)."""
+        """Per-group counters, from counts kept as jobs change (no walk over the jobs: cheap to poll)."""
         groups = set(self.known_groups) | set(self.ready) | set(self.workers.by_group) | set(self.dead)
         groups.discard("")
-        per: dict[str, dict[str, Any]] = {}
-        for name in sorted(groups):
-            counts = self.counters.get(name, {})
-            members = self.workers.in_group(name)
-            per[name] = {"pending": 0, "scheduled": 0, "running": 0,
-                         "completed": counts.get("completed", 0), "failed": counts.get("failed", 0),
-                         "retried": counts.get("retried", 0), "dead": len(self.dead.get(name, ())),
-                         "workers": len(members), "free_slots": sum(max(0, w.credit) for w in members),
-                         "oldest_pending_s": 0.0}
-            if self.supervisor is not None:
-                per[name].update(self.supervisor.state_of(name, self.demand(name), self.clock.mono()))
-            else:
-                per[name]["state"] = "warm" if members else "cold"
         now = self.clock.wall_ms()
-        # From counts kept as jobs change, not a walk over every job: stats() is safe to poll.
         orphans_by_group: dict[str, int] = {}
         for job_id in self.orphans:
             group = self.jobs[job_id].group
             orphans_by_group[group] = orphans_by_group.get(group, 0) + 1
-        for name, row in per.items():
+        per: dict[str, dict[str, Any]] = {}
+        for name in sorted(groups):
+            counts = self.counters.get(name, {})
+            members = self.workers.in_group(name)
+            demand = self.demand(name)
+            running = demand.running + orphans_by_group.get(name, 0)
             queue = self.ready.get(name)
-            row["pending"] = len(queue) if queue else 0
-            row["running"] = sum(len(w.leases) for w in self.workers.in_group(name)) + orphans_by_group.get(name, 0)
-            row["scheduled"] = max(0, self.active.get(name, 0) - row["pending"] - row["running"])
-        for name, queue in self.ready.items():
-            head = queue.peek()
-            if head is not None and name in per:
-                per[name]["oldest_pending_s"] = max(0.0, (now - self.jobs[head].created_ms) / 1000)
-        for name, row in per.items():
+            head = queue.peek() if queue else None
+            row: dict[str, Any] = {
+                "pending": demand.pending, "running": running,
+                "scheduled": max(0, self.active.get(name, 0) - demand.pending - running),
+                "completed": counts.get("completed", 0), "failed": counts.get("failed", 0),
+                "retried": counts.get("retried", 0), "dead": len(self.dead.get(name, ())),
+                "workers": len(members), "free_slots": sum(max(0, w.credit) for w in members),
+                "oldest_pending_s": max(0.0, (now - self.jobs[head].created_ms) / 1000) if head is not None else 0.0}
+            if self.supervisor is not None:
+                row.update(self.supervisor.state_of(name, demand, self.clock.mono()))
+            else:
+                row["state"] = "warm" if members else "cold"
             # starving: work has waited past the threshold and nothing can take it now
             row["starvation"] = bool(row["pending"] and row["oldest_pending_s"] > self.group_settings(name).starvation_s
                                      and (row["workers"] == 0 or row["free_slots"] == 0))
+            per[name] = row
         return per
 
     def _on_dead(self, identity: bytes, body: dict[str, Any]) -> None:

@@ -77,15 +77,13 @@ class GroupState:
 class Supervisor:
     """Starts, watches and stops the worker processes of the groups on this host."""
 
-    def __init__(self, settings: Settings, endpoint: str, enabled: bool = True) -> None:
+    def __init__(self, settings: Settings, endpoint: str) -> None:
         self.settings = settings
         self.endpoint = endpoint
-        self.enabled = enabled
-        self.groups: dict[str, GroupState] = {}
-        if enabled:
-            for name, gs in settings.groups.items():
-                if gs.app:  # without an app module there is nothing this host could start
-                    self.groups[name] = GroupState(gs)
+        self.groups: dict[str, GroupState] = {
+            name: GroupState(gs) for name, gs in settings.groups.items()
+            if gs.app  # without an app module there is nothing this host could start
+        }
 
     # --- what the broker asks ---------------------------------------------------------
     def supervises(self, group: str) -> bool:
@@ -218,7 +216,6 @@ class Supervisor:
 
     def drain_all(self) -> float:
         """SIGTERM every child (they finish in-flight jobs); returns how long to wait for them."""
-        self.enabled = False
         for state in self.groups.values():
             state.next_start = float("inf")  # nothing is restarted while we stop
             for child in state.children:

@@ -133,7 +133,6 @@ class WorkerCommands(BrokerCore):
         worker = self.workers.get(identity)
         if worker is not None and isinstance(job_id, bytes) and worker.leases.get(job_id) == token:
             del worker.leases[job_id]  # only the live lease frees its slot; a stale report frees nothing
-            worker.jobs_done += 1
         job = self.jobs.get(job_id) if isinstance(job_id, bytes) else None
         if job is None or job.state != J.RUNNING or job.token != token:
             shown = id_to_str(job_id) if isinstance(job_id, bytes) and len(job_id) == 16 else repr(job_id)

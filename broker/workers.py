@@ -20,7 +20,6 @@ class WorkerInfo:
     host: str = ""
     server: str = ""
     leases: dict[bytes, int] = field(default_factory=dict)  # job id -> token
-    jobs_done: int = 0
 
     @property
     def credit(self) -> int:
