@@ -183,16 +183,19 @@ class Snapshots:
         self._taken_seq = latest_snapshot_seq(self.dir)
         for name in os.listdir(self.dir) if os.path.isdir(self.dir) else []:
             if name.startswith(".snap-partial-"):  # a snapshot cut short by a crash: never used
-                shutil.rmtree(os.path.join(self.dir, name), ignore_errors=True)
+                drop_directory(os.path.join(self.dir, name))
         self._last_at = time.monotonic()
         self._trimmed_to = 0
         self.error: str | None = None
+        self._retry_at = 0.0  # after a failed snapshot, none before this (backs off: 1 s, 2 s, ... 5 min)
+        self._failures = 0
 
     def due(self) -> int:
         """Called each pass: start a snapshot when one is due; the seq to trim the log to (0: none)."""
         if self._thread is None or not self._thread.is_alive():
             behind = self.store.next_seq - 1 - self._taken_seq
-            if behind > 0 and (behind >= self.entries or time.monotonic() - self._last_at >= self.interval_s):
+            if behind > 0 and time.monotonic() >= self._retry_at and (
+                    behind >= self.entries or time.monotonic() - self._last_at >= self.interval_s):
                 self._last_at = time.monotonic()
                 self._thread = threading.Thread(target=self._take, name="shoal-snapshot", daemon=True)
                 self._thread.start()
@@ -210,14 +213,44 @@ class Snapshots:
             pass
         try:
             fault("during_snapshot")
-            path, seq = self.store.take_snapshot(self.dir)
+            os.makedirs(self.dir, exist_ok=True)
+            existing = sorted(d for d in os.listdir(self.dir) if d.startswith("snap-"))
+            # The oldest is dropped once this one exists: write over its file instead. Only while
+            # at least one newer snapshot stays whole beside the copy being made.
+            recycle = os.path.join(self.dir, existing[0]) if self.keep >= 2 and len(existing) >= self.keep else None
+            path, seq = self.store.take_snapshot(self.dir, recycle=recycle)
             for old in sorted(d for d in os.listdir(self.dir) if d.startswith("snap-"))[:-self.keep]:
-                shutil.rmtree(os.path.join(self.dir, old), ignore_errors=True)
+                drop_directory(os.path.join(self.dir, old))
             self._taken_seq = seq
+            self.error, self._failures = None, 0
             log.info("snapshot at log seq %d in %s", seq, path)
         except Exception as exc:  # the log is kept, nothing is lost; say so and try again later
             self.error = str(exc)
-            log.error("snapshot failed (the log is kept): %s", exc)
+            delay = min(300.0, 2.0 ** self._failures)
+            self._failures += 1
+            self._retry_at = time.monotonic() + delay
+            log.error("snapshot failed (the log is kept; next try in %.0f s): %s", delay, exc)
+
+
+def drop_directory(path: str, step: int = 8 << 20) -> None:
+    """Delete a snapshot directory, shrinking its files a few MiB at a time first: freeing
+    ~100 MiB in one unlink makes the next journal commit (which every broker fdatasync waits
+    for) take tens of ms; freeing it in steps spreads that over many small commits."""
+    try:
+        names = os.listdir(path)
+    except FileNotFoundError:
+        return
+    for name in names:
+        file = os.path.join(path, name)
+        try:
+            with open(file, "r+b") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                while size > 0:
+                    size = max(0, size - step)
+                    os.ftruncate(handle.fileno(), size)
+        except OSError:
+            pass
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def latest_snapshot_seq(directory: str) -> int:

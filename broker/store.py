@@ -19,18 +19,21 @@ A writable ``Store`` holds ``DIR/broker.lock`` (lock.py): one broker per directo
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import struct
 import tempfile
+import threading
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import lmdb
 
 from shoal.errors import ShoalError, StorageFull
+from shoal.faults import fault
 from shoal.protocol import pack, unpack
 
 from .lock import DataDirLock
@@ -41,6 +44,11 @@ _U64 = struct.Struct(">Q")
 CRON_PREFIX = b"cron:"
 LOG_BASE = b"log_base"  # meta: every log entry up to this seq was dropped behind a snapshot
 _LOG_HEAD = b"\x94"  # msgpack fixarray of 4
+# A snapshot is written and fdatasync'ed this much at a time: the broker's own commit syncs
+# queue behind at most this much snapshot I/O. Measured (BENCHMARKS.md, "Snapshot stalls"):
+# 1 MiB doubled the enqueue p99 during a snapshot, 256 KiB left it where it is without one,
+# 64 KiB made the copy 2.5x slower for no gain.
+SNAPSHOT_SYNC_BYTES = 256 << 10
 
 
 def _fsync_path(path: str) -> None:
@@ -421,9 +429,17 @@ class Store:
             cur = txn.cursor(db=self._log)
             return int(_U64.unpack(cur.key())[0]) if cur.first() else 0
 
-    def take_snapshot(self, directory: str) -> tuple[str, int]:
+    def take_snapshot(self, directory: str, recycle: str | None = None) -> tuple[str, int]:
         """Copy the whole environment, consistently (one read transaction, compacted), into a new
         ``snap-<seq>`` directory under ``directory``; returns its path and the log seq it holds.
+
+        ``recycle`` names an old snapshot directory that is being dropped anyway: its file is
+        written over instead of new blocks being allocated and its old ones freed. On ext4
+        (with ``discard`` above all) allocating ~100 MiB and then freeing it stalls the journal
+        commit that every broker fdatasync waits for, by tens of ms; overwriting blocks the
+        file already owns, synced 256 KiB at a time, does not (BENCHMARKS.md, "Snapshot stalls").
+        The old directory is renamed to the partial name first, so a crash mid-copy leaves a
+        ``.snap-partial-*`` that start-up removes, never a damaged ``snap-*``.
 
         Runs fine in a background thread: LMDB copies without blocking writers, and py-lmdb
         releases the GIL while it does.
@@ -431,14 +447,27 @@ class Store:
         os.makedirs(directory, exist_ok=True)
         building = tempfile.mkdtemp(prefix=".snap-partial-", dir=directory)
         try:
-            self.env.copy(building, compact=True)
-            _fsync_path(os.path.join(building, "data.mdb"))  # LMDB's copy does not sync: the log
-            _fsync_path(building)                             # behind it is dropped once it exists
-            copy = Store(building, readonly=True)
+            target = os.path.join(building, "data.mdb")
+            if recycle is not None and not os.path.isfile(os.path.join(recycle, "data.mdb")):
+                recycle = None
+            recycled = recycle is not None
+            if recycle is not None:
+                os.rmdir(building)
+                os.rename(recycle, building)  # from here on it is a partial, never a snapshot
+                for name in os.listdir(building):
+                    if name != "data.mdb":
+                        os.unlink(os.path.join(building, name))
+                _fsync_path(directory)  # durable before a byte of it is overwritten
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT, 0o644)
             try:
-                seq = copy.last_seq()
+                with self.env.begin() as txn:  # the copy's read transaction: its seq names it
+                    seq = self._last_seq_in(txn)
+                    self._copy_into(fd, txn, on_first_write=(lambda: fault("snapshot_overwriting")) if recycled
+                                    else None)
             finally:
-                copy.close()
+                os.close(fd)
+            if not recycled:
+                _fsync_path(building)  # the new file's entry in its directory
             final = os.path.join(directory, f"snap-{seq:016d}")
             if os.path.exists(final):
                 shutil.rmtree(building)
@@ -450,14 +479,72 @@ class Store:
             shutil.rmtree(building, ignore_errors=True)
             raise
 
+    def _copy_into(self, fd: int, txn: lmdb.Transaction, chunk: int = SNAPSHOT_SYNC_BYTES,
+                   on_first_write: Callable[[], None] | None = None) -> None:
+        """A compacted copy of the environment written over ``fd`` from offset 0, synced every
+        ``chunk`` bytes (so dirty pages never pile up into one long flush), then cut to length
+        and synced. LMDB writes the copy into a pipe from a helper thread (``copyfd`` releases
+        the GIL); this thread writes it out."""
+        read_end, write_end = os.pipe()
+        try:
+            fcntl.fcntl(write_end, getattr(fcntl, "F_SETPIPE_SZ", 1031), chunk)
+        except OSError:
+            pass  # a smaller pipe only means more, smaller reads
+        failure: list[BaseException] = []
+
+        def produce() -> None:
+            try:
+                self.env.copyfd(write_end, compact=True, txn=txn)
+            except BaseException as exc:  # noqa: BLE001 - handed to the writing thread
+                failure.append(exc)
+            finally:
+                os.close(write_end)
+
+        producer = threading.Thread(target=produce, name="shoal-snapshot-copy", daemon=True)
+        producer.start()
+        offset = 0
+        unsynced = 0
+        try:
+            while True:
+                data = os.read(read_end, chunk)
+                if not data:
+                    break
+                view = memoryview(data)
+                while view:
+                    written = os.pwrite(fd, view, offset)
+                    offset += written
+                    unsynced += written
+                    view = view[written:]
+                if on_first_write is not None:
+                    os.fdatasync(fd)
+                    on_first_write()  # a crash test's fault point: the old file is now damaged
+                    on_first_write = None
+                if unsynced >= chunk:
+                    os.fdatasync(fd)
+                    unsynced = 0
+        finally:
+            os.close(read_end)  # a writer still copying gets EPIPE and stops
+            producer.join()
+        if failure:
+            raise failure[0]
+        size = os.fstat(fd).st_size
+        while size > offset:  # a recycled file may have been longer: freed a step and a sync at
+            size = max(offset, size - chunk * 8)  # a time, so no one journal commit frees it all
+            os.ftruncate(fd, size)
+            os.fdatasync(fd)
+        os.fdatasync(fd)  # data and size; the mtime is not worth a journal commit
+
     def last_seq(self) -> int:
         """The seq of the newest log entry, or the trim point when the log is empty."""
         with self.env.begin() as txn:
-            cur = txn.cursor(db=self._log)
-            if cur.last():
-                return int(_U64.unpack(cur.key())[0])
-            raw = txn.get(LOG_BASE, db=self._meta)
-            return 0 if raw is None else int(_load(raw))
+            return self._last_seq_in(txn)
+
+    def _last_seq_in(self, txn: lmdb.Transaction) -> int:
+        cur = txn.cursor(db=self._log)
+        if cur.last():
+            return int(_U64.unpack(cur.key())[0])
+        raw = txn.get(LOG_BASE, db=self._meta)
+        return 0 if raw is None else int(_load(bytes(raw)))
 
     def _delete_steps(self, txn: lmdb.Transaction, job_id: bytes) -> None:
         cur = txn.cursor(db=self._steps)

@@ -17,6 +17,7 @@ POINTS = frozenset({
     "after_step_stored",        # broker: a committed batch held a step result, before its reply
     "worker_after_step",        # worker: step.run's result is stored, before the handler goes on
     "during_snapshot",          # broker: a snapshot has started (its thread kills the whole process)
+    "snapshot_overwriting",     # broker: the oldest snapshot's file is partly overwritten by a new one
 })
 
 _armed = {p.strip() for p in os.environ.get("SHOAL_FAULT", "").split(",") if p.strip()}
