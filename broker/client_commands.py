@@ -33,6 +33,7 @@ class ClientCommands(BrokerCore):
             self.error(identity, rid, P.E_STORAGE, no_room)
             return
         self.storage_used += 2 * incoming  # until the next measurement: job record + log entry
+        self.storage_room -= 2 * incoming
         refused = self._refusal(parsed)
         if refused:
             self.error(identity, rid, P.E_GROUP_UNHEALTHY, refused)

@@ -22,7 +22,9 @@ class ControlCommands(ClientCommands):
 
     def _on_storage(self, identity: bytes, body: dict[str, Any]) -> None:
         rid = field(body, "rid", int)
-        self.reply(identity, rid, storage={**self.store.sizes(), "refusing_enqueues": self.storage_full})
+        self.reply(identity, rid, storage={**self.store.sizes(), "refusing_enqueues": self.storage_full,
+                                           "disk_room_bytes": self.storage_room,
+                                           "min_free_disk_bytes": self.settings.broker.min_free_disk_mb << 20})
 
     def _on_cancel(self, identity: bytes, body: dict[str, Any]) -> None:
         rid = field(body, "rid", int)

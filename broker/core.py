@@ -77,6 +77,7 @@ class BrokerCore:
         self.known_groups: set[str] = set(settings.groups)
         self._group_settings: dict[str, GroupSettings] = {}
         self.storage_used = 0
+        self.storage_room = 1 << 62  # until the first measurement (load() takes one)
         self.storage_full = False
         self.supervisor: Supervisor | None = None   # set by the server when it starts workers
         self.batch = Batch()
@@ -118,6 +119,7 @@ class BrokerCore:
             else:  # running when we stopped: its worker may come back and finish it
                 self.orphans[job.id] = orphan_deadline
         log.info("loaded %d active jobs (%d running from before the restart)", len(self.jobs), len(self.orphans))
+        self._check_storage()  # a broker started on a full disk refuses enqueues from the first one
 
     # --- helpers ---------------------------------------------------------------
     def group_settings(self, group: str) -> GroupSettings:
@@ -466,27 +468,42 @@ class BrokerCore:
     STORAGE_COST = 6  # bytes per payload byte over a job's life: job, log entry, rewrites, fragmentation
 
     def _check_storage(self) -> None:
-        cap = self.settings.broker.max_size_mb * 1024 * 1024
-        if not cap:
-            return
+        """Measure (once a second) how much the store may still grow: under ``max_size`` and on
+        its disk, beyond ``min_free_disk``. A failed commit (disk really full) also sets
+        ``storage_full``; this clears it once there is room again."""
         self.storage_used = self.store.used_bytes()
-        full = self.storage_used > cap * self.STORAGE_HEADROOM
+        try:
+            self.storage_room = self.store.disk_room(self.storage_used)
+        except OSError as exc:  # the directory vanished or cannot be stat'ed: do not guess room
+            log.warning("cannot measure the free space under %s: %s", self.store.path, exc)
+            self.storage_room = 0
+        full = self._storage_problem(0) is not None
         if full and not self.storage_full:
-            log.error("storage is full: %d of max_size %d MiB used; enqueues are refused until finished jobs "
-                      "expire", self.storage_used // 2**20, cap // 2**20)
+            log.error("%s", self._storage_problem(0))
         elif self.storage_full and not full:
-            log.info("storage has room again (%d MiB used); accepting enqueues", self.storage_used // 2**20)
+            log.info("storage has room again (%d MiB used, %d MiB free on the disk); accepting enqueues",
+                     self.storage_used // 2**20, self.storage_room // 2**20)
         self.storage_full = full
+
+    def _storage_problem(self, incoming_bytes: int) -> str | None:
+        need = self.STORAGE_COST * incoming_bytes
+        cap = self.settings.broker.max_size_mb * 1024 * 1024
+        if cap and self.storage_used + need > cap * self.STORAGE_HEADROOM:
+            return (f"storage full: {self.storage_used // 2**20} MiB used of max_size {cap // 2**20} MiB; "
+                    f"enqueues are refused until finished jobs expire (retention) or max_size is raised")
+        reserve = self.settings.broker.min_free_disk_mb * 1024 * 1024
+        if self.storage_room - need < reserve:
+            return (f"storage full: the disk under {self.store.path} has {max(0, self.storage_room) // 2**20} MiB "
+                    f"of room left (min_free_disk is {reserve // 2**20} MiB); enqueues are refused until space "
+                    f"is freed on that disk or finished jobs expire (running jobs still complete)")
+        return None
 
     def storage_refusal(self, incoming_bytes: int) -> str | None:
         """Why an enqueue of about this many bytes is refused for lack of storage, or None."""
-        cap = self.settings.broker.max_size_mb * 1024 * 1024
-        if not cap:
-            return None
-        if self.storage_full or self.storage_used + self.STORAGE_COST * incoming_bytes > cap * self.STORAGE_HEADROOM:
-            return (f"storage full: {self.storage_used // 2**20} MiB used of max_size {cap // 2**20} MiB; "
-                    f"enqueues are refused until finished jobs expire (retention) or max_size is raised")
-        return None
+        if self.storage_full:
+            return self._storage_problem(0) or ("storage full: the last commit failed for lack of space; "
+                                                "enqueues are refused until the next measurement finds room")
+        return self._storage_problem(incoming_bytes)
 
     def _expire(self, wall_ms: int) -> None:
         for expire_ms, job_id in self.store.expired(wall_ms):

@@ -330,6 +330,16 @@ class Store:
             raise StorageFull(f"storage at {self.path} reached its max_size of {limit // (1024 * 1024)} MiB")
         self.env.set_mapsize(min(size * 2, limit))
 
+    def disk_room(self, used_bytes: int) -> int:
+        """Bytes this store can still grow by on its disk: the filesystem's free space (as an
+        unprivileged user sees it) plus the pages inside data.mdb that LMDB can reuse."""
+        st = os.statvfs(self.path)
+        try:
+            slack = max(0, os.path.getsize(os.path.join(self.path, "data.mdb")) - used_bytes)
+        except OSError:
+            slack = 0
+        return st.f_bavail * st.f_frsize + slack
+
     def used_bytes(self) -> int:
         """Bytes in live pages of every table (freed pages, reused by LMDB, are not counted)."""
         psize = self.env.stat()["psize"]

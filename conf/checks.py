@@ -282,6 +282,7 @@ BROKER_KEYS: dict[str, Key] = {
     "heartbeat_interval": Key("heartbeat_interval_s", duration(positive=True)),
     "map_size": Key("map_size_mb", size_mib(minimum=1), _int_text),
     "max_size": Key("max_size_mb", size_mib(minimum=0), _int_text),
+    "min_free_disk": Key("min_free_disk_mb", size_mib(minimum=0), _int_text),
     "snapshot_interval": Key("snapshot_interval_s", duration(positive=True)),
     "snapshot_entries": Key("snapshot_entries", integer(1), _int_text),
     "snapshot_keep": Key("snapshot_keep", integer(1), _int_text),

@@ -43,6 +43,7 @@ class BrokerSettings:
     heartbeat_interval_s: float = 1.0
     map_size_mb: int = 1024            # initial LMDB map; it grows on demand
     max_size_mb: int = 0               # storage cap: enqueues are refused near it (0 = the disk's size)
+    min_free_disk_mb: int = 64          # enqueues are refused while the disk has less room than this
     snapshot_interval_s: float = 600.0  # snapshot (and drop the log behind it) this often...
     snapshot_entries: int = 1_000_000   # ...or after this many log entries, whichever comes first
     snapshot_keep: int = 2              # newest snapshots kept under DATA/snapshots

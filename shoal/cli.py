@@ -234,6 +234,9 @@ def cmd_storage(client: "Client", args: argparse.Namespace) -> int:
     print(f"state     {mib(info['used_bytes'])} in live pages; file {mib(info['file_bytes'])}; "
           f"map {mib(info['map_bytes'])}; max_size {cap}"
           + ("; REFUSING ENQUEUES (storage full)" if info.get("refusing_enqueues") else ""))
+    if "disk_room_bytes" in info:
+        print(f"disk      {mib(info['disk_room_bytes'])} of room (free on the disk + reusable pages); "
+              f"enqueues refused below min_free_disk {mib(info['min_free_disk_bytes'])}")
     entries = info["entries"]
     print(f"tables    {entries['jobs']:,} jobs, {entries['steps']:,} steps, {entries['expiry']:,} awaiting expiry")
     print(f"log       {entries['log']:,} entries, seq {info['log_first_seq']:,}..{info['log_last_seq']:,}")
