@@ -25,6 +25,7 @@ import shutil
 import struct
 import tempfile
 import threading
+import time
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -49,6 +50,12 @@ _LOG_HEAD = b"\x94"  # msgpack fixarray of 4
 # 1 MiB doubled the enqueue p99 during a snapshot, 256 KiB left it where it is without one,
 # 64 KiB made the copy 2.5x slower for no gain.
 SNAPSHOT_SYNC_BYTES = 256 << 10
+# Writing blocks a file did not have (a first snapshot, or a copy that outgrew the recycled
+# file) is paced to this rate: on a thin-provisioned disk with discard (this VM's), every new
+# block costs the host an allocation and unpaced writes tripled the enqueue p99; at 50 MiB/s
+# it stayed where it is without a snapshot (BENCHMARKS.md). Overwrites are not paced; cutting
+# a recycled file that was longer (freeing blocks, discarded) is paced the same way.
+SNAPSHOT_NEW_BYTES_PER_S = 50 << 20
 
 
 def _fsync_path(path: str) -> None:
@@ -382,7 +389,7 @@ class Store:
             for name, tick_ms in batch.cron.items():
                 txn.put(CRON_PREFIX + name.encode(), pack(tick_ms), db=self._meta)
             if batch.trim_log_to:
-                self._trim_log(txn, batch.trim_log_to)
+                self._trim_log(txn, batch.trim_log_to, self.TRIM_WITH_WORK if batch.log else self.TRIM_PER_COMMIT)
         self.next_seq = seq
 
     def cron_last_fired(self) -> dict[str, int]:
@@ -397,14 +404,18 @@ class Store:
                     out[bytes(key[len(CRON_PREFIX):]).decode()] = _load(raw)
         return out
 
-    TRIM_PER_COMMIT = 1_000  # bounded, so trimming a long log never stalls one pass (or its acks)
+    # Log entries dropped per commit: bounded, so trimming a long log never stalls one pass (or
+    # its acks). A commit with other work carries a few; a trim-only commit (the loop runs one
+    # at most every TRIM_GAP_S, see server.py) carries more.
+    TRIM_PER_COMMIT = 1_000
+    TRIM_WITH_WORK = 200
 
-    def _trim_log(self, txn: lmdb.Transaction, upto_seq: int) -> None:
+    def _trim_log(self, txn: lmdb.Transaction, upto_seq: int, most: int) -> None:
         cur = txn.cursor(db=self._log)
         limit = _U64.pack(upto_seq)
         deleted = 0
         if cur.first():
-            while deleted < self.TRIM_PER_COMMIT and cur.key() and bytes(cur.key()) <= limit:
+            while deleted < most and cur.key() and bytes(cur.key()) <= limit:
                 if not cur.delete():
                     break
                 deleted += 1
@@ -514,6 +525,8 @@ class Store:
         producer.start()
         offset = 0
         unsynced = 0
+        owned = os.fstat(fd).st_size  # blocks the file already has (a recycled snapshot's)
+        growing_since: float | None = None
         try:
             while True:
                 data = os.read(read_end, chunk)
@@ -532,16 +545,23 @@ class Store:
                 if unsynced >= chunk:
                     os.fdatasync(fd)
                     unsynced = 0
+                    if offset > owned:  # new blocks: paced (see SNAPSHOT_NEW_BYTES_PER_S)
+                        if growing_since is None:
+                            growing_since = time.monotonic()
+                        ahead = (offset - owned) / SNAPSHOT_NEW_BYTES_PER_S - (time.monotonic() - growing_since)
+                        if ahead > 0:
+                            time.sleep(ahead)
         finally:
             os.close(read_end)  # a writer still copying gets EPIPE and stops
             producer.join()
         if failure:
             raise failure[0]
         size = os.fstat(fd).st_size
-        while size > offset:  # a recycled file may have been longer: freed a step and a sync at
-            size = max(offset, size - chunk * 8)  # a time, so no one journal commit frees it all
+        while size > offset:  # a recycled file may have been longer: freed a step and a sync at a
+            size = max(offset, size - chunk * 8)  # time, paced, so no journal commit frees much
             os.ftruncate(fd, size)
             os.fdatasync(fd)
+            time.sleep(chunk * 8 / SNAPSHOT_NEW_BYTES_PER_S)
         os.fdatasync(fd)  # data and size; the mtime is not worth a journal commit
 
     def last_seq(self) -> int:
