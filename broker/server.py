@@ -25,7 +25,7 @@ from .broker import Broker
 from .core import Clock, Outgoing
 from .metrics import MetricsServer
 from .metrics import render as render_metrics
-from .store import Store
+from .store import SnapshotCancelled, Store
 from .supervisor import Supervisor
 
 log = logging.getLogger("shoal.broker")
@@ -236,6 +236,9 @@ class Snapshots:
             self._taken_seq = seq
             self.error, self._failures = None, 0
             log.info("snapshot at log seq %d in %s", seq, path)
+        except SnapshotCancelled:  # the map grew meanwhile: the next pass starts it again
+            self._last_at = 0.0
+            log.info("snapshot stopped so the map could grow; taking it again")
         except Exception as exc:  # the log is kept, nothing is lost; say so and try again later
             self.error = str(exc)
             delay = min(300.0, 2.0 ** self._failures)

@@ -74,6 +74,10 @@ _MAX_MAP_BYTES = 1 << 40
 _TABLES = ("jobs", "log", "expiry", "routes", "counters", "steps", "meta")
 
 
+class SnapshotCancelled(ShoalError):
+    """A snapshot stopped early so the map could grow (it is simply taken again)."""
+
+
 class NotADataDir(ShoalError):
     """A directory given as Shoal data is not one (no LMDB environment, or not Shoal's)."""
 
@@ -121,6 +125,11 @@ class Store:
         self.path = path
         self.readonly = readonly
         self.lock: DataDirLock | None = None
+        # Read transactions of other threads (snapshots, history): LMDB unmaps and maps the file
+        # again to resize it, so the map may only grow while none of them is open.
+        self._readers = threading.Condition()
+        self._background_readers = 0
+        self.growth_wanted = False
         if readonly:
             self.env = _open_readonly(path)
         else:
@@ -335,7 +344,31 @@ class Store:
         limit = self.max_bytes or _MAX_MAP_BYTES
         if size >= limit:
             raise StorageFull(f"storage at {self.path} reached its max_size of {limit // (1024 * 1024)} MiB")
-        self.env.set_mapsize(min(size * 2, limit))
+        with self._readers:
+            self.growth_wanted = True  # background readers stop at their next check (a snapshot:
+            try:                       # its next chunk) and start again after
+                while self._background_readers:
+                    self._readers.wait()
+                self.env.set_mapsize(min(size * 2, limit))
+            finally:
+                self.growth_wanted = False
+                self._readers.notify_all()
+
+    @contextmanager
+    def background_read(self) -> Iterator[lmdb.Transaction]:
+        """A read transaction for a thread other than the loop's. While it is open the map cannot
+        grow: a long reader checks ``growth_wanted`` and ends early (the loop's commit waits)."""
+        with self._readers:
+            while self.growth_wanted:
+                self._readers.wait()
+            self._background_readers += 1
+        try:
+            with self.env.begin(buffers=False) as txn:
+                yield txn
+        finally:
+            with self._readers:
+                self._background_readers -= 1
+                self._readers.notify_all()
 
     def disk_room(self, used_bytes: int) -> int:
         """Bytes this store can still grow by on its disk: the filesystem's free space (as an
@@ -481,7 +514,7 @@ class Store:
                 _fsync_path(directory)  # durable before a byte of it is overwritten
             fd = os.open(target, os.O_WRONLY | os.O_CREAT, 0o644)
             try:
-                with self.env.begin() as txn:  # the copy's read transaction: its seq names it
+                with self.background_read() as txn:  # the copy's read transaction: its seq names it
                     seq = self._last_seq_in(txn)
                     self._copy_into(fd, txn, on_first_write=(lambda: fault("snapshot_overwriting")) if recycled
                                     else None)
@@ -538,6 +571,8 @@ class Store:
                     offset += written
                     unsynced += written
                     view = view[written:]
+                if self.growth_wanted:  # the loop waits to grow the map until this read ends
+                    raise SnapshotCancelled("the map is growing; the snapshot starts again after")
                 if on_first_write is not None:
                     os.fdatasync(fd)
                     on_first_write()  # a crash test's fault point: the old file is now damaged

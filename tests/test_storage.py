@@ -206,3 +206,22 @@ def test_a_broker_killed_while_writing_over_its_oldest_snapshot_recovers_from_th
     cluster.broker.wait(30)
     verified = _replay(cluster, "--verify")
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_the_map_grows_while_snapshots_run_without_pulling_pages_from_under_them(cluster_factory) -> None:
+    # LMDB unmaps the file to resize it: a snapshot's read transaction open meanwhile would read
+    # freed memory. The loop's growth waits; a snapshot in flight stops and is taken again.
+    toml = DEFAULT_TOML.replace("[broker]\n", '[broker]\nmap_size = "1MiB"\nsnapshot_interval = "0.01s"\n')
+    cluster = cluster_factory(toml)
+    broker = cluster.start_broker()
+    client = cluster.client(timeout=60)
+    for _ in range(100):  # 15 MiB of jobs: the map doubles from 1 MiB five times or more
+        client.enqueue_many("sink", [{"blob": "z" * 3000} for _ in range(50)], group="email")
+    assert client.storage()["map_bytes"] >= 32 << 20
+    assert "stopped so the map could grow" in broker.output()  # snapshots were running at each growth
+    wait_for(lambda: client.storage()["snapshots"], what="a snapshot once the map stopped growing")
+    assert broker.alive()
+    broker.signal(signal.SIGTERM)
+    broker.wait(30)
+    verified = _replay(cluster, "--verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
