@@ -23,6 +23,7 @@ from shoal.protocol import pack
 
 from .broker import Broker
 from .core import Clock, Outgoing
+from .history_reader import HistoryReader
 from .metrics import MetricsServer
 from .metrics import render as render_metrics
 from .store import SnapshotCancelled, Store
@@ -58,6 +59,8 @@ class BrokerServer:
         self.broker.events_endpoint = self.events.endpoint
         self.metrics = MetricsServer(settings.broker.metrics) if settings.broker.metrics else None
         self.snapshots = Snapshots(self.store, settings)
+        self.history = HistoryReader(self.store, self.ctx)
+        self.broker.history_offloaded = True
         self._metrics_at = 0.0
         self._trim_to = 0    # the log may be dropped up to this seq (a snapshot holds it)
         self._trim_at = 0.0  # the next trim-only commit, not before (monotonic)
@@ -75,6 +78,7 @@ class BrokerServer:
         """Serve until ``stop()`` or SIGTERM/SIGINT."""
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
+        poller.register(self.history.replies, zmq.POLLIN)
         broker, sock = self.broker, self.sock
         busy = False
         stopping_until: float | None = None
@@ -94,6 +98,7 @@ class BrokerServer:
             if self._trim_to:
                 timeout_ms = min(timeout_ms, max(0, int((self._trim_at - time.monotonic()) * 1000) + 1))
             if poller.poll(timeout_ms):
+                self._forward_history()
                 for _ in range(MAX_DRAIN):
                     try:
                         frames = sock.recv_multipart(zmq.NOBLOCK)
@@ -112,6 +117,7 @@ class BrokerServer:
                     broker.batch.trim_log_to = self._trim_to
                     self._trim_at = time.monotonic() + TRIM_GAP_S
             batch, outbox = broker.take()
+            history_wanted, broker.history_wanted = broker.history_wanted, []
             if batch:
                 fault("before_commit")
             try:
@@ -119,6 +125,8 @@ class BrokerServer:
             except StorageFull as exc:
                 outbox = self._after_failed_commit(outbox, str(exc))
                 broker = self.broker
+            for request in history_wanted:  # read after this commit: it sees every entry so far
+                self.history.submit(*request)
             if batch:
                 fault("after_commit_before_ack")
                 if batch.steps:
@@ -144,6 +152,18 @@ class BrokerServer:
                 self._metrics_at = time.monotonic()
                 self.metrics.text = render_metrics(broker.stats(), broker.events_dropped)
 
+    def _forward_history(self) -> None:
+        """Send the HISTORY replies the reader thread has finished."""
+        while True:
+            try:
+                identity, *frames = self.history.replies.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                self.sock.send_multipart([identity, *frames], zmq.NOBLOCK)
+            except zmq.ZMQError as exc:  # the client went away meanwhile
+                log.debug("could not deliver a history to %s: %s", identity.hex(), exc)
+
     def _after_failed_commit(self, outbox: list[Outgoing], reason: str) -> list[Outgoing]:
         """Storage refused a batch: nothing of it is stored, so nothing of it may be said.
 
@@ -162,6 +182,7 @@ class BrokerServer:
         self.broker = Broker(self.store, self.settings, self.broker.clock)
         self.broker.load()
         self.broker.supervisor, self.broker.events_endpoint = supervisor, events_endpoint
+        self.broker.history_offloaded = True
         self.broker.storage_full = True
         return refusals
 
@@ -169,6 +190,7 @@ class BrokerServer:
         """Drain the workers we started, then release the socket and the environment."""
         if self.broker.supervisor is not None:
             self.broker.supervisor.stop(timeout_s=0.0)
+        self.history.close()
         self.sock.close(0)
         self.events.close()
         if self.metrics is not None:

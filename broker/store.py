@@ -50,6 +50,7 @@ _LOG_HEAD = b"\x94"  # msgpack fixarray of 4
 # 1 MiB doubled the enqueue p99 during a snapshot, 256 KiB left it where it is without one,
 # 64 KiB made the copy 2.5x slower for no gain.
 SNAPSHOT_SYNC_BYTES = 256 << 10
+_YIELD_EVERY = 2_000  # log entries a background scan reads between two offers of the GIL (~1 ms)
 # Writing blocks a file did not have (a first snapshot, or a copy that outgrew the recycled
 # file) is paced to this rate: on a thin-provisioned disk with discard (this VM's), every new
 # block costs the host an allocation and unpaced writes tripled the enqueue p99; at 50 MiB/s
@@ -258,21 +259,31 @@ class Store:
             for key, raw in cur:
                 yield _U64.unpack(key)[0], _load(raw)
 
-    def log_of(self, job_id: bytes, limit: int) -> tuple[list[tuple[int, list[Any]]], int]:
+    def log_of(self, job_id: bytes, limit: int, background: bool = False) -> tuple[list[tuple[int, list[Any]]], int]:
         """One job's log entries, oldest first: at most the newest ``limit``, and how many
         older ones were left out. A scan of the whole log (there is no per-job index yet);
-        a cheap byte search skips the entries of other jobs without decoding them."""
-        kept: deque[tuple[int, list[Any]]] = deque(maxlen=limit)
-        seen = 0
-        with self.env.begin(buffers=False) as txn:
-            for key, raw in txn.cursor(db=self._log):
-                if job_id not in raw:
-                    continue
-                entry = _unpack_entry(raw)
-                if entry[2] == job_id:
-                    kept.append((_U64.unpack(key)[0], entry))
-                    seen += 1
-        return list(kept), seen - len(kept)
+        a cheap byte search skips the entries of other jobs without decoding them.
+
+        ``background``: called from a thread other than the loop's. The scan lets go of the
+        GIL every few thousand entries (the loop waits at most that long for it) and starts
+        again if the map must grow meanwhile (see ``background_read``)."""
+        while True:
+            kept: deque[tuple[int, list[Any]]] = deque(maxlen=limit)
+            seen = 0
+            with (self.background_read() if background else self.env.begin(buffers=False)) as txn:
+                for n, (key, raw) in enumerate(txn.cursor(db=self._log)):
+                    if background and n % _YIELD_EVERY == 0 and n:
+                        if self.growth_wanted:
+                            break
+                        time.sleep(0)  # the GIL to the loop, if it wants it
+                    if job_id not in raw:
+                        continue
+                    entry = _unpack_entry(bytes(raw))  # bytes already (buffers=False): no copy
+                    if entry[2] == job_id:
+                        kept.append((_U64.unpack(key)[0], entry))
+                        seen += 1
+                else:
+                    return list(kept), seen - len(kept)
 
     @contextmanager
     def snapshot(self) -> Iterator[Snapshot]:
