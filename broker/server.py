@@ -97,8 +97,10 @@ class BrokerServer:
             timeout_ms = 0 if busy else min(int(broker.next_wakeup_s() * 1000) + 1, 1000)
             if self._trim_to:
                 timeout_ms = min(timeout_ms, max(0, int((self._trim_at - time.monotonic()) * 1000) + 1))
-            if poller.poll(timeout_ms):
-                self._forward_history()
+            ready = poller.poll(timeout_ms)
+            if ready:
+                if len(ready) > 1 or ready[0][0] is not sock:
+                    self._forward_history()
                 for _ in range(MAX_DRAIN):
                     try:
                         frames = sock.recv_multipart(zmq.NOBLOCK)
