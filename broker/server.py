@@ -192,6 +192,8 @@ class BrokerServer:
         """Drain the workers we started, then release the socket and the environment."""
         if self.broker.supervisor is not None:
             self.broker.supervisor.stop(timeout_s=0.0)
+        self.store.closing = True  # background readers stop at their next check
+        self.snapshots.stop()
         self.history.close()
         self.sock.close(0)
         self.events.close()
@@ -241,6 +243,11 @@ class Snapshots:
             self._trimmed_to = self._taken_seq
         return 0
 
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Wait for a snapshot in progress to stop (``Store.closing`` set) and clean up after itself."""
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
     def _take(self) -> None:
         try:
             # Linux niceness is per thread: the copy yields the CPU to the loop (and its acks).
@@ -260,9 +267,9 @@ class Snapshots:
             self._taken_seq = seq
             self.error, self._failures = None, 0
             log.info("snapshot at log seq %d in %s", seq, path)
-        except SnapshotCancelled:  # the map grew meanwhile: the next pass starts it again
+        except SnapshotCancelled as exc:  # the map grew meanwhile (the next pass starts it again) or we stop
             self._last_at = 0.0
-            log.info("snapshot stopped so the map could grow; taking it again")
+            log.info("snapshot stopped: %s", exc)
         except Exception as exc:  # the log is kept, nothing is lost; say so and try again later
             self.error = str(exc)
             delay = min(300.0, 2.0 ** self._failures)

@@ -131,6 +131,7 @@ class Store:
         self._readers = threading.Condition()
         self._background_readers = 0
         self.growth_wanted = False
+        self.closing = False  # close() stops background readers before the environment goes
         if readonly:
             self.env = _open_readonly(path)
         else:
@@ -273,6 +274,8 @@ class Store:
             with (self.background_read() if background else self.env.begin(buffers=False)) as txn:
                 for n, (key, raw) in enumerate(txn.cursor(db=self._log)):
                     if background and n % _YIELD_EVERY == 0 and n:
+                        if self.closing:
+                            raise ShoalError("the broker is stopping")
                         if self.growth_wanted:
                             break
                         time.sleep(0)  # the GIL to the loop, if it wants it
@@ -372,6 +375,8 @@ class Store:
         with self._readers:
             while self.growth_wanted:
                 self._readers.wait()
+            if self.closing:
+                raise ShoalError("the broker is stopping")
             self._background_readers += 1
         try:
             with self.env.begin(buffers=False) as txn:
@@ -584,6 +589,8 @@ class Store:
                     view = view[written:]
                 if self.growth_wanted:  # the loop waits to grow the map until this read ends
                     raise SnapshotCancelled("the map is growing; the snapshot starts again after")
+                if self.closing:
+                    raise SnapshotCancelled("the broker is stopping")
                 if on_first_write is not None:
                     os.fdatasync(fd)
                     on_first_write()  # a crash test's fault point: the old file is now damaged
@@ -630,7 +637,11 @@ class Store:
                     break
 
     def close(self) -> None:
-        """Close the environment and give up the broker lock."""
+        """Stop background readers, close the environment and give up the broker lock."""
+        self.closing = True
+        with self._readers:  # LMDB frees what their transactions point into
+            if not self._readers.wait_for(lambda: not self._background_readers, timeout=10.0):
+                raise ShoalError(f"a background read of {self.path} did not stop; not closing under it")
         try:
             self.env.close()
         finally:

@@ -218,7 +218,7 @@ def test_the_map_grows_while_snapshots_run_without_pulling_pages_from_under_them
     for _ in range(100):  # 15 MiB of jobs: the map doubles from 1 MiB five times or more
         client.enqueue_many("sink", [{"blob": "z" * 3000} for _ in range(50)], group="email")
     assert client.storage()["map_bytes"] >= 32 << 20
-    assert "stopped so the map could grow" in broker.output()  # snapshots were running at each growth
+    assert "snapshot stopped: the map is growing" in broker.output()  # snapshots were running at each growth
     wait_for(lambda: client.storage()["snapshots"], what="a snapshot once the map stopped growing")
     assert broker.alive()
     broker.signal(signal.SIGTERM)
