@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import DEFAULT_TOML, Cluster, wait_for
-from shoal import StorageFull
+from shoal import Client, StorageFull
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -60,6 +60,23 @@ def replay_verify(cluster: Cluster) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=120, env=cluster.env)
 
 
+def recover_and_finish(cluster: Cluster, client: Client, accepted: list[str]) -> None:
+    """Space came back: an enqueue is accepted again (no restart), a worker finishes every
+    acknowledged job and nothing else, and the data still is what its log rebuilds."""
+    def accepted_again() -> bool:
+        try:
+            accepted.append(client.enqueue("sink", {"n": -1}, group="email"))
+            return True
+        except StorageFull:
+            return False
+    wait_for(accepted_again, what="enqueues accepted once there is room")
+    cluster.start_worker("email", 8)
+    assert all(client.wait(i, timeout=60).status == "completed" for i in accepted)
+    assert client.stats()["email"]["completed"] == len(accepted)  # nothing refused was stored after all
+    verified = replay_verify(cluster)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
 def test_a_nearly_full_disk_refuses_enqueues_while_running_jobs_finish_and_recovers(small_disk, cluster_factory) -> None:
     cluster = cluster_factory(DEFAULT_TOML.replace("[broker]\n", NO_SNAPSHOTS + 'min_free_disk = "16MiB"\n'))
     ballast = small_disk / "ballast"
@@ -89,17 +106,7 @@ def test_a_nearly_full_disk_refuses_enqueues_while_running_jobs_finish_and_recov
     assert [client.wait(i, timeout=30).status for i in running] == ["completed", "completed"]
 
     ballast.unlink()  # space comes back: enqueues are accepted again, no restart
-    def accepted_again() -> bool:
-        try:
-            accepted.append(client.enqueue("sink", {"n": -1, "blob": "x" * 20_000}, group="email"))
-            return True
-        except StorageFull:
-            return False
-    wait_for(accepted_again, what="enqueues accepted once there is room")
-    cluster.start_worker("email", 8)
-    assert all(client.wait(i, timeout=60).status == "completed" for i in accepted)
-    verified = replay_verify(cluster)
-    assert verified.returncode == 0, verified.stdout + verified.stderr
+    recover_and_finish(cluster, client, accepted)
 
 
 @pytest.mark.parametrize("small_disk", [32], indirect=True)
@@ -133,18 +140,7 @@ def test_a_commit_that_hits_enospc_is_refused_whole_and_nothing_is_lost(small_di
     assert all(client.get(i) is not None for i in accepted[:50])
 
     ballast.unlink()  # space comes back
-    def accepted_again() -> bool:
-        try:
-            accepted.append(client.enqueue("sink", {"n": -1}, group="email"))
-            return True
-        except StorageFull:
-            return False
-    wait_for(accepted_again, what="enqueues accepted once there is room")
-    cluster.start_worker("email", 8)
-    assert all(client.wait(i, timeout=60).status == "completed" for i in accepted)
-    assert client.stats()["email"]["completed"] == len(accepted)  # nothing refused was stored after all
-    verified = replay_verify(cluster)
-    assert verified.returncode == 0, verified.stdout + verified.stderr
+    recover_and_finish(cluster, client, accepted)
 
 
 def test_a_broker_started_on_a_full_disk_refuses_enqueues_from_the_first(small_disk, cluster_factory) -> None:
