@@ -23,12 +23,12 @@ def history_rows(job_id: bytes, entries: Iterable[tuple[int, list[Any]]]) -> lis
     rows: list[dict[str, Any]] = []
     for seq, entry in entries:
         wall_ms, op, _, changes = entry
-        before = dict(state.jobs.get(job_id) or {})
+        before = dict(state.record(job_id) or {})
         try:
             apply_entry(state, seq, entry)
         except ReplayError:
             _apply_loosely(state, job_id, op, changes)  # a history shows what the log says, even where replay refuses
-        after = state.jobs.get(job_id, before)
+        after = state.record(job_id) or before
         run = after if op == "dispatch" else before  # a run's entries carry the lease they were made under
         in_run = op in RUN_OPS
         rows.append({
@@ -45,9 +45,9 @@ def history_rows(job_id: bytes, entries: Iterable[tuple[int, list[Any]]]) -> lis
 
 def _apply_loosely(state: State, job_id: bytes, op: str, changes: dict[str, Any]) -> None:
     if op == "enqueue":
-        state.jobs[job_id] = dict(changes)
-    elif job_id in state.jobs:
-        state.jobs[job_id].update((k, v) for k, v in changes.items() if k in JOB_FIELDS)
+        state.put(job_id, dict(changes))
+    elif state.has_job(job_id):
+        state.change(job_id, ((k, v) for k, v in changes.items() if k in JOB_FIELDS))
 
 
 def detail(op: str, changes: dict[str, Any], record: dict[str, Any]) -> str:

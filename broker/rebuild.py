@@ -15,11 +15,13 @@ Adding an op is one line in ``OPS``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable
+from itertools import chain
+from typing import Any, Callable, Iterable, Iterator
 
 from shoal import jobs as J
 from shoal.errors import ShoalError
 from shoal.ids import id_to_str
+from shoal.protocol import pack, unpack
 
 JOB_FIELDS = frozenset(f.name for f in fields(J.Job))
 
@@ -30,27 +32,134 @@ class ReplayError(ShoalError):
 
 @dataclass
 class State:
-    """The tables a replay rebuilds; ``steps`` is per job so expiring one drops its steps at once."""
+    """The tables a replay rebuilds; ``steps`` is per job so expiring one drops its steps at once.
 
-    jobs: dict[bytes, dict[str, Any]] = field(default_factory=dict)
+    A job is held one of two ways. While it can still move (pending, scheduled, running)
+    it is a dict the next entries change. Once final (``J.FINAL_STATES``) it is *frozen*:
+    packed with ``protocol.pack``, as the store keeps it, in about a third of the memory
+    (BENCHMARKS.md, "Replay rate"), and most of a state that keeps results is finished
+    jobs. An entry that touches a frozen job (a requeue from the dead letters, a step
+    stored late, ...) thaws it back into a dict; if it is still final after the change it
+    is frozen again. So between two entries no thawed job is final, and the expiry index
+    comes from the ``expire_ms`` noted when a job was frozen, without decoding a record.
+
+    Jobs are read and changed only through the methods below: ``record`` hands out a
+    decoded copy of a frozen job, ``packed`` and ``packed_jobs`` the bytes.
+    """
+
     steps: dict[bytes, dict[str, dict[str, Any]]] = field(default_factory=dict)
     routes: dict[str, dict[str, Any]] = field(default_factory=dict)
     counters: dict[str, dict[str, int]] = field(default_factory=dict)
     cron: dict[str, int] = field(default_factory=dict)   # cron entry -> last fired tick (ms)
     applied: int = 0     # entries applied
     last_seq: int = 0    # seq of the last one
+    _thawed: dict[bytes, dict[str, Any]] = field(default_factory=dict, repr=False)  # jobs not final
+    _frozen: dict[bytes, bytes] = field(default_factory=dict, repr=False)           # final jobs, packed
+    _frozen_expire_ms: dict[bytes, int] = field(default_factory=dict, repr=False)   # those of them with one
+
+    # --- reading ---------------------------------------------------------------------
+    def job_count(self) -> int:
+        """How many jobs there are, frozen or not."""
+        return len(self._thawed) + len(self._frozen)
+
+    def has_job(self, job_id: bytes) -> bool:
+        """Whether the job exists (enqueued and not expired)."""
+        return job_id in self._thawed or job_id in self._frozen
+
+    def is_frozen(self, job_id: bytes) -> bool:
+        """Whether the job is held packed (it is final)."""
+        return job_id in self._frozen
+
+    def record(self, job_id: bytes) -> dict[str, Any] | None:
+        """The job's record (a frozen one decoded, and left frozen), or None. Read it, do
+        not change it: changes go through ``change``."""
+        record = self._thawed.get(job_id)
+        if record is None:
+            raw = self._frozen.get(job_id)
+            return None if raw is None else _decode(raw)
+        return record
+
+    def packed(self, job_id: bytes) -> bytes:
+        """The job's record packed as the store keeps it; ``KeyError`` if there is no such job."""
+        raw = self._frozen.get(job_id)
+        return raw if raw is not None else pack(self._thawed[job_id])
+
+    def packed_jobs(self) -> Iterator[tuple[bytes, bytes]]:
+        """Every job as ``(id, packed record)``, in the store's key order."""
+        for job_id in sorted(chain(self._thawed, self._frozen)):
+            yield job_id, self.packed(job_id)
+
+    def records(self) -> Iterator[tuple[bytes, dict[str, Any]]]:
+        """Every job as ``(id, record)``, in key order; frozen ones decoded one at a time."""
+        for job_id in sorted(chain(self._thawed, self._frozen)):
+            raw = self._frozen.get(job_id)
+            yield job_id, _decode(raw) if raw is not None else self._thawed[job_id]
 
     def expiry(self) -> set[tuple[int, bytes]]:
         """The expiry index the broker keeps: finished jobs that have an expiry time."""
-        return {(record["expire_ms"], job_id) for job_id, record in self.jobs.items()
-                if record.get("expire_ms") and record.get("state") in J.FINAL_STATES}
+        return {(expire_ms, job_id) for job_id, expire_ms in self._frozen_expire_ms.items()}
 
     def step_count(self) -> int:
         """How many step records there are, all jobs together."""
         return sum(len(named) for named in self.steps.values())
 
+    # --- changing --------------------------------------------------------------------
+    def put(self, job_id: bytes, record: dict[str, Any]) -> None:
+        """Set the job's whole record (replacing any); frozen at once if it is final."""
+        self.drop(job_id)
+        if record.get("state") in J.FINAL_STATES:
+            self._freeze(job_id, record, pack(record))
+        else:
+            self._thawed[job_id] = record
 
-Apply = Callable[[State, bytes, dict[str, Any]], None]
+    def load(self, job_id: bytes, raw: bytes) -> None:
+        """Set the job's record from its stored bytes (a snapshot's table): a final one is
+        kept as it is, without packing it again."""
+        try:
+            record = _decode(raw)
+        except Exception as exc:  # msgpack raises several unrelated types
+            raise ReplayError(f"the stored record of job {_show(job_id)} does not decode ({exc})") from None
+        if not isinstance(record, dict):
+            raise ReplayError(f"the stored record of job {_show(job_id)} is not a map: {record!r:.200}")
+        self.drop(job_id)
+        if record.get("state") in J.FINAL_STATES:
+            self._freeze(job_id, record, raw)
+        else:
+            self._thawed[job_id] = record
+
+    def change(self, job_id: bytes, fields: Iterable[tuple[str, Any]]) -> dict[str, Any]:
+        """Update some of the job's fields, thawing it first if it is frozen (and freezing it
+        again if it is final after); ``KeyError`` if there is no such job. Returns the
+        record as changed, to read (once frozen again, changing it changes nothing)."""
+        record = self._thawed.get(job_id)
+        if record is None:
+            record = self._thaw(job_id)
+        record.update(fields)
+        if record.get("state") in J.FINAL_STATES:
+            del self._thawed[job_id]
+            self._freeze(job_id, record, pack(record))
+        return record
+
+    def drop(self, job_id: bytes) -> None:
+        """Forget the job's record (its steps are the caller's business)."""
+        self._thawed.pop(job_id, None)
+        if self._frozen.pop(job_id, None) is not None:
+            self._frozen_expire_ms.pop(job_id, None)
+
+    def _thaw(self, job_id: bytes) -> dict[str, Any]:
+        record: dict[str, Any] = _decode(self._frozen.pop(job_id))  # KeyError: no such job
+        self._frozen_expire_ms.pop(job_id, None)
+        self._thawed[job_id] = record
+        return record
+
+    def _freeze(self, job_id: bytes, record: dict[str, Any], raw: bytes) -> None:
+        self._frozen[job_id] = raw
+        expire_ms = record.get("expire_ms")
+        if expire_ms:
+            self._frozen_expire_ms[job_id] = expire_ms
+
+
+Apply = Callable[[State, bytes, dict[str, Any]], dict[str, Any] | None]  # -> the job's record after (None: no job)
 
 
 @dataclass(frozen=True)
@@ -63,45 +172,46 @@ class Op:
 
 
 # --- what each op does ---------------------------------------------------------------
-def _job(state: State, job_id: bytes) -> dict[str, Any]:
-    record = state.jobs.get(job_id)
-    if record is None:
-        raise ReplayError(f"job {_show(job_id)} has an entry but was never enqueued (or already expired)")
-    return record
-
-
-def _enqueue(state: State, job_id: bytes, changes: dict[str, Any]) -> None:
-    if job_id in state.jobs:
+def _enqueue(state: State, job_id: bytes, changes: dict[str, Any]) -> dict[str, Any]:
+    if state.has_job(job_id):
         raise ReplayError(f"job {_show(job_id)} is enqueued a second time")
     if changes.get("id") != job_id or changes.get("state") not in (J.PENDING, J.SCHEDULED):
         raise ReplayError(f"the enqueue record of job {_show(job_id)} is not a new job's record")
-    state.jobs[job_id] = dict(changes)
+    record = dict(changes)
+    state.put(job_id, record)
+    return record
 
 
-def _update(state: State, job_id: bytes, changes: dict[str, Any]) -> None:
-    # entries also carry context that is not a job field ("why", "failed", "step", ...)
-    _job(state, job_id).update((k, v) for k, v in changes.items() if k in JOB_FIELDS)
+def _update(state: State, job_id: bytes, changes: dict[str, Any]) -> dict[str, Any]:
+    try:  # entries also carry context that is not a job field ("why", "failed", "step", ...)
+        return state.change(job_id, ((k, v) for k, v in changes.items() if k in JOB_FIELDS))
+    except KeyError:  # the only one change raises: no such job
+        raise ReplayError(_never_enqueued(job_id)) from None
 
 
-def _final(state: State, job_id: bytes, changes: dict[str, Any]) -> None:
-    _update(state, job_id, changes)
+def _final(state: State, job_id: bytes, changes: dict[str, Any]) -> dict[str, Any]:
+    record = _update(state, job_id, changes)
     if changes.get("failed"):  # the FAIL that ended it was a failed attempt too
-        _count(state, state.jobs[job_id], "failed")
+        _count(state, record, "failed")
+    return record
 
 
-def _step(state: State, job_id: bytes, changes: dict[str, Any]) -> None:
-    _update(state, job_id, changes)  # "steps": how many the job has now
+def _step(state: State, job_id: bytes, changes: dict[str, Any]) -> dict[str, Any]:
+    record = _update(state, job_id, changes)  # "steps": how many the job has now
     state.steps.setdefault(job_id, {})[_text(changes, "step")] = changes["record"]
+    return record
 
 
-def _fan_in(state: State, job_id: bytes, changes: dict[str, Any]) -> None:
-    _update(state, job_id, changes)  # every child is final: the wait step holds their results
+def _fan_in(state: State, job_id: bytes, changes: dict[str, Any]) -> dict[str, Any]:
+    record = _update(state, job_id, changes)  # every child is final: the wait step holds their results
     state.steps.setdefault(job_id, {})[_text(changes, "step")] = changes["record"]
+    return record
 
 
 def _expire(state: State, job_id: bytes, changes: dict[str, Any]) -> None:
-    _job(state, job_id)
-    del state.jobs[job_id]
+    if not state.has_job(job_id):
+        raise ReplayError(_never_enqueued(job_id))
+    state.drop(job_id)  # without decoding it: an expiring job is nearly always frozen
     state.steps.pop(job_id, None)
 
 
@@ -151,10 +261,10 @@ def apply_entry(state: State, seq: int, entry: Any) -> None:
     try:
         if op.event is not None:
             _check_move(state, job_id, op.event, changes)
-        op.apply(state, job_id, changes)
-        if op.counts:
+        record = op.apply(state, job_id, changes)
+        if op.counts and record is not None:
             for counter in op.counts:
-                _count(state, state.jobs[job_id], counter)
+                _count(state, record, counter)
     except ReplayError as exc:
         raise ReplayError(f"log entry {seq} ({name}): {exc}") from None
     except (KeyError, TypeError, AttributeError) as exc:  # a field missing or of the wrong type
@@ -164,7 +274,10 @@ def apply_entry(state: State, seq: int, entry: Any) -> None:
 
 
 def _check_move(state: State, job_id: bytes, event: str, changes: dict[str, Any]) -> None:
-    before = _job(state, job_id)["state"]
+    record = state.record(job_id)  # decodes a frozen job: of the moves, only a requeue starts from one
+    if record is None:
+        raise ReplayError(_never_enqueued(job_id))
+    before = record["state"]
     try:
         after = J.next_state(before, event)
     except J.IllegalTransition as exc:
@@ -172,6 +285,10 @@ def _check_move(state: State, job_id: bytes, event: str, changes: dict[str, Any]
     if changes.get("state", after) != after:
         raise ReplayError(f"job {_show(job_id)}: {event} from {before} leads to {after}, "
                           f"but the entry says {changes['state']}")
+
+
+def _never_enqueued(job_id: bytes) -> str:
+    return f"job {_show(job_id)} has an entry but was never enqueued (or already expired)"
 
 
 def _count(state: State, record: dict[str, Any], counter: str) -> None:
@@ -188,3 +305,7 @@ def _text(changes: dict[str, Any], key: str) -> str:
 
 def _show(job_id: bytes) -> str:
     return id_to_str(job_id) if len(job_id) == 16 else repr(job_id)
+
+
+def _decode(raw: bytes) -> Any:
+    return unpack(raw, max_bytes=max(len(raw), 1))  # our own data: no peer-facing size limit

@@ -2,7 +2,9 @@
 
 Both sides are read from one LMDB read transaction (``Store.snapshot``), so a live
 broker committing meanwhile never shows up as a difference. Every difference is
-reported, field by field, with the log's value next to the stored one.
+reported, field by field, with the log's value next to the stored one. The stored jobs
+table is never decoded whole: it is read in key order beside the rebuilt jobs, and a
+record is decoded only where its bytes differ from the rebuilt one's.
 """
 from __future__ import annotations
 
@@ -38,11 +40,37 @@ class Difference:
         return f"{self.table}  {self.key}: only in {side}"
 
 
-def stored_state(snapshot: Snapshot) -> tuple[State, set[tuple[int, bytes]]]:
-    """The tables as the broker wrote them, shaped like a rebuilt ``State``, and the expiry index."""
-    state = State()
+def stored_state(snapshot: Snapshot) -> State:
+    """The tables as the broker wrote them, shaped like a rebuilt ``State`` (where a replay
+    from a snapshot starts); finished jobs stay packed as they were stored."""
+    state = _small_tables(snapshot)
     for key, raw in snapshot.items("jobs"):
-        state.jobs[bytes(key)] = _decode(raw)
+        state.load(key, raw)
+    return state
+
+
+def differences(rebuilt: State, snapshot: Snapshot) -> Iterator[Difference]:
+    """Every difference between ``rebuilt`` and the snapshot's tables, table by table, in key order.
+
+    The jobs table and the expiry index are streamed side by side with the rebuilt ones,
+    never held. Packed records are compared first; only where the bytes differ are both
+    decoded and compared as dicts, so key order alone is never a difference."""
+    yield from _job_rows(rebuilt.packed_jobs(), snapshot.items("jobs"))
+    stored = _small_tables(snapshot)
+    yield from _rows("steps", _flat_steps(rebuilt), _flat_steps(stored), _step_key)
+    yield from _rows("routes", rebuilt.routes, stored.routes, str)
+    yield from _rows("counters", rebuilt.counters, stored.counters, str)
+    yield from _rows("cron", rebuilt.cron, stored.cron, str)
+    expiry_log = ((entry, True) for entry in sorted(rebuilt.expiry()))
+    expiry_stored = ((split_expiry_key(key), True) for key, _ in snapshot.items("expiry"))
+    for (expire_ms, job_id), in_log, in_store in _side_by_side(expiry_log, expiry_stored):
+        if in_log is _MISSING or in_store is _MISSING:
+            yield Difference("expiry", f"{expire_ms} {_id(job_id)}", "", in_log, in_store)
+
+
+def _small_tables(snapshot: Snapshot) -> State:
+    """Every table but jobs and the expiry index (which are streamed)."""
+    state = State()
     for key, raw in snapshot.items("steps"):
         state.steps.setdefault(bytes(key[:16]), {})[bytes(key[16:]).decode()] = _decode(raw)
     for key, raw in snapshot.items("routes"):
@@ -52,39 +80,54 @@ def stored_state(snapshot: Snapshot) -> tuple[State, set[tuple[int, bytes]]]:
     for key, raw in snapshot.items("meta"):
         if bytes(key).startswith(CRON_PREFIX):
             state.cron[bytes(key[len(CRON_PREFIX):]).decode()] = _decode(raw)
-    expiry = {split_expiry_key(bytes(key)) for key, _ in snapshot.items("expiry")}
-    return state, expiry
+    return state
 
 
-def differences(rebuilt: State, stored: State, stored_expiry: set[tuple[int, bytes]]) -> Iterator[Difference]:
-    """Every difference, table by table, in key order."""
-    yield from _rows("jobs", rebuilt.jobs, stored.jobs, _id)
-    yield from _rows("steps", _flat_steps(rebuilt), _flat_steps(stored), _step_key)
-    yield from _rows("routes", rebuilt.routes, stored.routes, str)
-    yield from _rows("counters", rebuilt.counters, stored.counters, str)
-    yield from _rows("cron", rebuilt.cron, stored.cron, str)
-    expiry_log = rebuilt.expiry()
-    for expire_ms, job_id in sorted(expiry_log ^ stored_expiry):
-        in_log = (expire_ms, job_id) in expiry_log
-        yield Difference("expiry", f"{expire_ms} {_id(job_id)}", "",
-                         True if in_log else _MISSING, _MISSING if in_log else True)
+def _job_rows(from_log: Iterator[tuple[bytes, bytes]],
+              from_store: Iterator[tuple[bytes, bytes]]) -> Iterator[Difference]:
+    for job_id, log_raw, stored_raw in _side_by_side(from_log, from_store):
+        if log_raw != stored_raw:  # equal bytes: equal records (the common case, nothing decoded)
+            yield from _row("jobs", _id(job_id), _decode_row(log_raw), _decode_row(stored_raw))
 
 
 def _rows(table: str, from_log: dict[Any, Any], from_store: dict[Any, Any],
           show: Callable[[Any], str]) -> Iterator[Difference]:
     for key in sorted(from_log.keys() | from_store.keys()):
-        log_row, stored_row = from_log.get(key, _MISSING), from_store.get(key, _MISSING)
-        if log_row == stored_row:  # the common case, compared whole (keys are shown only for differences)
-            continue
-        if log_row is _MISSING or stored_row is _MISSING:
-            yield Difference(table, show(key), "", log_row, stored_row)
-        elif isinstance(log_row, dict) and isinstance(stored_row, dict):
-            for name in sorted(log_row.keys() | stored_row.keys()):
-                a, b = log_row.get(name, _MISSING), stored_row.get(name, _MISSING)
-                if a != b:
-                    yield Difference(table, show(key), name, a, b)
+        yield from _row(table, show(key), from_log.get(key, _MISSING), from_store.get(key, _MISSING))
+
+
+def _row(table: str, key: str, log_row: Any, stored_row: Any) -> Iterator[Difference]:
+    if log_row == stored_row:  # the common case, compared whole (keys are shown only for differences)
+        return
+    if log_row is _MISSING or stored_row is _MISSING:
+        yield Difference(table, key, "", log_row, stored_row)
+    elif isinstance(log_row, dict) and isinstance(stored_row, dict):
+        for name in sorted(log_row.keys() | stored_row.keys()):
+            a, b = log_row.get(name, _MISSING), stored_row.get(name, _MISSING)
+            if a != b:
+                yield Difference(table, key, name, a, b)
+    else:
+        yield Difference(table, key, "(value)", log_row, stored_row)
+
+
+def _side_by_side(from_log: Iterator[tuple[Any, Any]],
+                  from_store: Iterator[tuple[Any, Any]]) -> Iterator[tuple[Any, Any, Any]]:
+    """Two streams of ``(key, value)`` in key order, merged: ``(key, log value, stored value)``
+    for every key once, ``_MISSING`` on the side that does not have it."""
+    end = (None, None)
+    log_key, log_value = next(from_log, end)
+    store_key, store_value = next(from_store, end)
+    while log_key is not None or store_key is not None:
+        if store_key is None or (log_key is not None and log_key < store_key):
+            yield log_key, log_value, _MISSING
+            log_key, log_value = next(from_log, end)
+        elif log_key is None or store_key < log_key:
+            yield store_key, _MISSING, store_value
+            store_key, store_value = next(from_store, end)
         else:
-            yield Difference(table, show(key), "(value)", log_row, stored_row)
+            yield log_key, log_value, store_value
+            log_key, log_value = next(from_log, end)
+            store_key, store_value = next(from_store, end)
 
 
 def _flat_steps(state: State) -> dict[tuple[bytes, str], Any]:
@@ -108,3 +151,7 @@ def _show(value: Any) -> str:
 
 def _decode(raw: bytes) -> Any:
     return unpack(raw, max_bytes=max(len(raw), 1))  # our own data: no peer-facing size limit
+
+
+def _decode_row(raw: Any) -> Any:
+    return raw if raw is _MISSING else _decode(raw)

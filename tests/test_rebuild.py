@@ -14,15 +14,15 @@ import pytest
 
 from shoal import jobs as J
 from shoal import protocol as P
-from shoal.broker import replay
+from shoal.broker import rebuild, replay
 from shoal.broker.history import history_rows
 from shoal.broker.lock import DataDirInUse
 from shoal.broker.rebuild import OPS, ReplayError, State, apply_entry
 from shoal.broker.store import Batch, NotADataDir, Store
-from shoal.ids import new_job_id
+from shoal.ids import id_to_str, new_job_id
 
 T0 = 1_700_000_000_000
-A, B = new_job_id(), new_job_id()
+A, B, C = new_job_id(), new_job_id(), new_job_id()
 
 
 def record(job_id: bytes, **fields: Any) -> dict[str, Any]:
@@ -49,7 +49,8 @@ RETRIED = [("enqueue", A, record(A)), ("dispatch", A, DISPATCH),
 # --- the op table ----------------------------------------------------------------------------
 def test_a_retried_job_is_rebuilt_field_by_field_with_its_counters_and_expiry() -> None:
     state = run(*RETRIED)
-    job = state.jobs[A]
+    job = state.record(A)
+    assert job is not None
     assert (job["state"], job["attempts"], job["token"], job["value"], job["error"]) == ("completed", 2, 78, b"\xa2ok", "boom")
     assert state.counters == {"email": {"failed": 1, "retried": 1, "completed": 1}}
     assert state.expiry() == {(T0 + 99, A)}
@@ -71,10 +72,11 @@ def test_steps_fan_in_and_expiry_keep_the_steps_table_in_step() -> None:
                 ("fan_in", A, {"state": "pending", "waiting_on": None, "wait_step": None, "step": "all",
                                "record": {"children": []}}))
     assert state.steps == {A: {"one": {"value": b"\x01"}, "all": {"children": []}}}
-    assert state.jobs[A]["steps"] == 1 and state.jobs[A]["state"] == "pending"
+    assert state.record(A) == {**record(A), "steps": 1, "state": "pending", "attempts": 0, "token": 0, "due_ms": 0,
+                               "waiting_on": None, "wait_step": None, "worker": "h:1", "started_ms": T0}
     gone = run(("enqueue", A, record(A)), ("step", A, {"steps": 1, "step": "one", "record": {}}),
                ("expire", A, {}))
-    assert gone.jobs == {} and gone.steps == {}
+    assert gone.job_count() == 0 and gone.steps == {}
 
 
 def test_table_level_entries_rebuild_routes_and_cron_marks() -> None:
@@ -122,6 +124,122 @@ def test_every_lifecycle_event_an_op_claims_exists_in_the_transition_table() -> 
     assert {op.event for op in OPS.values() if op.event} <= events
 
 
+# --- finished jobs are held packed ----------------------------------------------------------
+DEAD = {"state": "dead", "error": "x", "error_kind": "permanent", "traceback": None, "finished_ms": T0 + 5,
+        "failed": True}
+REQUEUE = {"state": "pending", "attempts": 0, "error": None, "error_kind": None, "traceback": None,
+           "finished_ms": 0, "token": 0}
+BURIED = [("enqueue", A, record(A)), ("dispatch", A, DISPATCH), ("dead", A, DEAD)]
+
+
+def test_a_finished_job_is_held_packed_as_the_store_keeps_it() -> None:
+    state = run(*RETRIED)
+    assert state.is_frozen(A)
+    assert state.packed(A) == P.pack(state.record(A))
+    assert list(state.packed_jobs()) == [(A, state.packed(A))]
+    assert state.job_count() == 1 and state.has_job(A)
+
+
+def test_a_job_still_moving_is_not_packed() -> None:
+    state = run(*RETRIED[:2])
+    assert not state.is_frozen(A) and state.record(A)["state"] == "running"
+
+
+def test_a_requeue_from_the_dead_letters_thaws_the_job_and_the_rest_replays_as_usual() -> None:
+    state = run(*BURIED)
+    assert state.is_frozen(A) and state.record(A)["state"] == "dead"
+    apply_entry(state, 4, [T0 + 4, "requeue", A, REQUEUE])
+    assert not state.is_frozen(A)
+    assert state.record(A) == {**record(A), **DISPATCH, **REQUEUE, "state": "pending"}
+    apply_entry(state, 5, [T0 + 5, "dispatch", A, {**DISPATCH, "token": 78}])
+    apply_entry(state, 6, [T0 + 6, "complete", A, {"state": "completed", "value": b"\xa2ok", "finished_ms": T0 + 9,
+                                                   "expire_ms": T0 + 99}])
+    assert state.is_frozen(A)
+    assert state.record(A) == {**record(A), **DISPATCH, **REQUEUE, "state": "completed", "attempts": 1, "token": 78,
+                               "value": b"\xa2ok", "finished_ms": T0 + 9, "expire_ms": T0 + 99}
+    assert state.counters == {"email": {"failed": 1, "dead": 1, "completed": 1}}
+    assert state.expiry() == {(T0 + 99, A)}
+
+
+def test_a_frozen_job_cannot_move_where_the_lifecycle_has_no_edge() -> None:
+    with pytest.raises(ReplayError, match="a dead job cannot dispatch"):
+        run(*BURIED, ("dispatch", A, DISPATCH))
+
+
+@pytest.mark.parametrize("op, changes, field, value", [
+    ("route", {"group": "media"}, "group", "media"),
+    ("step", {"steps": 1, "step": "late", "record": {"value": b"\x01"}}, "steps", 1),
+])
+def test_an_entry_that_leaves_a_frozen_job_final_packs_it_again(op: str, changes: dict[str, Any], field: str,
+                                                                 value: Any) -> None:
+    state = run(*RETRIED, (op, A, changes))
+    assert state.is_frozen(A) and state.record(A)[field] == value
+    assert state.expiry() == {(T0 + 99, A)}
+
+
+def test_expire_drops_a_frozen_job_with_its_steps_and_its_expiry_entry() -> None:
+    state = run(*RETRIED[:2], ("step", A, {"steps": 1, "step": "one", "record": {}}), *RETRIED[2:], ("expire", A, {}))
+    assert not state.has_job(A) and state.job_count() == 0
+    assert state.steps == {} and state.expiry() == set()
+    with pytest.raises(ReplayError, match="never enqueued"):
+        apply_entry(state, 9, [T0 + 9, "requeue", A, REQUEUE])
+
+
+def test_the_expiry_index_of_frozen_jobs_needs_no_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    cancelled = {"state": "cancelled", "finished_ms": T0 + 2, "expire_ms": T0 + 77}
+    state = run(*RETRIED, ("enqueue", B, record(B)), ("cancel", B, cancelled),
+                ("enqueue", C, record(C)), ("dispatch", C, DISPATCH), ("dead", C, DEAD))
+    monkeypatch.setattr(rebuild, "_decode", lambda raw: pytest.fail("a record was decoded"))
+    assert state.expiry() == {(T0 + 99, A), (T0 + 77, B)}  # C: dead letters have no expiry
+
+
+def test_a_state_loaded_from_stored_records_keeps_final_ones_as_they_were_stored() -> None:
+    final = run(*RETRIED).record(A)
+    assert final is not None
+    raw = P.pack(dict(reversed(list(final.items()))))  # stored bytes: any key order is kept as it is
+    state = State()
+    state.load(A, raw)
+    state.load(B, P.pack(record(B)))
+    assert state.is_frozen(A) and state.packed(A) is raw and state.record(A) == final
+    assert not state.is_frozen(B) and state.record(B) == record(B)
+    assert state.expiry() == {(T0 + 99, A)}
+
+
+# --- verify ----------------------------------------------------------------------------------
+def _stored(path: Path, final_a: dict[str, Any]) -> str:
+    """A data directory whose log completes job A (RETRIED), with ``final_a`` as A's stored record."""
+    store = Store(str(path))
+    try:
+        store.commit(Batch(log=list(RETRIED), jobs={A: final_a}, expiry_add=[(T0 + 99, A)],
+                           counters={"email": {"failed": 1, "retried": 1, "completed": 1}}), T0)
+    finally:
+        store.close()
+    return str(path)
+
+
+def test_verify_compares_records_not_their_key_order(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    final = run(*RETRIED).record(A)
+    assert final is not None
+    data = _stored(tmp_path / "d", dict(reversed(list(final.items()))))  # other bytes, the same record
+    assert replay.main(["--data", data, "--verify"]) == 0
+    assert "is exactly what its log rebuilds: 6 entries, 1 jobs" in capsys.readouterr().out
+
+
+def test_verify_reports_a_finished_jobs_stored_differences_field_by_field(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    final = run(*RETRIED).record(A)
+    assert final is not None
+    tampered = {k: v for k, v in final.items() if k != "traceback"} | {"attempts": 99, "worker": "other:1"}
+    data = _stored(tmp_path / "d", tampered)
+    assert replay.main(["--data", data, "--verify"]) == 1
+    out = capsys.readouterr()
+    shown = id_to_str(A)
+    assert out.out.splitlines() == [f"jobs  {shown}  attempts: log 2, stored 99",
+                                    f"jobs  {shown}  traceback: log None, stored (absent)",
+                                    f"jobs  {shown}  worker: log 'h:1', stored 'other:1'"]
+    assert "3 differences" in out.err
+
+
 # --- history ---------------------------------------------------------------------------------
 def test_history_rows_show_each_runs_attempt_worker_and_lease() -> None:
     rows = history_rows(A, [(seq, [T0 + seq, op, A, changes]) for seq, (op, _, changes) in enumerate(RETRIED, 1)])
@@ -129,6 +247,15 @@ def test_history_rows_show_each_runs_attempt_worker_and_lease() -> None:
         ("enqueue", "pending", 0, 0), ("dispatch", "running", 1, 77), ("retry", "scheduled", 1, 77),
         ("due", "pending", 1, 0), ("dispatch", "running", 2, 78), ("complete", "completed", 2, 78)]
     assert rows[2]["error"] == "boom" and rows[2]["worker"] == "h:1" and "retry due" in rows[2]["detail"]
+
+
+def test_history_rows_follow_a_job_out_of_the_dead_letters() -> None:
+    entries = [*BURIED, ("requeue", A, REQUEUE), ("dispatch", A, {**DISPATCH, "token": 78})]
+    rows = history_rows(A, [(seq, [T0 + seq, op, A, changes]) for seq, (op, _, changes) in enumerate(entries, 1)])
+    assert [(r["op"], r["state"], r["attempt"], r["token"]) for r in rows] == [
+        ("enqueue", "pending", 0, 0), ("dispatch", "running", 1, 77), ("dead", "dead", 1, 77),
+        ("requeue", "pending", 0, 0), ("dispatch", "running", 1, 78)]
+    assert rows[2]["error"] == "x" and rows[2]["detail"] == "dead letter (permanent)"
 
 
 def test_history_shows_what_the_log_says_even_where_replay_would_refuse() -> None:
