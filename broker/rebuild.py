@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from itertools import chain
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 from shoal import jobs as J
 from shoal.errors import ShoalError
@@ -30,21 +30,88 @@ class ReplayError(ShoalError):
     """A log entry that cannot be applied: unknown op, malformed, or an impossible move."""
 
 
+class FinalJobs(Protocol):
+    """Where a ``State`` keeps its final jobs: ``PackedJobs`` (in memory) unless told otherwise."""
+
+    def __contains__(self, job_id: object) -> bool: ...
+
+    def __len__(self) -> int: ...
+
+    def ids(self) -> Iterable[bytes]:
+        """Every job id held, in no particular order."""
+
+    def add(self, job_id: bytes, record: dict[str, Any], raw: bytes | None) -> None:
+        """Keep a final job; ``raw`` is its record already packed, when that is at hand."""
+
+    def get(self, job_id: bytes) -> dict[str, Any] | None:
+        """The job's record (a copy: changing it changes nothing held), or None."""
+
+    def packed(self, job_id: bytes) -> bytes:
+        """The job's record packed as the store keeps it; ``KeyError`` if it is not held."""
+
+    def take(self, job_id: bytes) -> dict[str, Any]:
+        """The job's record, no longer held; ``KeyError`` if it is not held."""
+
+    def discard(self, job_id: bytes) -> None:
+        """Hold the job no longer, if it is held."""
+
+
+class PackedJobs:
+    """Final jobs in memory, each packed as the store keeps it (``protocol.pack``): about a
+    third of the memory of a dict (BENCHMARKS.md, "Replay rate"), and the very bytes
+    ``broker replay --verify`` compares with the stored ones."""
+
+    def __init__(self) -> None:
+        self._packed: dict[bytes, bytes] = {}
+
+    def __contains__(self, job_id: object) -> bool:
+        return job_id in self._packed
+
+    def __len__(self) -> int:
+        return len(self._packed)
+
+    def ids(self) -> Iterable[bytes]:
+        """Every job id held, in no particular order."""
+        return self._packed.keys()
+
+    def add(self, job_id: bytes, record: dict[str, Any], raw: bytes | None) -> None:
+        """Keep a final job; ``raw`` is its record already packed, when that is at hand."""
+        self._packed[job_id] = raw if raw is not None else pack(record)
+
+    def get(self, job_id: bytes) -> dict[str, Any] | None:
+        """The job's record, decoded, or None."""
+        raw = self._packed.get(job_id)
+        return None if raw is None else _decode(raw)
+
+    def packed(self, job_id: bytes) -> bytes:
+        """The job's record packed; ``KeyError`` if it is not held."""
+        return self._packed[job_id]
+
+    def take(self, job_id: bytes) -> dict[str, Any]:
+        """The job's record, decoded and no longer held; ``KeyError`` if it is not held."""
+        record: dict[str, Any] = _decode(self._packed.pop(job_id))
+        return record
+
+    def discard(self, job_id: bytes) -> None:
+        """Hold the job no longer, if it is held."""
+        self._packed.pop(job_id, None)
+
+
 @dataclass
 class State:
     """The tables a replay rebuilds; ``steps`` is per job so expiring one drops its steps at once.
 
     A job is held one of two ways. While it can still move (pending, scheduled, running)
-    it is a dict the next entries change. Once final (``J.FINAL_STATES``) it is *frozen*:
-    packed with ``protocol.pack``, as the store keeps it, in about a third of the memory
-    (BENCHMARKS.md, "Replay rate"), and most of a state that keeps results is finished
-    jobs. An entry that touches a frozen job (a requeue from the dead letters, a step
+    it is a dict the next entries change. Once final (``J.FINAL_STATES``; most of a state
+    that keeps results) it is *frozen*: handed to ``final``, which keeps it packed in
+    memory (``PackedJobs``) or, for ``broker replay --out``, writes it to the new
+    directory. An entry that touches a frozen job (a requeue from the dead letters, a step
     stored late, ...) thaws it back into a dict; if it is still final after the change it
     is frozen again. So between two entries no thawed job is final, and the expiry index
-    comes from the ``expire_ms`` noted when a job was frozen, without decoding a record.
+    comes from the ``expire_ms`` noted when a job was frozen, without reading a record back.
 
     Jobs are read and changed only through the methods below: ``record`` hands out a
-    decoded copy of a frozen job, ``packed`` and ``packed_jobs`` the bytes.
+    copy of a frozen job, ``packed`` and ``packed_jobs`` the bytes.
     """
 
     steps: dict[bytes, dict[str, dict[str, Any]]] = field(default_factory=dict)
@@ -53,51 +120,47 @@ class State:
     cron: dict[str, int] = field(default_factory=dict)   # cron entry -> last fired tick (ms)
     applied: int = 0     # entries applied
     last_seq: int = 0    # seq of the last one
+    final: FinalJobs = field(default_factory=PackedJobs, repr=False)                # frozen jobs
     _thawed: dict[bytes, dict[str, Any]] = field(default_factory=dict, repr=False)  # jobs not final
-    _frozen: dict[bytes, bytes] = field(default_factory=dict, repr=False)           # final jobs, packed
-    _frozen_expire_ms: dict[bytes, int] = field(default_factory=dict, repr=False)   # those of them with one
+    _final_expire_ms: dict[bytes, int] = field(default_factory=dict, repr=False)    # frozen ones with one
 
     # --- reading ---------------------------------------------------------------------
     def job_count(self) -> int:
         """How many jobs there are, frozen or not."""
-        return len(self._thawed) + len(self._frozen)
+        return len(self._thawed) + len(self.final)
 
     def has_job(self, job_id: bytes) -> bool:
         """Whether the job exists (enqueued and not expired)."""
-        return job_id in self._thawed or job_id in self._frozen
+        return job_id in self._thawed or job_id in self.final
 
     def is_frozen(self, job_id: bytes) -> bool:
-        """Whether the job is held packed (it is final)."""
-        return job_id in self._frozen
+        """Whether the job is final, held by ``final``."""
+        return job_id in self.final
 
     def record(self, job_id: bytes) -> dict[str, Any] | None:
-        """The job's record (a frozen one decoded, and left frozen), or None. Read it, do
+        """The job's record (a frozen one read back, and left frozen), or None. Read it, do
         not change it: changes go through ``change``."""
         record = self._thawed.get(job_id)
-        if record is None:
-            raw = self._frozen.get(job_id)
-            return None if raw is None else _decode(raw)
-        return record
+        return record if record is not None else self.final.get(job_id)
 
     def packed(self, job_id: bytes) -> bytes:
         """The job's record packed as the store keeps it; ``KeyError`` if there is no such job."""
-        raw = self._frozen.get(job_id)
-        return raw if raw is not None else pack(self._thawed[job_id])
+        record = self._thawed.get(job_id)
+        return pack(record) if record is not None else self.final.packed(job_id)
 
     def packed_jobs(self) -> Iterator[tuple[bytes, bytes]]:
         """Every job as ``(id, packed record)``, in the store's key order."""
-        for job_id in sorted(chain(self._thawed, self._frozen)):
+        for job_id in sorted(chain(self._thawed, self.final.ids())):
             yield job_id, self.packed(job_id)
 
-    def records(self) -> Iterator[tuple[bytes, dict[str, Any]]]:
-        """Every job as ``(id, record)``, in key order; frozen ones decoded one at a time."""
-        for job_id in sorted(chain(self._thawed, self._frozen)):
-            raw = self._frozen.get(job_id)
-            yield job_id, _decode(raw) if raw is not None else self._thawed[job_id]
+    def unfinished(self) -> Iterator[tuple[bytes, dict[str, Any]]]:
+        """Every job that is not final as ``(id, record)``, in key order."""
+        for job_id in sorted(self._thawed):
+            yield job_id, self._thawed[job_id]
 
     def expiry(self) -> set[tuple[int, bytes]]:
         """The expiry index the broker keeps: finished jobs that have an expiry time."""
-        return {(expire_ms, job_id) for job_id, expire_ms in self._frozen_expire_ms.items()}
+        return {(expire_ms, job_id) for job_id, expire_ms in self._final_expire_ms.items()}
 
     def step_count(self) -> int:
         """How many step records there are, all jobs together."""
@@ -108,13 +171,13 @@ class State:
         """Set the job's whole record (replacing any); frozen at once if it is final."""
         self.drop(job_id)
         if record.get("state") in J.FINAL_STATES:
-            self._freeze(job_id, record, pack(record))
+            self._freeze(job_id, record, None)
         else:
             self._thawed[job_id] = record
 
     def load(self, job_id: bytes, raw: bytes) -> None:
         """Set the job's record from its stored bytes (a snapshot's table): a final one is
-        kept as it is, without packing it again."""
+        handed on as it is, without packing it again."""
         try:
             record = _decode(raw)
         except Exception as exc:  # msgpack raises several unrelated types
@@ -137,26 +200,26 @@ class State:
         record.update(fields)
         if record.get("state") in J.FINAL_STATES:
             del self._thawed[job_id]
-            self._freeze(job_id, record, pack(record))
+            self._freeze(job_id, record, None)
         return record
 
     def drop(self, job_id: bytes) -> None:
         """Forget the job's record (its steps are the caller's business)."""
-        self._thawed.pop(job_id, None)
-        if self._frozen.pop(job_id, None) is not None:
-            self._frozen_expire_ms.pop(job_id, None)
+        if self._thawed.pop(job_id, None) is None:
+            self.final.discard(job_id)
+            self._final_expire_ms.pop(job_id, None)
 
     def _thaw(self, job_id: bytes) -> dict[str, Any]:
-        record: dict[str, Any] = _decode(self._frozen.pop(job_id))  # KeyError: no such job
-        self._frozen_expire_ms.pop(job_id, None)
+        record = self.final.take(job_id)  # KeyError: no such job
+        self._final_expire_ms.pop(job_id, None)
         self._thawed[job_id] = record
         return record
 
-    def _freeze(self, job_id: bytes, record: dict[str, Any], raw: bytes) -> None:
-        self._frozen[job_id] = raw
+    def _freeze(self, job_id: bytes, record: dict[str, Any], raw: bytes | None) -> None:
+        self.final.add(job_id, record, raw)
         expire_ms = record.get("expire_ms")
         if expire_ms:
-            self._frozen_expire_ms[job_id] = expire_ms
+            self._final_expire_ms[job_id] = expire_ms
 
 
 Apply = Callable[[State, bytes, dict[str, Any]], dict[str, Any] | None]  # -> the job's record after (None: no job)

@@ -20,10 +20,10 @@ import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterator, TextIO
+from typing import Any, Iterable, Iterator, TextIO
 
 from shoal.errors import ConfigError, ShoalError
-from shoal.protocol import unpack
+from shoal.protocol import pack, unpack
 
 from .rebuild import ReplayError, State, apply_entry
 from .snapshot import Snapshot
@@ -32,8 +32,8 @@ from .verify import differences, stored_state
 
 EXIT_OK, EXIT_DIFFERENT, EXIT_REFUSED = 0, 1, 2
 PROGRESS_EVERY = 100_000
-# --out writes NEWDIR's jobs this many per transaction: LMDB keeps a transaction's pages in
-# memory until it commits, and one transaction for 333,334 jobs took twice as long to commit
+# --out writes NEWDIR's jobs this many per transaction (LMDB keeps a transaction's pages in
+# memory until it commits)
 JOBS_PER_COMMIT = 10_000
 _SECONDS_FROM = 1_000_000_000  # a bare integer this large is a Unix time (2001 on), smaller ones are seqs
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -142,10 +142,10 @@ class Progress:
                   f"{self.rate(done):,.0f} entries/s", file=self.out, flush=True)
 
 
-def rebuild(snapshot: Snapshot, stop_seq: int, progress: Progress, base: tuple[State, int] | None = None) -> State:
-    """Apply the log through ``stop_seq``, from its first entry or after ``base`` (the state a
-    snapshot holds and its seq); ``ReplayError`` on a gap or a bad entry."""
-    state, base_seq = base if base is not None else (State(), 0)
+def rebuild(snapshot: Snapshot, stop_seq: int, progress: Progress, state: State, base_seq: int = 0) -> State:
+    """Apply the log through ``stop_seq`` to ``state``, from its first entry or after
+    ``base_seq`` (``state`` then holds a snapshot's tables, see ``snapshot_base``);
+    ``ReplayError`` on a gap or a bad entry."""
     for seq, entry in _entries(snapshot, stop_seq, base_seq):
         apply_entry(state, seq, entry)
         progress.tick(state.applied, seq)
@@ -164,8 +164,9 @@ def _entries(snapshot: Snapshot, stop_seq: int, base_seq: int = 0) -> Iterator[t
         yield seq, _decode(seq, raw)
 
 
-def snapshot_base(data: str, stop_seq: int) -> tuple[State, int, str] | None:
-    """The newest snapshot under ``data/snapshots`` at or before ``stop_seq``, as a starting state."""
+def snapshot_base(data: str, stop_seq: int, state: State) -> tuple[int, str] | None:
+    """Load the newest snapshot under ``data/snapshots`` at or before ``stop_seq`` into
+    ``state``, a starting point; its seq and path, or None when there is none."""
     directory = os.path.join(data, "snapshots")
     try:
         names = sorted((d for d in os.listdir(directory) if d.startswith("snap-")), reverse=True)
@@ -179,25 +180,24 @@ def snapshot_base(data: str, stop_seq: int) -> tuple[State, int, str] | None:
         snap_store = Store(path, readonly=True)
         try:
             with snap_store.snapshot() as snap:
-                state = stored_state(snap)
+                stored_state(snap, state)
         finally:
             snap_store.close()
         state.last_seq = seq
         print(f"replay: starting from the snapshot at seq {seq:,} ({path})", file=sys.stderr)
-        return state, seq, path
+        return seq, path
     return None
 
 
-def _base(data: str, snapshot: Snapshot, stop_seq: int) -> tuple[tuple[State, int] | None, str | None]:
+def _base(data: str, snapshot: Snapshot, stop_seq: int, state: State) -> tuple[int, str | None]:
     """Where a replay through ``stop_seq`` starts: the log's beginning when it still has seq 1,
-    else the newest snapshot before the stop (a compacted log has dropped what that holds)."""
+    else the newest snapshot before the stop (a compacted log has dropped what that holds),
+    loaded into ``state``. Its seq (0: the beginning) and its path."""
     first, _ = snapshot.log_bounds()
     if first == 1:
-        return None, None
-    found = snapshot_base(data, stop_seq)
-    if found is None:
-        return None, None  # and the replay reports the entries the log is missing
-    return (found[0], found[1]), found[2]
+        return 0, None
+    found = snapshot_base(data, stop_seq, state)
+    return found if found is not None else (0, None)  # none: the replay reports the entries missing
 
 
 def stop_seq_for(snapshot: Snapshot, until: Until | None) -> int:
@@ -248,8 +248,9 @@ def _decode(seq: int, raw: bytes) -> Any:
 def _verify(snapshot: Snapshot, data: str, progress_every: int) -> int:
     started = time.monotonic()
     last = max(snapshot.log_bounds()[1], _log_base(snapshot))
-    base, _ = _base(data, snapshot, last)
-    rebuilt = rebuild(snapshot, last, Progress(progress_every, last), base)
+    rebuilt = State()
+    base_seq, _ = _base(data, snapshot, last, rebuilt)
+    rebuild(snapshot, last, Progress(progress_every, last), rebuilt, base_seq)
     found = 0
     for difference in differences(rebuilt, snapshot):
         found += 1
@@ -270,9 +271,6 @@ def _write_out(snapshot: Snapshot, data: str, out: str, until: Until | None, pro
     stop = stop_seq_for(snapshot, until)
     if until is not None:
         print(f"replay: stopping at seq {stop:,} ({until} asked)", file=sys.stderr)
-    base, base_path = _base(data, snapshot, stop)
-    state = rebuild(snapshot, stop, Progress(progress_every, stop), base)
-    base_seq = base[1] if base is not None else 0
     parent = os.path.dirname(os.path.abspath(out))
     os.makedirs(parent, exist_ok=True)
     # built under a temporary name and renamed when complete: a failed replay leaves no half directory
@@ -280,10 +278,15 @@ def _write_out(snapshot: Snapshot, data: str, out: str, until: Until | None, pro
     try:
         target = Store(building)
         try:
+            final = NewDirJobs(target, JOBS_PER_COMMIT)
+            state = State(final=final)
+            base_seq, base_path = _base(data, snapshot, stop, state)
+            rebuild(snapshot, stop, Progress(progress_every, stop), state, base_seq)
+            final.flush()
             target.copy_log((seq, raw) for seq, raw in snapshot.log(base_seq + 1) if seq <= stop)
             if base_path is not None:  # the new directory's log starts after it: keep the snapshot too
                 shutil.copytree(base_path, os.path.join(building, "snapshots", os.path.basename(base_path)))
-            for batch in _as_batches(state):
+            for batch in _the_rest(state):
                 target.commit(batch, wall_ms=0)  # no log entries in it: wall_ms is unused
         finally:
             target.close()
@@ -298,14 +301,75 @@ def _write_out(snapshot: Snapshot, data: str, out: str, until: Until | None, pro
     return EXIT_OK
 
 
-def _as_batches(state: State, jobs_per_batch: int = JOBS_PER_COMMIT) -> Iterator[Batch]:
-    """The rebuilt tables as batches of at most ``jobs_per_batch`` jobs, the other tables
-    with the last. ``Store.commit`` takes records as dicts, so frozen jobs are decoded
-    here, a batch at a time: never the whole table at once."""
+class NewDirJobs:
+    """Where ``--out`` keeps final jobs (``rebuild.FinalJobs``): in NEWDIR itself, written as
+    they are frozen, ``per_commit`` to a transaction. ``Store.commit`` packs each record
+    once and nothing decodes it again; only the ids stay in memory. A job thawed later (a
+    requeue) is read back and deleted from NEWDIR."""
+
+    def __init__(self, target: Store, per_commit: int) -> None:
+        self.target, self.per_commit = target, per_commit
+        self._batch = Batch()
+        self._ids: set[bytes] = set()
+
+    def __contains__(self, job_id: object) -> bool:
+        return job_id in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def ids(self) -> Iterable[bytes]:
+        """Every job id held, in no particular order."""
+        return self._ids
+
+    def add(self, job_id: bytes, record: dict[str, Any], raw: bytes | None) -> None:
+        """Write a final job (with the next commit); ``raw`` is not needed: the store packs it."""
+        self._ids.add(job_id)
+        self._batch.jobs[job_id] = record
+        if len(self._batch.jobs) >= self.per_commit:
+            self.flush()
+
+    def get(self, job_id: bytes) -> dict[str, Any] | None:
+        """A copy of the job's record, or None."""
+        if job_id not in self._ids:
+            return None
+        record = self._batch.jobs.get(job_id)
+        return dict(record) if record is not None else self.target.get_job(job_id)
+
+    def packed(self, job_id: bytes) -> bytes:
+        """The job's record packed; ``KeyError`` if it is not held."""
+        record = self.get(job_id)
+        if record is None:
+            raise KeyError(job_id)
+        return pack(record)
+
+    def take(self, job_id: bytes) -> dict[str, Any]:
+        """The job's record, deleted from NEWDIR (with the next commit); ``KeyError`` if not held."""
+        record = self.get(job_id)
+        if record is None:
+            raise KeyError(job_id)
+        self.discard(job_id)
+        return record
+
+    def discard(self, job_id: bytes) -> None:
+        """Delete the job from NEWDIR (with the next commit), if it is held."""
+        if job_id in self._ids:
+            self._ids.remove(job_id)
+            self._batch.jobs[job_id] = None
+
+    def flush(self) -> None:
+        """Commit what is pending."""
+        self.target.commit(self._batch, wall_ms=0)  # no log entries in it: wall_ms is unused
+        self._batch = Batch()
+
+
+def _the_rest(state: State) -> Iterator[Batch]:
+    """What NEWDIR still needs once the final jobs are in it: the jobs still moving,
+    ``JOBS_PER_COMMIT`` to a batch, and the other tables with the last."""
     batch = Batch()
-    for job_id, record in state.records():
+    for job_id, record in state.unfinished():
         batch.jobs[job_id] = record
-        if len(batch.jobs) >= jobs_per_batch:
+        if len(batch.jobs) >= JOBS_PER_COMMIT:
             yield batch
             batch = Batch()
     batch.routes, batch.counters, batch.cron = state.routes, state.counters, state.cron

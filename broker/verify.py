@@ -40,10 +40,10 @@ class Difference:
         return f"{self.table}  {self.key}: only in {side}"
 
 
-def stored_state(snapshot: Snapshot) -> State:
-    """The tables as the broker wrote them, shaped like a rebuilt ``State`` (where a replay
-    from a snapshot starts); finished jobs stay packed as they were stored."""
-    state = _small_tables(snapshot)
+def stored_state(snapshot: Snapshot, state: State | None = None) -> State:
+    """The tables as the broker wrote them, loaded into ``state`` (a new ``State`` if none):
+    where a replay from a snapshot starts. Final jobs are handed on as they were stored."""
+    state = _small_tables(snapshot, state if state is not None else State())
     for key, raw in snapshot.items("jobs"):
         state.load(key, raw)
     return state
@@ -56,7 +56,7 @@ def differences(rebuilt: State, snapshot: Snapshot) -> Iterator[Difference]:
     never held. Packed records are compared first; only where the bytes differ are both
     decoded and compared as dicts, so key order alone is never a difference."""
     yield from _job_rows(rebuilt.packed_jobs(), snapshot.items("jobs"))
-    stored = _small_tables(snapshot)
+    stored = _small_tables(snapshot, State())
     yield from _rows("steps", _flat_steps(rebuilt), _flat_steps(stored), _step_key)
     yield from _rows("routes", rebuilt.routes, stored.routes, str)
     yield from _rows("counters", rebuilt.counters, stored.counters, str)
@@ -68,9 +68,8 @@ def differences(rebuilt: State, snapshot: Snapshot) -> Iterator[Difference]:
             yield Difference("expiry", f"{expire_ms} {_id(job_id)}", "", in_log, in_store)
 
 
-def _small_tables(snapshot: Snapshot) -> State:
-    """Every table but jobs and the expiry index (which are streamed)."""
-    state = State()
+def _small_tables(snapshot: Snapshot, state: State) -> State:
+    """Every table but jobs and the expiry index (which are streamed), loaded into ``state``."""
     for key, raw in snapshot.items("steps"):
         state.steps.setdefault(bytes(key[:16]), {})[bytes(key[16:]).decode()] = _decode(raw)
     for key, raw in snapshot.items("routes"):

@@ -205,6 +205,30 @@ def test_a_state_loaded_from_stored_records_keeps_final_ones_as_they_were_stored
     assert state.expiry() == {(T0 + 99, A)}
 
 
+# --- --out writes final jobs as they freeze -------------------------------------------------
+def test_out_writes_final_jobs_as_they_freeze_and_takes_back_one_requeued_later(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    completed = {"state": "completed", "value": b"\xa2ok", "finished_ms": T0 + 9, "expire_ms": T0 + 99}
+    entries = [*BURIED, ("enqueue", B, record(B)), ("dispatch", B, DISPATCH), ("complete", B, completed),
+               ("expire", B, {}), ("requeue", A, REQUEUE), ("dispatch", A, {**DISPATCH, "token": 78}),
+               ("complete", A, completed), ("enqueue", C, record(C))]
+    store = Store(str(tmp_path / "d"))
+    try:
+        store.commit(Batch(log=entries), T0)  # --out reads the log only
+    finally:
+        store.close()
+    monkeypatch.setattr(replay, "JOBS_PER_COMMIT", 1)  # every frozen job is in NEWDIR before the next entry
+    assert replay.main(["--data", str(tmp_path / "d"), "--out", str(tmp_path / "out")]) == 0
+    expected = run(*entries)
+    written = Store(str(tmp_path / "out"), readonly=True)
+    try:
+        assert {r["id"]: r for r in written.iter_jobs()} == {A: expected.record(A), C: record(C)}
+        assert written.expired(T0 + 100) == [(T0 + 99, A)]
+    finally:
+        written.close()
+    assert replay.main(["--data", str(tmp_path / "out"), "--verify"]) == 0
+
+
 # --- verify ----------------------------------------------------------------------------------
 def _stored(path: Path, final_a: dict[str, Any]) -> str:
     """A data directory whose log completes job A (RETRIED), with ``final_a`` as A's stored record."""
