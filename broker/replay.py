@@ -20,14 +20,15 @@ import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterable, Iterator, TextIO
+from typing import Any, Iterator, TextIO
 
 from shoal.errors import ConfigError, ShoalError
-from shoal.protocol import pack, unpack
+from shoal.protocol import unpack
 
 from .rebuild import ReplayError, State, apply_entry
 from .snapshot import Snapshot
-from .store import LOG_BASE, Batch, Store
+from .replay_out import NewDirJobs, the_rest
+from .store import LOG_BASE, Store
 from .verify import differences, stored_state
 
 EXIT_OK, EXIT_DIFFERENT, EXIT_REFUSED = 0, 1, 2
@@ -286,7 +287,7 @@ def _write_out(snapshot: Snapshot, data: str, out: str, until: Until | None, pro
             target.copy_log((seq, raw) for seq, raw in snapshot.log(base_seq + 1) if seq <= stop)
             if base_path is not None:  # the new directory's log starts after it: keep the snapshot too
                 shutil.copytree(base_path, os.path.join(building, "snapshots", os.path.basename(base_path)))
-            for batch in _the_rest(state):
+            for batch in the_rest(state, JOBS_PER_COMMIT):
                 target.commit(batch, wall_ms=0)  # no log entries in it: wall_ms is unused
         finally:
             target.close()
@@ -299,83 +300,6 @@ def _write_out(snapshot: Snapshot, data: str, out: str, until: Until | None, pro
     print(f"replay: rebuilt {state.job_count():,} jobs, {state.step_count():,} steps and {len(state.routes):,} routes "
           f"from {state.applied:,} log entries of {data} into {out} ({_elapsed(started, state.applied)})")
     return EXIT_OK
-
-
-class NewDirJobs:
-    """Where ``--out`` keeps final jobs (``rebuild.FinalJobs``): in NEWDIR itself, written as
-    they are frozen, ``per_commit`` to a transaction. ``Store.commit`` packs each record
-    once and nothing decodes it again; only the ids stay in memory. A job thawed later (a
-    requeue) is read back and deleted from NEWDIR."""
-
-    def __init__(self, target: Store, per_commit: int) -> None:
-        self.target, self.per_commit = target, per_commit
-        self._batch = Batch()
-        self._ids: set[bytes] = set()
-
-    def __contains__(self, job_id: object) -> bool:
-        return job_id in self._ids
-
-    def __len__(self) -> int:
-        return len(self._ids)
-
-    def ids(self) -> Iterable[bytes]:
-        """Every job id held, in no particular order."""
-        return self._ids
-
-    def add(self, job_id: bytes, record: dict[str, Any], raw: bytes | None) -> None:
-        """Write a final job (with the next commit); ``raw`` is not needed: the store packs it."""
-        self._ids.add(job_id)
-        self._batch.jobs[job_id] = record
-        if len(self._batch.jobs) >= self.per_commit:
-            self.flush()
-
-    def get(self, job_id: bytes) -> dict[str, Any] | None:
-        """A copy of the job's record, or None."""
-        if job_id not in self._ids:
-            return None
-        record = self._batch.jobs.get(job_id)
-        return dict(record) if record is not None else self.target.get_job(job_id)
-
-    def packed(self, job_id: bytes) -> bytes:
-        """The job's record packed; ``KeyError`` if it is not held."""
-        record = self.get(job_id)
-        if record is None:
-            raise KeyError(job_id)
-        return pack(record)
-
-    def take(self, job_id: bytes) -> dict[str, Any]:
-        """The job's record, deleted from NEWDIR (with the next commit); ``KeyError`` if not held."""
-        record = self.get(job_id)
-        if record is None:
-            raise KeyError(job_id)
-        self.discard(job_id)
-        return record
-
-    def discard(self, job_id: bytes) -> None:
-        """Delete the job from NEWDIR (with the next commit), if it is held."""
-        if job_id in self._ids:
-            self._ids.remove(job_id)
-            self._batch.jobs[job_id] = None
-
-    def flush(self) -> None:
-        """Commit what is pending."""
-        self.target.commit(self._batch, wall_ms=0)  # no log entries in it: wall_ms is unused
-        self._batch = Batch()
-
-
-def _the_rest(state: State) -> Iterator[Batch]:
-    """What NEWDIR still needs once the final jobs are in it: the jobs still moving,
-    ``JOBS_PER_COMMIT`` to a batch, and the other tables with the last."""
-    batch = Batch()
-    for job_id, record in state.unfinished():
-        batch.jobs[job_id] = record
-        if len(batch.jobs) >= JOBS_PER_COMMIT:
-            yield batch
-            batch = Batch()
-    batch.routes, batch.counters, batch.cron = state.routes, state.counters, state.cron
-    batch.steps = {(job_id, name): record for job_id, named in state.steps.items() for name, record in named.items()}
-    batch.expiry_add = sorted(state.expiry())
-    yield batch
 
 
 # --- small helpers -------------------------------------------------------------------------

@@ -117,7 +117,6 @@ def test_a_commit_that_hits_enospc_is_refused_whole_and_nothing_is_lost(small_di
     client = cluster.client(timeout=30)
     accepted = client.enqueue_many("sink", [{"n": n} for n in range(50)], group="email")
     ballast = small_disk / "ballast"
-    refused: list[str] = []
     hit_enospc = False
     for attempt in range(20):
         # Fill the disk behind the broker's back (its free-space reading is up to 1 s old),

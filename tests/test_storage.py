@@ -1,7 +1,6 @@
 """Snapshots, log compaction, replay from a snapshot, and a full store."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
