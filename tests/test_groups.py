@@ -1,6 +1,7 @@
 """Named groups: supervised workers, scale-to-zero, recycling, isolation."""
 from __future__ import annotations
 
+import re
 import signal
 
 import pytest
@@ -105,7 +106,8 @@ def test_worker_recycles_after_max_jobs_without_losing_a_job(cluster_factory) ->
     assert [(r.status, r.attempts) for r in results] == [("completed", 1)] * 30
     # each process runs max_jobs, plus at most `concurrency` jobs that crossed its drain on the wire
     assert len({r.value["pid"] for r in results}) >= 5
-    assert "recycling after 5 jobs" in cluster.broker_output()
+    # the check runs when a job ends: with 2 slots, one more may have ended by then
+    assert re.search(r"recycling after [5-7] jobs \(max_jobs\)", cluster.broker_output())
 
 
 def test_remote_worker_takes_concurrency_from_its_server_block(cluster: Cluster) -> None:
