@@ -498,6 +498,28 @@ class BrokerCore:
                     f"is freed on that disk or finished jobs expire (running jobs still complete)")
         return None
 
+    RESULT_LIMIT = 0.9  # of max_size: a result that would take the store past it is refused
+
+    def result_refusal(self, value_bytes: int) -> str | None:
+        """Why a job's result of this many bytes cannot be stored now, or None.
+
+        Enqueues stop at half of max_size (or at min_free_disk) so that what is queued can
+        finish; a handler returning big values can still outgrow that room. Past these harder
+        limits the result is refused (the job fails the attempt and is retried or buried with
+        this reason) instead of its commit failing, which would throw away the whole pass."""
+        need = 3 * value_bytes  # in the record, in the log entry, and page overhead
+        cap = self.settings.broker.max_size_mb * 1024 * 1024
+        if cap and self.storage_used + need > cap * self.RESULT_LIMIT:
+            return (f"storage full: a result of {value_bytes:,} bytes does not fit in what is left of "
+                    f"max_size {cap // 2**20} MiB ({self.storage_used // 2**20} MiB used); retried later")
+        reserve = self.settings.broker.min_free_disk_mb * 1024 * 1024
+        if self.storage_room - need < reserve // 2:
+            return (f"storage full: a result of {value_bytes:,} bytes would leave the disk under "
+                    f"{self.store.path} below half of min_free_disk ({reserve // 2**20} MiB); retried later")
+        self.storage_used += 2 * value_bytes  # until the next measurement
+        self.storage_room -= 2 * value_bytes
+        return None
+
     def storage_refusal(self, incoming_bytes: int) -> str | None:
         """Why an enqueue of about this many bytes is refused for lack of storage, or None."""
         if self.storage_full:

@@ -154,6 +154,15 @@ class WorkerCommands(BrokerCore):
                 job.value = entry[2]
                 self.cancel_running_done(job)
                 continue
+            no_room = self.result_refusal(len(entry[2]) if isinstance(entry[2], bytes) else 0)
+            if no_room:  # storing it would fill the store: a failed attempt, not a failed commit
+                self._count(job.group, "failed")
+                self._emit("failed", job, error=no_room, error_kind=J.KIND_STORAGE_FULL, duration_ms=0)
+                if job.attempts > self.max_retries(job):
+                    self._finish_failed(job, "bury", J.KIND_STORAGE_FULL, no_room, None, failed=True)
+                else:
+                    self._retry(job, J.KIND_STORAGE_FULL, no_room, None)
+                continue
             job.move("complete")
             job.value = entry[2]
             job.finished_ms = self.clock.wall_ms()

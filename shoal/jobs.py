@@ -52,6 +52,7 @@ KIND_UNKNOWN_WORKFLOW = "unknown_workflow"
 KIND_WORKER_LOST = "worker_lost"     # the worker died or went silent mid-run
 KIND_BAD_PAYLOAD = "bad_payload"
 KIND_BAD_RESULT = "bad_result"
+KIND_STORAGE_FULL = "storage_full"   # the result did not fit in the storage left; retried
 PERMANENT_KINDS = frozenset({KIND_PERMANENT, KIND_UNKNOWN_WORKFLOW, KIND_BAD_PAYLOAD, KIND_BAD_RESULT})
 
 

@@ -224,3 +224,28 @@ def test_the_map_grows_while_snapshots_run_without_pulling_pages_from_under_them
     broker.wait(30)
     verified = _replay(cluster, "--verify")
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_results_too_big_for_the_storage_left_fail_their_attempt_not_the_broker(cluster_factory) -> None:
+    # Enqueues stop at half of max_size; results are not enqueues: 1 MiB each, they would fill
+    # the rest. Each one that does not fit is a failed attempt with a clear error; no commit fails.
+    toml = DEFAULT_TOML.replace("[broker]\n", '[broker]\nmax_size = "16MiB"\nmap_size = "16MiB"\n'
+                                "snapshot_interval = \"24h\"\nsnapshot_entries = 1000000000\n")
+    toml += '\n[workflows.email]\nbackoff = "50ms"\n'
+    cluster = cluster_factory(toml)
+    broker = cluster.start_broker()
+    client = cluster.client(timeout=60)
+    ids = client.enqueue_many("big-value", [{"n": 1 << 20} for _ in range(20)], group="email")
+    cluster.start_worker("email", 4)
+    results = [client.wait(i, timeout=60) for i in ids]
+    completed = [r for r in results if r.status == "completed"]
+    refused = [r for r in results if r.status == "dead"]
+    assert completed and refused and len(completed) + len(refused) == 20
+    assert all(len(r.value) == 1 << 20 for r in completed)
+    assert all("storage full: a result of" in r.error and "max_size 16 MiB" in r.error for r in refused)
+    assert "commit failed" not in broker.output()  # no pass was thrown away
+    assert client.stats()["email"]["completed"] == len(completed)  # the broker goes on serving
+    broker.signal(signal.SIGTERM)
+    broker.wait(30)
+    verified = _replay(cluster, "--verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr

@@ -136,3 +136,9 @@ def sink(payload):
 @workflow("rated", worker="email")
 def rated(payload):
     return time.time()
+
+
+@workflow("big-value", worker="email", retries=2)
+def big_value(payload):
+    """A small payload, a big result: payload['n'] bytes of it."""
+    return "v" * payload["n"]
