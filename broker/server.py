@@ -60,7 +60,6 @@ class BrokerServer:
         self.metrics = MetricsServer(settings.broker.metrics) if settings.broker.metrics else None
         self.snapshots = Snapshots(self.store, settings)
         self.history = HistoryReader(self.store, self.ctx)
-        self.broker.history_offloaded = True
         self._metrics_at = 0.0
         self._trim_to = 0    # the log may be dropped up to this seq (a snapshot holds it)
         self._trim_at = 0.0  # the next trim-only commit, not before (monotonic)
@@ -184,7 +183,6 @@ class BrokerServer:
         self.broker = Broker(self.store, self.settings, self.broker.clock)
         self.broker.load()
         self.broker.supervisor, self.broker.events_endpoint = supervisor, events_endpoint
-        self.broker.history_offloaded = True
         self.broker.storage_full = True
         return refusals
 

@@ -260,20 +260,20 @@ class Store:
             for key, raw in cur:
                 yield _U64.unpack(key)[0], _load(raw)
 
-    def log_of(self, job_id: bytes, limit: int, background: bool = False) -> tuple[list[tuple[int, list[Any]]], int]:
+    def log_of(self, job_id: bytes, limit: int) -> tuple[list[tuple[int, list[Any]]], int]:
         """One job's log entries, oldest first: at most the newest ``limit``, and how many
         older ones were left out. A scan of the whole log (there is no per-job index yet);
         a cheap byte search skips the entries of other jobs without decoding them.
 
-        ``background``: called from a thread other than the loop's. The scan lets go of the
-        GIL every few thousand entries (the loop waits at most that long for it) and starts
-        again if the map must grow meanwhile (see ``background_read``)."""
+        Called from a thread other than the loop's (history_reader.py). The scan lets go of
+        the GIL every few thousand entries (the loop waits at most that long for it) and
+        starts again if the map must grow meanwhile (see ``background_read``)."""
         while True:
             kept: deque[tuple[int, list[Any]]] = deque(maxlen=limit)
             seen = 0
-            with (self.background_read() if background else self.env.begin(buffers=False)) as txn:
+            with self.background_read() as txn:
                 for n, (key, raw) in enumerate(txn.cursor(db=self._log)):
-                    if background and n % _YIELD_EVERY == 0 and n:
+                    if n % _YIELD_EVERY == 0 and n:
                         if self.closing:
                             raise ShoalError("the broker is stopping")
                         if self.growth_wanted:
