@@ -26,7 +26,7 @@ from .core import Clock, Outgoing
 from .history_reader import HistoryReader
 from .metrics import MetricsServer
 from .metrics import render as render_metrics
-from .store import SnapshotCancelled, Store
+from .store import ReadInterrupted, Store
 from .supervisor import Supervisor
 
 log = logging.getLogger("shoal.broker")
@@ -265,7 +265,7 @@ class Snapshots:
             self._taken_seq = seq
             self.error, self._failures = None, 0
             log.info("snapshot at log seq %d in %s", seq, path)
-        except SnapshotCancelled as exc:  # the map grew meanwhile (the next pass starts it again) or we stop
+        except ReadInterrupted as exc:  # the map grew meanwhile (the next pass starts it again) or we stop
             self._last_at = 0.0
             log.info("snapshot stopped: %s", exc)
         except Exception as exc:  # the log is kept, nothing is lost; say so and try again later

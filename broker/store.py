@@ -29,7 +29,7 @@ import time
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import lmdb
 
@@ -75,8 +75,9 @@ _MAX_MAP_BYTES = 1 << 40
 _TABLES = ("jobs", "log", "expiry", "routes", "counters", "steps", "meta")
 
 
-class SnapshotCancelled(ShoalError):
-    """A snapshot stopped early so the map could grow (it is simply taken again)."""
+class ReadInterrupted(ShoalError):
+    """A background read stopped early: the map must grow (it is simply done again), or the
+    broker is stopping."""
 
 
 class NotADataDir(ShoalError):
@@ -272,21 +273,22 @@ class Store:
             kept: deque[tuple[int, list[Any]]] = deque(maxlen=limit)
             seen = 0
             with self.background_read() as txn:
-                for n, (key, raw) in enumerate(txn.cursor(db=self._log)):
-                    if n % _YIELD_EVERY == 0 and n:
-                        if self.closing:
-                            raise ShoalError("the broker is stopping")
-                        if self.growth_wanted:
-                            break
-                        time.sleep(0)  # the GIL to the loop, if it wants it
-                    if job_id not in raw:
-                        continue
-                    entry = _unpack_entry(bytes(raw))  # bytes already (buffers=False): no copy
-                    if entry[2] == job_id:
-                        kept.append((_U64.unpack(key)[0], entry))
-                        seen += 1
-                else:
-                    return list(kept), seen - len(kept)
+                try:
+                    for n, (key, raw) in enumerate(txn.cursor(db=self._log)):
+                        if n % _YIELD_EVERY == 0 and n:
+                            self.check_interrupted()
+                            time.sleep(0)  # the GIL to the loop, if it wants it
+                        if job_id not in raw:
+                            continue
+                        entry = _unpack_entry(bytes(raw))  # bytes already (buffers=False): no copy
+                        if entry[2] == job_id:
+                            kept.append((_U64.unpack(key)[0], entry))
+                            seen += 1
+                except ReadInterrupted:
+                    if self.closing:
+                        raise
+                    continue  # the map grew: read it all again
+            return list(kept), seen - len(kept)
 
     @contextmanager
     def snapshot(self) -> Iterator[Snapshot]:
@@ -375,8 +377,7 @@ class Store:
         with self._readers:
             while self.growth_wanted:
                 self._readers.wait()
-            if self.closing:
-                raise ShoalError("the broker is stopping")
+            self.check_interrupted()
             self._background_readers += 1
         try:
             with self.env.begin(buffers=False) as txn:
@@ -385,6 +386,13 @@ class Store:
             with self._readers:
                 self._background_readers -= 1
                 self._readers.notify_all()
+
+    def check_interrupted(self) -> None:
+        """Raise ``ReadInterrupted`` if a background reader must end its transaction now."""
+        if self.closing:
+            raise ReadInterrupted("the broker is stopping")
+        if self.growth_wanted:
+            raise ReadInterrupted("the map is growing; read again after")
 
     def disk_room(self, used_bytes: int) -> int:
         """Bytes this store can still grow by on its disk: the filesystem's free space (as an
@@ -520,7 +528,6 @@ class Store:
             target = os.path.join(building, "data.mdb")
             if recycle is not None and not os.path.isfile(os.path.join(recycle, "data.mdb")):
                 recycle = None
-            recycled = recycle is not None
             if recycle is not None:
                 os.rmdir(building)
                 os.rename(recycle, building)  # from here on it is a partial, never a snapshot
@@ -532,11 +539,10 @@ class Store:
             try:
                 with self.background_read() as txn:  # the copy's read transaction: its seq names it
                     seq = self._last_seq_in(txn)
-                    self._copy_into(fd, txn, on_first_write=(lambda: fault("snapshot_overwriting")) if recycled
-                                    else None)
+                    self._copy_into(fd, txn, recycled=recycle is not None)
             finally:
                 os.close(fd)
-            if not recycled:
+            if recycle is None:
                 _fsync_path(building)  # the new file's entry in its directory
             final = os.path.join(directory, f"snap-{seq:016d}")
             if os.path.exists(final):
@@ -549,8 +555,7 @@ class Store:
             shutil.rmtree(building, ignore_errors=True)
             raise
 
-    def _copy_into(self, fd: int, txn: lmdb.Transaction, chunk: int = SNAPSHOT_SYNC_BYTES,
-                   on_first_write: Callable[[], None] | None = None) -> None:
+    def _copy_into(self, fd: int, txn: lmdb.Transaction, recycled: bool, chunk: int = SNAPSHOT_SYNC_BYTES) -> None:
         """A compacted copy of the environment written over ``fd`` from offset 0, synced every
         ``chunk`` bytes (so dirty pages never pile up into one long flush), then cut to length
         and synced. LMDB writes the copy into a pipe from a helper thread (``copyfd`` releases
@@ -587,14 +592,10 @@ class Store:
                     offset += written
                     unsynced += written
                     view = view[written:]
-                if self.growth_wanted:  # the loop waits to grow the map until this read ends
-                    raise SnapshotCancelled("the map is growing; the snapshot starts again after")
-                if self.closing:
-                    raise SnapshotCancelled("the broker is stopping")
-                if on_first_write is not None:
+                self.check_interrupted()  # the loop waits to grow the map until this read ends
+                if recycled and offset == len(data):  # the old file is damaged from here on
                     os.fdatasync(fd)
-                    on_first_write()  # a crash test's fault point: the old file is now damaged
-                    on_first_write = None
+                    fault("snapshot_overwriting")
                 if unsynced >= chunk:
                     os.fdatasync(fd)
                     unsynced = 0
