@@ -156,12 +156,7 @@ class WorkerCommands(BrokerCore):
                 continue
             no_room = self.result_refusal(len(entry[2]) if isinstance(entry[2], bytes) else 0)
             if no_room:  # storing it would fill the store: a failed attempt, not a failed commit
-                self._count(job.group, "failed")
-                self._emit("failed", job, error=no_room, error_kind=J.KIND_STORAGE_FULL, duration_ms=0)
-                if job.attempts > self.max_retries(job):
-                    self._finish_failed(job, "bury", J.KIND_STORAGE_FULL, no_room, None, failed=True)
-                else:
-                    self._retry(job, J.KIND_STORAGE_FULL, no_room, None)
+                self._failed_attempt(job, J.KIND_STORAGE_FULL, no_room, None, duration_ms=0)
                 continue
             job.move("complete")
             job.value = entry[2]
@@ -183,12 +178,16 @@ class WorkerCommands(BrokerCore):
             if job.cancel_requested:  # it stopped because it was cancelled: not a failed attempt
                 self.cancel_running_done(job)
                 continue
-            self._count(job.group, "failed")
-            self._emit("failed", job, error=error, error_kind=kind, duration_ms=field(entry, "duration_ms", int, 0))
-            if kind in J.PERMANENT_KINDS or job.attempts > self.max_retries(job):
-                self._finish_failed(job, "bury", kind, error, tb, failed=True)
-            else:
-                self._retry(job, kind, error, tb)
+            self._failed_attempt(job, kind, error, tb, field(entry, "duration_ms", int, 0))
+
+    def _failed_attempt(self, job: J.Job, kind: str, error: str, tb: str | None, duration_ms: int) -> None:
+        """An attempt that failed: retried with backoff, or dead-lettered when permanent or out of retries."""
+        self._count(job.group, "failed")
+        self._emit("failed", job, error=error, error_kind=kind, duration_ms=duration_ms)
+        if kind in J.PERMANENT_KINDS or job.attempts > self.max_retries(job):
+            self._finish_failed(job, "bury", kind, error, tb, failed=True)
+        else:
+            self._retry(job, kind, error, tb)
 
     def _retry(self, job: J.Job, kind: str, error: str, tb: str | None) -> None:
         settings = self.group_settings(job.group)
