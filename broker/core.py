@@ -477,9 +477,10 @@ class BrokerCore:
         except OSError as exc:  # the directory vanished or cannot be stat'ed: do not guess room
             log.warning("cannot measure the free space under %s: %s", self.store.path, exc)
             self.storage_room = 0
-        full = self._storage_problem(0) is not None
+        problem = self._storage_problem(0)
+        full = problem is not None
         if full and not self.storage_full:
-            log.error("%s", self._storage_problem(0))
+            log.error("%s", problem)
         elif self.storage_full and not full:
             log.info("storage has room again (%d MiB used, %d MiB free on the disk); accepting enqueues",
                      self.storage_used // 2**20, self.storage_room // 2**20)

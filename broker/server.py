@@ -254,13 +254,12 @@ class Snapshots:
             pass
         try:
             fault("during_snapshot")
-            os.makedirs(self.dir, exist_ok=True)
-            existing = sorted(d for d in os.listdir(self.dir) if d.startswith("snap-"))
+            existing = snapshot_names(self.dir)
             # The oldest is dropped once this one exists: write over its file instead. Only while
             # at least one newer snapshot stays whole beside the copy being made.
             recycle = os.path.join(self.dir, existing[0]) if self.keep >= 2 and len(existing) >= self.keep else None
             path, seq = self.store.take_snapshot(self.dir, recycle=recycle)
-            for old in sorted(d for d in os.listdir(self.dir) if d.startswith("snap-"))[:-self.keep]:
+            for old in snapshot_names(self.dir)[:-self.keep]:
                 drop_directory(os.path.join(self.dir, old))
             self._taken_seq = seq
             self.error, self._failures = None, 0
@@ -297,13 +296,17 @@ def drop_directory(path: str, step: int = 8 << 20) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def snapshot_names(directory: str) -> list[str]:
+    """The ``snap-<seq>`` directories under ``directory``, oldest first (none if it is missing)."""
+    try:
+        return sorted(d for d in os.listdir(directory) if d.startswith("snap-"))
+    except FileNotFoundError:
+        return []
+
+
 def latest_snapshot_seq(directory: str) -> int:
     """The log seq of the newest snapshot under ``directory`` (0: none)."""
-    try:
-        names = [d for d in os.listdir(directory) if d.startswith("snap-")]
-    except FileNotFoundError:
-        return 0
-    return max((int(d[len("snap-"):]) for d in names), default=0)
+    return max((int(d[len("snap-"):]) for d in snapshot_names(directory)), default=0)
 
 
 class Events:
