@@ -81,7 +81,7 @@ class PackedJobs:
     def get(self, job_id: bytes) -> dict[str, Any] | None:
         """The job's record, decoded, or None."""
         raw = self._packed.get(job_id)
-        return None if raw is None else _decode(raw)
+        return None if raw is None else decode_stored(raw)
 
     def packed(self, job_id: bytes) -> bytes:
         """The job's record packed; ``KeyError`` if it is not held."""
@@ -89,7 +89,7 @@ class PackedJobs:
 
     def take(self, job_id: bytes) -> dict[str, Any]:
         """The job's record, decoded and no longer held; ``KeyError`` if it is not held."""
-        record: dict[str, Any] = _decode(self._packed.pop(job_id))
+        record: dict[str, Any] = decode_stored(self._packed.pop(job_id))
         return record
 
     def discard(self, job_id: bytes) -> None:
@@ -179,7 +179,7 @@ class State:
         """Set the job's record from its stored bytes (a snapshot's table): a final one is
         handed on as it is, without packing it again."""
         try:
-            record = _decode(raw)
+            record = decode_stored(raw)
         except Exception as exc:  # msgpack raises several unrelated types
             raise ReplayError(f"the stored record of job {_show(job_id)} does not decode ({exc})") from None
         if not isinstance(record, dict):
@@ -370,5 +370,7 @@ def _show(job_id: bytes) -> str:
     return id_to_str(job_id) if len(job_id) == 16 else repr(job_id)
 
 
-def _decode(raw: bytes) -> Any:
-    return unpack(raw, max_bytes=max(len(raw), 1))  # our own data: no peer-facing size limit
+def decode_stored(raw: bytes) -> Any:
+    """A stored value (record, log entry, table row) decoded: our own data, so no peer-facing
+    size limit applies."""
+    return unpack(raw, max_bytes=max(len(raw), 1))

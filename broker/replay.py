@@ -23,9 +23,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Iterator, TextIO
 
 from shoal.errors import ConfigError, ShoalError
-from shoal.protocol import unpack
 
-from .rebuild import ReplayError, State, apply_entry
+from .rebuild import ReplayError, State, apply_entry, decode_stored
 from .snapshot import Snapshot
 from .replay_out import NewDirJobs, the_rest
 from .store import LOG_BASE, Store
@@ -234,13 +233,13 @@ def _log_base(snapshot: Snapshot) -> int:
     """The seq the log was trimmed to (0: never trimmed)."""
     for key, raw in snapshot.items("meta"):
         if bytes(key) == LOG_BASE:
-            return int(unpack(raw, max_bytes=max(len(raw), 1)))
+            return int(decode_stored(raw))
     return 0
 
 
 def _decode(seq: int, raw: bytes) -> Any:
     try:
-        return unpack(raw, max_bytes=max(len(raw), 1))  # our own data: no peer-facing size limit
+        return decode_stored(raw)
     except Exception as exc:  # msgpack raises several unrelated types
         raise ReplayError(f"log entry {seq} does not decode ({exc}): the log is damaged") from None
 

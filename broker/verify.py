@@ -12,9 +12,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from shoal.ids import id_to_str
-from shoal.protocol import unpack
 
-from .rebuild import State
+from .rebuild import State, decode_stored
 from .snapshot import Snapshot, split_expiry_key
 from .store import CRON_PREFIX
 
@@ -71,14 +70,14 @@ def differences(rebuilt: State, snapshot: Snapshot) -> Iterator[Difference]:
 def _small_tables(snapshot: Snapshot, state: State) -> State:
     """Every table but jobs and the expiry index (which are streamed), loaded into ``state``."""
     for key, raw in snapshot.items("steps"):
-        state.steps.setdefault(bytes(key[:16]), {})[bytes(key[16:]).decode()] = _decode(raw)
+        state.steps.setdefault(bytes(key[:16]), {})[bytes(key[16:]).decode()] = decode_stored(raw)
     for key, raw in snapshot.items("routes"):
-        state.routes[bytes(key).decode()] = _decode(raw)
+        state.routes[bytes(key).decode()] = decode_stored(raw)
     for key, raw in snapshot.items("counters"):
-        state.counters[bytes(key).decode()] = _decode(raw)
+        state.counters[bytes(key).decode()] = decode_stored(raw)
     for key, raw in snapshot.items("meta"):
         if bytes(key).startswith(CRON_PREFIX):
-            state.cron[bytes(key[len(CRON_PREFIX):]).decode()] = _decode(raw)
+            state.cron[bytes(key[len(CRON_PREFIX):]).decode()] = decode_stored(raw)
     return state
 
 
@@ -148,9 +147,6 @@ def _show(value: Any) -> str:
     return text if len(text) <= VALUE_CHARS else text[:VALUE_CHARS] + f"... ({len(text)} chars)"
 
 
-def _decode(raw: bytes) -> Any:
-    return unpack(raw, max_bytes=max(len(raw), 1))  # our own data: no peer-facing size limit
-
 
 def _decode_row(raw: Any) -> Any:
-    return raw if raw is _MISSING else _decode(raw)
+    return raw if raw is _MISSING else decode_stored(raw)

@@ -189,7 +189,7 @@ def test_the_expiry_index_of_frozen_jobs_needs_no_decoding(monkeypatch: pytest.M
     cancelled = {"state": "cancelled", "finished_ms": T0 + 2, "expire_ms": T0 + 77}
     state = run(*RETRIED, ("enqueue", B, record(B)), ("cancel", B, cancelled),
                 ("enqueue", C, record(C)), ("dispatch", C, DISPATCH), ("dead", C, DEAD))
-    monkeypatch.setattr(rebuild, "_decode", lambda raw: pytest.fail("a record was decoded"))
+    monkeypatch.setattr(rebuild, "decode_stored", lambda raw: pytest.fail("a record was decoded"))
     assert state.expiry() == {(T0 + 99, A), (T0 + 77, B)}  # C: dead letters have no expiry
 
 
