@@ -169,11 +169,7 @@ class State:
     # --- changing --------------------------------------------------------------------
     def put(self, job_id: bytes, record: dict[str, Any]) -> None:
         """Set the job's whole record (replacing any); frozen at once if it is final."""
-        self.drop(job_id)
-        if record.get("state") in J.FINAL_STATES:
-            self._freeze(job_id, record, None)
-        else:
-            self._thawed[job_id] = record
+        self._hold(job_id, record, None)
 
     def load(self, job_id: bytes, raw: bytes) -> None:
         """Set the job's record from its stored bytes (a snapshot's table): a final one is
@@ -184,11 +180,7 @@ class State:
             raise ReplayError(f"the stored record of job {_show(job_id)} does not decode ({exc})") from None
         if not isinstance(record, dict):
             raise ReplayError(f"the stored record of job {_show(job_id)} is not a map: {record!r:.200}")
-        self.drop(job_id)
-        if record.get("state") in J.FINAL_STATES:
-            self._freeze(job_id, record, raw)
-        else:
-            self._thawed[job_id] = record
+        self._hold(job_id, record, raw)
 
     def change(self, job_id: bytes, fields: Iterable[tuple[str, Any]]) -> dict[str, Any]:
         """Update some of the job's fields, thawing it first if it is frozen (and freezing it
@@ -208,6 +200,13 @@ class State:
         if self._thawed.pop(job_id, None) is None:
             self.final.discard(job_id)
             self._final_expire_ms.pop(job_id, None)
+
+    def _hold(self, job_id: bytes, record: dict[str, Any], raw: bytes | None) -> None:
+        self.drop(job_id)
+        if record.get("state") in J.FINAL_STATES:
+            self._freeze(job_id, record, raw)
+        else:
+            self._thawed[job_id] = record
 
     def _thaw(self, job_id: bytes) -> dict[str, Any]:
         record = self.final.take(job_id)  # KeyError: no such job
