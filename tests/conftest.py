@@ -153,6 +153,20 @@ class Cluster:
         c = self.clients[0] if self.clients else self.client()
         return c.stats().get(group, {}).get("workers", 0)
 
+    def replay(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """``python -m shoal.broker replay --data DATA ARGS``, run to its end."""
+        return subprocess.run([sys.executable, "-m", "shoal.broker", "replay", "--data", str(self.data), *args],
+                              capture_output=True, text=True, timeout=120, env=self.env)
+
+    def stop_and_verify(self) -> subprocess.CompletedProcess[str]:
+        """Stop the broker (SIGTERM) and check that its data is exactly what its log rebuilds."""
+        assert self.broker is not None
+        self.broker.signal(signal.SIGTERM)
+        self.broker.wait(30)
+        verified = self.replay("--verify")
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+        return verified
+
     def close(self) -> None:
         for c in self.clients:
             c.close()

@@ -10,14 +10,9 @@ import pytest
 from shoal import StorageFull
 from shoal.errors import ShoalError
 
-from conftest import DEFAULT_TOML, Cluster, wait_for
+from conftest import DEFAULT_TOML, wait_for
 
 SNAPSHOT_TOML = DEFAULT_TOML.replace("[broker]\n", "[broker]\nsnapshot_entries = 100\nsnapshot_interval = \"1h\"\n")
-
-
-def _replay(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "shoal.broker", "replay", "--data", str(cluster.data), *args],
-                          capture_output=True, text=True, timeout=120, env=cluster.env)
 
 
 def test_snapshot_drops_the_log_behind_it_and_replay_starts_from_it(cluster_factory) -> None:
@@ -32,13 +27,10 @@ def test_snapshot_drops_the_log_behind_it_and_replay_starts_from_it(cluster_fact
              what="a snapshot and the log trimmed behind it")
     storage = client.storage()
     assert storage["entries"]["log"] < storage["log_last_seq"]  # the log shrank
-    cluster.broker.signal(signal.SIGTERM)
-    cluster.broker.wait(30)
-    verified = _replay(cluster, "--verify")
-    assert verified.returncode == 0, verified.stdout + verified.stderr
+    verified = cluster.stop_and_verify()
     assert "starting from the snapshot" in verified.stderr
     out = cluster.tmp / "restored"
-    rebuilt = _replay(cluster, "--out", str(out))
+    rebuilt = cluster.replay("--out", str(out))
     assert rebuilt.returncode == 0, rebuilt.stderr
     cluster.data = out  # a broker on the rebuilt directory serves the same results
     cluster.start_broker()
@@ -95,10 +87,7 @@ def test_a_broker_killed_during_a_snapshot_loses_nothing(cluster_factory) -> Non
     assert all(client.wait(i, timeout=30).status == "completed" for i in ids)
     wait_for(lambda: client.storage()["snapshots"], what="a snapshot after the restart")
     assert not [p for p in (cluster.data / "snapshots").iterdir() if p.name.startswith(".snap-partial-")]
-    cluster.broker.signal(signal.SIGTERM)
-    cluster.broker.wait(30)
-    verified = _replay(cluster, "--verify")
-    assert verified.returncode == 0, verified.stdout + verified.stderr
+    cluster.stop_and_verify()
 
 
 def test_replay_of_a_log_trimmed_to_empty_restores_everything_from_the_snapshot(tmp_path) -> None:
@@ -201,10 +190,7 @@ def test_a_broker_killed_while_writing_over_its_oldest_snapshot_recovers_from_th
     assert all(client.wait(i, timeout=30).status == "completed" for i in ids)
     wait_for(lambda: len(client.storage()["snapshots"]) == 2, what="snapshots again after the restart")
     assert not [n for n in snapshots() if n.startswith(".snap-partial-")]
-    cluster.broker.signal(signal.SIGTERM)
-    cluster.broker.wait(30)
-    verified = _replay(cluster, "--verify")
-    assert verified.returncode == 0, verified.stdout + verified.stderr
+    cluster.stop_and_verify()
 
 
 def test_the_map_grows_while_snapshots_run_without_pulling_pages_from_under_them(cluster_factory) -> None:
@@ -220,10 +206,7 @@ def test_the_map_grows_while_snapshots_run_without_pulling_pages_from_under_them
     assert "snapshot stopped: the map is growing" in broker.output()  # snapshots were running at each growth
     wait_for(lambda: client.storage()["snapshots"], what="a snapshot once the map stopped growing")
     assert broker.alive()
-    broker.signal(signal.SIGTERM)
-    broker.wait(30)
-    verified = _replay(cluster, "--verify")
-    assert verified.returncode == 0, verified.stdout + verified.stderr
+    cluster.stop_and_verify()
 
 
 def test_results_too_big_for_the_storage_left_fail_their_attempt_not_the_broker(cluster_factory) -> None:
@@ -245,7 +228,4 @@ def test_results_too_big_for_the_storage_left_fail_their_attempt_not_the_broker(
     assert all("storage full: a result of" in r.error and "max_size 16 MiB" in r.error for r in refused)
     assert "commit failed" not in broker.output()  # no pass was thrown away
     assert client.stats()["email"]["completed"] == len(completed)  # the broker goes on serving
-    broker.signal(signal.SIGTERM)
-    broker.wait(30)
-    verified = _replay(cluster, "--verify")
-    assert verified.returncode == 0, verified.stdout + verified.stderr
+    cluster.stop_and_verify()
