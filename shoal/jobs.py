@@ -53,6 +53,7 @@ KIND_WORKER_LOST = "worker_lost"     # the worker died or went silent mid-run
 KIND_BAD_PAYLOAD = "bad_payload"
 KIND_BAD_RESULT = "bad_result"
 KIND_STORAGE_FULL = "storage_full"   # the result did not fit in the storage left; retried
+KIND_TIMEOUT = "timeout"             # the run passed its workflow's timeout; retried
 PERMANENT_KINDS = frozenset({KIND_PERMANENT, KIND_UNKNOWN_WORKFLOW, KIND_BAD_PAYLOAD, KIND_BAD_RESULT})
 
 

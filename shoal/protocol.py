@@ -45,10 +45,12 @@ BYE = b"BYE"            # {}: the worker is leaving
 # broker -> worker
 JOB = b"JOB"            # {jobs: [{id, token, wf, payload, attempt}]}
 RECONNECT = b"RECONNECT"  # {}: the broker does not know this worker; say HELLO again
+DEFER = b"DEFER"        # {results: [[id, token]], reason, retry_ms}: results not stored yet (storage
+                        # full); the worker keeps them, the jobs stay running, and it sends them again
 
 CLIENT_COMMANDS = frozenset({ENQUEUE, GET, WAIT, STATS, DEAD, REQUEUE, JOBS, STEPS, CANCEL, HISTORY, CRON, STORAGE})
 WORKER_COMMANDS = frozenset({HELLO, READY, DONE, FAIL, RETURN, HEARTBEAT, BYE, STEP, SUSPEND})
-BROKER_COMMANDS = frozenset({REPLY, ERROR, JOB, HEARTBEAT, RECONNECT, CANCEL})
+BROKER_COMMANDS = frozenset({REPLY, ERROR, JOB, HEARTBEAT, RECONNECT, CANCEL, DEFER})
 KNOWN_COMMANDS = CLIENT_COMMANDS | WORKER_COMMANDS | BROKER_COMMANDS
 
 # Error codes the broker sends back in ERROR replies.
@@ -61,6 +63,7 @@ E_INTERNAL = "internal"
 E_GROUP_UNHEALTHY = "group_unhealthy"
 E_STALE_LEASE = "stale_lease"
 E_SATURATED = "saturated"
+E_TOO_MANY_WAITS = "too_many_waits"  # a client has too many WAITs outstanding (limit in the message)
 
 
 def pack(obj: Any) -> bytes:
