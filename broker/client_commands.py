@@ -149,7 +149,7 @@ class ClientCommands(BrokerCore):
         if item["delay_ms"] > 0:
             job.state = J.SCHEDULED
             job.due_ms = now_ms + item["delay_ms"]
-            self.schedule.add(job.id, job.due_ms)
+            self.schedule_at(job, job.due_ms)
         self.jobs[job.id] = job
         self.active[job.group] = self.active.get(job.group, 0) + 1
         record = job.to_record()
@@ -183,8 +183,10 @@ class ClientCommands(BrokerCore):
         rid = field(body, "rid", int)
         job_id = P.job_id_field(body)
         if job_id in self.jobs:
-            # keyed by (identity, rid): a client re-sending its WAIT does not register twice
-            self.waiters.setdefault(job_id, {})[(identity, rid)] = None
+            if not self.add_waiter(job_id, identity, rid):
+                self.error(identity, rid, P.E_TOO_MANY_WAITS,
+                           f"this client already has {self.MAX_WAITS_PER_PEER} WAITs outstanding, the most the "
+                           f"broker keeps for one connection; wait for some of them to finish first")
             return
         record = self.record_of(job_id)
         if record is None:
@@ -195,7 +197,8 @@ class ClientCommands(BrokerCore):
     def _on_stats(self, identity: bytes, body: dict[str, Any]) -> None:
         rid = field(body, "rid", int)
         self.reply(identity, rid, groups=self.stats(), unrouted={k: len(v) for k, v in self.unrouted.items() if v},
-                   events=self.events_endpoint, events_dropped=self.events_dropped)
+                   events=self.events_endpoint, events_dropped=self.events_dropped,
+                   replies_dropped=self.replies_dropped)
 
     def stats(self) -> dict[str, dict[str, Any]]:
         """Per-group counters, from counts kept as jobs change (no walk over the jobs: cheap to poll)."""

@@ -20,6 +20,7 @@ from shoal.errors import ProtocolError
 from shoal.ids import id_to_str
 
 from .queues import ReadyQueue, Schedule
+from .quiet import QuietLog
 from .store import Batch, Store
 from .supervisor import Demand, Supervisor
 from .workers import WorkerInfo, WorkerRegistry
@@ -44,6 +45,7 @@ class Outgoing:
     identity: bytes
     frames: list[bytes]
     job_ids: tuple[bytes, ...] = ()
+    wait_for: bytes | None = None  # the answer to a WAIT on this job (kept if the commit fails)
 
 
 class BrokerCore:
@@ -64,6 +66,8 @@ class BrokerCore:
         self.routes: dict[str, dict[str, Any]] = {}
         self.orphans: dict[bytes, float] = {}         # running at start, no worker yet -> deadline
         self.waiters: dict[bytes, dict[tuple[bytes, int], None]] = {}
+        self.waits_of: dict[bytes, int] = {}          # peer -> WAITs it has outstanding (capped)
+        self.replies_dropped = 0                      # to peers that stopped reading or left
         self.dead: dict[str, set[bytes]] = {}
         self.fanin: dict[bytes, set[bytes]] = {}     # suspended parent -> children not final yet
         self.keys: dict[str, tuple[bytes, int]] = {}  # dedup key -> (job id, taken until ms; 0 = while active)
@@ -85,6 +89,8 @@ class BrokerCore:
         self._seq = 0
         self._last_heartbeat = 0.0
         self._next_expiry = 0.0
+        self.asked_hello: dict[bytes, float] = {}    # unknown peer -> when it was last sent RECONNECT (mono)
+        self.quiet = QuietLog(log)
         self._handlers: dict[bytes, Callable[[bytes, dict[str, Any]], None]] = self.handlers()
 
     def handlers(self) -> dict[bytes, Callable[[bytes, dict[str, Any]], None]]:
@@ -115,7 +121,7 @@ class BrokerCore:
             if job.state == J.PENDING:
                 self._queue(job)
             elif job.state == J.SCHEDULED:
-                self.schedule.add(job.id, job.due_ms)
+                self.schedule_at(job, job.due_ms)
             else:  # running when we stopped: its worker may come back and finish it
                 self.orphans[job.id] = orphan_deadline
         log.info("loaded %d active jobs (%d running from before the restart)", len(self.jobs), len(self.orphans))
@@ -166,6 +172,10 @@ class BrokerCore:
             del self.keys[key]
             return None
         return job_id
+
+    def schedule_at(self, job: J.Job, due_ms: int) -> None:
+        """Wake ``job`` at the stored wall time ``due_ms``, kept as a monotonic deadline from now on."""
+        self.schedule.add(job.id, self.clock.mono() + (due_ms - self.clock.wall_ms()) / 1000)
 
     def _count(self, group: str, name: str, n: int = 1) -> None:
         counts = self.counters.setdefault(group, {})
@@ -224,7 +234,7 @@ class BrokerCore:
         except ProtocolError as exc:
             # a well-formed message whose content a handler refused is a bad request
             code = getattr(exc, "code", P.E_BAD_REQUEST if decoded else P.E_PROTOCOL)
-            log.warning("bad message from %s: %s", identity.hex(), exc.reason)
+            self.quiet.warning("bad messages", "bad message from %s: %s", identity.hex(), exc.reason)
             self.error(identity, rid, code, exc.reason, size=getattr(exc, "size", None))
         except Exception:  # a bug of ours must not take the broker down for everyone
             log.exception("internal error handling a message from %s", identity.hex())
@@ -234,7 +244,7 @@ class BrokerCore:
         """Timers: due jobs, silent workers, orphaned leases, expiry, heartbeats; then dispatch."""
         now = self.clock.mono()
         wall = self.clock.wall_ms()
-        for job_id in self.schedule.pop_due(wall):
+        for job_id in self.schedule.pop_due(now):
             job = self.jobs[job_id]
             job.move("due")
             if job.waiting_on:  # step.wait timed out: the run resumes and sees the deadline passed
@@ -272,28 +282,41 @@ class BrokerCore:
     def next_wakeup_s(self) -> float:
         """How long the loop may sleep: the next heartbeat or the next due job."""
         wait = self.heartbeat_s - (self.clock.mono() - self._last_heartbeat)
-        due = self.schedule.next_due_ms()
+        due = self.schedule.next_deadline()
         if due is not None:
-            wait = min(wait, (due - self.clock.wall_ms()) / 1000)
+            wait = min(wait, due - self.clock.mono())
         if self._rate_wait_s is not None:
             wait = min(wait, self._rate_wait_s)
         return float(max(0.0, wait))
 
-    def undeliverable(self, out: Outgoing) -> None:
-        """A send failed: the peer's connection is gone. Undo the dispatches it carried.
+    def undeliverable(self, out: Outgoing, not_reading: bool = False) -> None:
+        """A send failed: the peer is gone, or (``not_reading``) its queue is at the high-water mark.
 
-        The worker's last messages (DONE, RETURN, BYE) may still be waiting in our socket,
-        so it is not dropped now: it gets no more jobs and is declared lost within a second
-        unless those messages settle its leases first.
+        A worker's undelivered dispatches are undone without an attempt charged. Its last
+        messages (DONE, RETURN, BYE) may still be waiting in our socket, so it is not dropped
+        now: it gets no more jobs and is declared lost within a second unless those messages
+        settle its leases first (a worker that stopped reading is as good as gone). A client's
+        reply is dropped and counted, and its WAITs are forgotten: nobody reads their answers.
         """
         worker = self.workers.get(out.identity)
         if worker is None:
+            self.replies_dropped += 1
+            dropped = self.forget_waits(out.identity)
+            if not_reading:
+                self.quiet.warning("peers not reading", "peer %s does not read its replies (%d queued, the most "
+                                   "kept per peer): replies to it are dropped, %d of its WAITs forgotten",
+                                   out.identity.hex(), self.send_hwm, dropped)
             return
         for job_id in out.job_ids:  # never reached the worker: no attempt spent
             if worker.leases.pop(job_id, None) is not None:
                 self._release(self.jobs[job_id], charge=False, why="undeliverable")
         worker.slots = 0
         worker.last_seen = min(worker.last_seen, self.clock.mono() - worker.lease_s + 1.0)
+        if not_reading:
+            self.quiet.warning("workers not reading", "worker %s does not read what the broker sends; "
+                               "it is treated as gone", worker.name)
+
+    send_hwm = 10_000  # messages queued per peer before sends to it fail (set by the server)
 
     # --- dispatch ----------------------------------------------------------------
     def _tokens(self, key: str, rate: float) -> float:
@@ -382,8 +405,12 @@ class BrokerCore:
         """Stored step results of a job (see step_commands)."""
         return {}
 
-    def _current(self, identity: bytes, job_id: Any, token: Any) -> J.Job | None:
+    def _current(self, identity: bytes, job_id: bytes, token: int) -> J.Job | None:
         """The job if an outcome is for its live lease (see worker_commands)."""
+        raise NotImplementedError
+
+    def _settle(self, identity: bytes, job: J.Job) -> None:
+        """The sender's lease on ``job`` is over (see worker_commands)."""
         raise NotImplementedError
 
     def cancel_running_done(self, job: J.Job) -> None:
@@ -447,7 +474,47 @@ class BrokerCore:
         if waiting:
             view = J.public_view(job.to_record())
             for identity, rid in waiting:
-                self.reply(identity, rid, job=view)
+                self._waits_done(identity)
+                self.outbox.append(Outgoing(identity, P.encode(P.REPLY, {"job": view, "rid": rid}), wait_for=job.id))
+
+    # --- waiters -----------------------------------------------------------------------
+    MAX_WAITS_PER_PEER = 10_000
+
+    def add_waiter(self, job_id: bytes, identity: bytes, rid: int) -> bool:
+        """Answer ``(identity, rid)`` when the job is final; False when the peer is at its cap.
+        Keyed by (identity, rid): a client re-sending its WAIT does not register twice."""
+        waiting = self.waiters.setdefault(job_id, {})
+        if (identity, rid) in waiting:
+            return True
+        if self.waits_of.get(identity, 0) >= self.MAX_WAITS_PER_PEER:
+            if not waiting:
+                del self.waiters[job_id]
+            return False
+        waiting[(identity, rid)] = None
+        self.waits_of[identity] = self.waits_of.get(identity, 0) + 1
+        return True
+
+    def _waits_done(self, identity: bytes, n: int = 1) -> None:
+        left = self.waits_of.get(identity, 0) - n
+        if left > 0:
+            self.waits_of[identity] = left
+        else:
+            self.waits_of.pop(identity, None)
+
+    def forget_waits(self, identity: bytes) -> int:
+        """Drop every WAIT of a peer that left or stopped reading; returns how many."""
+        if identity not in self.waits_of:
+            return 0
+        dropped = 0
+        for job_id in list(self.waiters):
+            waiting = self.waiters[job_id]
+            for key in [k for k in waiting if k[0] == identity]:
+                del waiting[key]
+                dropped += 1
+            if not waiting:
+                del self.waiters[job_id]
+        self.waits_of.pop(identity, None)
+        return dropped
 
     def _finish_failed(self, job: J.Job, event: str, kind: str, error: str, tb: str | None,
                        failed: bool = False) -> None:

@@ -63,38 +63,43 @@ class ReadyQueue:
 
 
 class Schedule:
-    """Jobs waiting for a due time (delay=, retry backoff), soonest first."""
+    """Jobs waiting for a deadline (delay=, retry backoff, durable sleep), soonest first.
+
+    Deadlines are on the monotonic clock (seconds), so a step of the wall clock neither
+    fires a delayed job early nor holds it: the stored due time (wall ms) is turned into
+    a deadline once, when the job is scheduled or loaded at start.
+    """
 
     __slots__ = ("_heap", "_live")
 
     def __init__(self) -> None:
-        self._heap: list[tuple[int, bytes]] = []
-        self._live: dict[bytes, int] = {}
+        self._heap: list[tuple[float, bytes]] = []
+        self._live: dict[bytes, float] = {}
 
-    def add(self, job_id: bytes, due_ms: int) -> None:
-        """Wake this job at ``due_ms`` (wall clock, ms)."""
-        heapq.heappush(self._heap, (due_ms, job_id))
-        self._live[job_id] = due_ms
+    def add(self, job_id: bytes, deadline: float) -> None:
+        """Wake this job at ``deadline`` (monotonic seconds)."""
+        heapq.heappush(self._heap, (deadline, job_id))
+        self._live[job_id] = deadline
 
     def remove(self, job_id: bytes) -> bool:
         """Forget a job (cancel)."""
         return self._live.pop(job_id, None) is not None
 
-    def next_due_ms(self) -> int | None:
-        """When the soonest job is due, or None."""
+    def next_deadline(self) -> float | None:
+        """When the soonest job is due (monotonic seconds), or None."""
         while self._heap:
-            due_ms, job_id = self._heap[0]
-            if self._live.get(job_id) == due_ms:
-                return due_ms
+            deadline, job_id = self._heap[0]
+            if self._live.get(job_id) == deadline:
+                return deadline
             heapq.heappop(self._heap)
         return None
 
-    def pop_due(self, now_ms: int) -> list[bytes]:
-        """Every job due at ``now_ms``, soonest first."""
+    def pop_due(self, now: float) -> list[bytes]:
+        """Every job due at monotonic ``now``, soonest first."""
         out: list[bytes] = []
-        while self._heap and self._heap[0][0] <= now_ms:
-            due_ms, job_id = heapq.heappop(self._heap)
-            if self._live.get(job_id) == due_ms:
+        while self._heap and self._heap[0][0] <= now:
+            deadline, job_id = heapq.heappop(self._heap)
+            if self._live.get(job_id) == deadline:
                 del self._live[job_id]
                 out.append(job_id)
         return out

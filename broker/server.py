@@ -31,6 +31,7 @@ from .supervisor import Supervisor
 
 log = logging.getLogger("shoal.broker")
 MAX_DRAIN = 4096
+PEER_HWM = 10_000  # messages queued per peer, each way
 TRIM_GAP_S = 0.02  # at most this often a commit just to drop log entries behind a snapshot
 
 
@@ -49,8 +50,13 @@ class BrokerServer:
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)   # an unroutable send raises, never drops silently
         self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.SNDHWM, 0)             # flow control is the credit, not the HWM
-        self.sock.setsockopt(zmq.RCVHWM, 0)
+        # Flow control to workers is the credit; the high-water marks bound what one peer can make
+        # the broker hold: a peer that stops reading gets its replies dropped past SNDHWM (see
+        # BrokerCore.undeliverable), and one that sends faster than the loop reads is held back
+        # by TCP past RCVHWM.
+        self.sock.setsockopt(zmq.SNDHWM, PEER_HWM)
+        self.sock.setsockopt(zmq.RCVHWM, PEER_HWM)
+        self.broker.send_hwm = PEER_HWM
         # zmq drops a peer sending more than this; below it we answer a clear too_large error
         self.sock.setsockopt(zmq.MAXMSGSIZE, settings.broker.max_message_bytes * 4)
         self.sock.bind(settings.broker.bind)
@@ -137,10 +143,13 @@ class BrokerServer:
             for out in sorted(outbox, key=lambda o: not o.job_ids):
                 try:
                     sock.send_multipart([out.identity, *out.frames], zmq.NOBLOCK)
+                except zmq.Again:  # the peer's queue is full: it does not read what we send
+                    broker.undeliverable(out, not_reading=True)
+                    busy = True  # commit what that undid before sleeping
                 except zmq.ZMQError as exc:  # EHOSTUNREACH: the peer is gone
                     log.debug("could not deliver to %s: %s", out.identity.hex(), exc)
                     broker.undeliverable(out)
-                    busy = True  # commit what that undid before sleeping
+                    busy = True
             if any(out.job_ids for out in outbox):
                 fault("after_dispatch")
             # housekeeping after the replies are out, so it never adds to anyone's latency
@@ -168,22 +177,35 @@ class BrokerServer:
     def _after_failed_commit(self, outbox: list[Outgoing], reason: str) -> list[Outgoing]:
         """Storage refused a batch: nothing of it is stored, so nothing of it may be said.
 
-        Every client request answered in the batch gets a storage error instead; JOBs
-        are not sent. The broker's memory is rebuilt from LMDB (the truth); workers are
-        asked to say HELLO again and keep the leases they still hold.
+        Every client request answered in the batch gets a storage error instead, except the
+        answers to WAITs: their jobs are not final after all (that was not stored), so the
+        waits stay registered and are answered when the job really ends. JOBs are not sent.
+        The broker's memory is rebuilt from LMDB (the truth); workers are asked to say HELLO
+        again and keep the leases they still hold.
         """
         log.error("commit failed, the pass is discarded: %s", reason)
+        old = self.broker
         refusals = []
+        waits = [(job_id, identity, rid) for job_id, waiting in old.waiters.items() for identity, rid in waiting]
         for out in outbox:
             command, body = P.decode(out.frames)
-            if command in (P.REPLY, P.ERROR) and body.get("rid") is not None:
+            if out.wait_for is not None:
+                waits.append((out.wait_for, out.identity, body["rid"]))
+            elif command in (P.REPLY, P.ERROR) and body.get("rid") is not None:
                 refusals.append(Outgoing(out.identity, P.encode(P.ERROR, {
                     "rid": body["rid"], "code": P.E_STORAGE, "message": f"storage full: {reason}"})))
-        supervisor, events_endpoint = self.broker.supervisor, self.broker.events_endpoint
-        self.broker = Broker(self.store, self.settings, self.broker.clock)
+        self.broker = Broker(self.store, self.settings, old.clock)
         self.broker.load()
-        self.broker.supervisor, self.broker.events_endpoint = supervisor, events_endpoint
+        self.broker.supervisor, self.broker.events_endpoint = old.supervisor, old.events_endpoint
+        self.broker.send_hwm, self.broker.replies_dropped = old.send_hwm, old.replies_dropped
         self.broker.storage_full = True
+        for job_id, identity, rid in waits:
+            if job_id in self.broker.jobs:
+                self.broker.add_waiter(job_id, identity, rid)
+            else:  # final in storage after all (an earlier pass): answer now
+                record = self.broker.record_of(job_id)
+                if record is not None:
+                    refusals.append(Outgoing(identity, P.encode(P.REPLY, {"rid": rid, "job": record})))
         return refusals
 
     def close(self) -> None:

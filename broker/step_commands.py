@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from shoal import jobs as J
+from shoal import messages as M
 from shoal import protocol as P
 from shoal.protocol import field
 
@@ -42,13 +43,13 @@ class StepCommands(ClientCommands):
         self.reply(identity, rid, steps=self.steps_for(job_id))
 
     # --- writing ------------------------------------------------------------------
-    def _leased(self, identity: bytes, body: dict[str, Any], rid: Any) -> J.Job | None:
+    def _leased(self, identity: bytes, step: M.Step) -> J.Job | None:
         worker = self.workers.get(identity)
         if worker is not None:
             worker.last_seen = self.clock.mono()
-        job = self.jobs.get(field(body, "id", bytes))
-        if job is None or job.state != J.RUNNING or job.token != field(body, "token", int):
-            self.error(identity, rid, P.E_STALE_LEASE, "this run no longer holds the job's lease")
+        job = self.jobs.get(step.id)
+        if job is None or job.state != J.RUNNING or job.token != step.token:
+            self.error(identity, step.rid, P.E_STALE_LEASE, "this run no longer holds the job's lease")
             return None
         return job
 
@@ -59,39 +60,37 @@ class StepCommands(ClientCommands):
         self._save(job, "step", {"steps": job.steps, "step": name, "record": record})
 
     def _on_step(self, identity: bytes, body: dict[str, Any]) -> None:
-        rid = field(body, "rid", int)
-        job = self._leased(identity, body, rid)
+        step = M.Step.from_body(body)
+        children = [self._parse_job(raw) for raw in step.enqueue]  # all checked before any is created
+        job = self._leased(identity, step)
         if job is None:
             return
-        name = field(body, "name", str)
-        existing = self.steps_for(job.id).get(name)
+        existing = self.steps_for(job.id).get(step.name)
         if existing is not None:  # a re-send: the first one was committed
-            self.reply(identity, rid, record=existing)
+            self.reply(identity, step.rid, record=existing)
             return
-        record = dict(field(body, "record", dict))
-        children = field(body, "enqueue", list, [])
+        record = dict(step.record)
         if children:
             self._enqueue_children(job, children)
-        self._put_step(job, name, record)
-        self.reply(identity, rid, record=record)
+        self._put_step(job, step.name, record)
+        self.reply(identity, step.rid, record=record)
 
-    def _enqueue_children(self, parent: J.Job, items: list[Any]) -> None:
+    def _enqueue_children(self, parent: J.Job, items: list[dict[str, Any]]) -> None:
         now = self.clock.wall_ms()
-        for raw in items:
-            item = self._parse_job(raw)
+        for item in items:
             if self.record_of(item["id"]) is None:
                 self._create(item, now, parent=parent.id)
 
     def _on_suspend(self, identity: bytes, body: dict[str, Any]) -> None:
-        job = self._current(identity, body.get("id"), body.get("token"))
+        suspend = M.Suspend.from_body(body)
+        job = self._current(identity, suspend.id, suspend.token)
         if job is None:
             return
+        self._settle(identity, job)
         if job.cancel_requested:
             self.cancel_running_done(job)
             return
-        name = field(body, "name", str)
-        due_ms = field(body, "due_ms", int, 0)
-        wait_on = [c for c in field(body, "wait_on", list, []) if isinstance(c, bytes) and len(c) == 16]
+        name, due_ms, wait_on = suspend.name, suspend.due_ms, list(suspend.wait_on)
         job.attempts = max(0, job.attempts - 1)  # giving the slot back is not a failed attempt
         if name not in self.steps_for(job.id):
             self._put_step(job, name, {"wake_ms": due_ms} if not wait_on else {"deadline_ms": due_ms})
@@ -106,7 +105,7 @@ class StepCommands(ClientCommands):
         if wait_on and not self.fanin[job.id]:
             self._wake_parent(job)
         elif due_ms:
-            self.schedule.add(job.id, due_ms)
+            self.schedule_at(job, due_ms)
 
     # --- fan-in -------------------------------------------------------------------
     def _is_final(self, job_id: bytes) -> bool:

@@ -6,9 +6,9 @@ import random
 from typing import Any, Callable
 
 from shoal import jobs as J
+from shoal import messages as M
 from shoal import protocol as P
 from shoal.ids import id_to_str
-from shoal.protocol import field
 
 from .core import BrokerCore, Outgoing
 from .workers import WorkerInfo
@@ -26,49 +26,73 @@ class WorkerCommands(BrokerCore):
                       P.HEARTBEAT: self._on_heartbeat, P.BYE: self._on_bye})
         return table
 
+    RECONNECT_GAP_S = 1.0  # at most one RECONNECT per unknown peer this often
+
     def _known(self, identity: bytes) -> WorkerInfo | None:
         """The sender, with its liveness refreshed; an unknown one is asked to say HELLO."""
         worker = self.workers.get(identity)
         if worker is None:
-            self.outbox.append(Outgoing(identity, P.encode(P.RECONNECT, {})))
+            self._ask_hello(identity)
         else:
             worker.last_seen = self.clock.mono()
         return worker
 
+    def _ask_hello(self, identity: bytes) -> None:
+        """RECONNECT, once per peer and gap: after a restart every worker sends many messages
+        before its HELLO arrives, and answering each one made a HELLO storm."""
+        now = self.clock.mono()
+        asked = self.asked_hello.get(identity)
+        if asked is not None and now - asked < self.RECONNECT_GAP_S:
+            return
+        if len(self.asked_hello) >= 10_000:  # bounded: forget peers asked long enough ago
+            self.asked_hello = {k: t for k, t in self.asked_hello.items() if now - t < self.RECONNECT_GAP_S}
+        self.asked_hello[identity] = now
+        self.outbox.append(Outgoing(identity, P.encode(P.RECONNECT, {})))
+
     # --- joining ---------------------------------------------------------------
     def _on_hello(self, identity: bytes, body: dict[str, Any]) -> None:
-        group = field(body, "group", str)
-        if not group:
-            raise P.ProtocolError("HELLO needs a non-empty group", body)
-        workflows = field(body, "workflows", dict, {})
-        if not all(isinstance(name, str) and name for name in workflows):
-            raise P.ProtocolError("HELLO workflow names must be non-empty strings", list(workflows))
-        conflict = self._route_conflict(group, workflows)
+        hello = M.Hello.from_body(body)
+        conflict = self._route_conflict(hello.group, hello.workflows)
         if conflict:
-            log.error("refused worker from group %s: %s", group, conflict)
+            log.error("refused worker from group %s: %s", hello.group, conflict)
             self.error(identity, None, P.E_BAD_REQUEST, conflict)
             return
+        self.asked_hello.pop(identity, None)
         previous = self.workers.remove(identity)
-        settings = self.group_settings(group)
         worker = WorkerInfo(
-            identity=identity, group=group, slots=max(0, field(body, "slots", int)),
-            lease_s=settings.lease_s, last_seen=self.clock.mono(), workflows=tuple(workflows),
-            pid=field(body, "pid", int, 0), host=field(body, "host", str, ""),
-            server=field(body, "server", str, ""),
-            name=f"{field(body, 'host', str, '?')}:{field(body, 'pid', int, 0)}",
+            identity=identity, group=hello.group, slots=hello.slots,
+            lease_s=self.group_settings(hello.group).lease_s, last_seen=self.clock.mono(),
+            workflows=tuple(hello.workflows), pid=hello.pid, host=hello.host, server=hello.server,
+            name=f"{hello.host or '?'}:{hello.pid}",
         )
+        if previous is not None and previous.group == hello.group:
+            # Same connection: a JOB sent before this HELLO arrived is still on its way to the
+            # worker (one connection delivers in order), so its lease stays as it is.
+            worker.leases.update(previous.leases)
         self.workers.add(worker)
-        self.known_groups.add(group)
-        self._adopt(worker, field(body, "running", list, []))
-        if previous is not None:  # leases it held that it no longer claims were lost
-            for job_id, token in previous.leases.items():
-                job = self.jobs.get(job_id)
-                if job_id not in worker.leases and job is not None and job.token == token:
-                    self._release(job, charge=True, why=J.KIND_WORKER_LOST)
-        self._learn_routes(group, workflows)
-        log.info("worker %s joined group %s with %d slots", worker.name, group, worker.slots)
+        self.known_groups.add(hello.group)
+        self._adopt(worker, hello.running)
+        # The same process on a new connection (it reconnected), or a changed group: what it
+        # does not list it does not have. Its JOBs died with the old connection: never run.
+        stale = [w for w in self.workers if w is not worker and hello.pid and w.pid == hello.pid
+                 and w.host == hello.host]
+        if previous is not None and previous.group != hello.group:
+            stale.append(previous)
+        for old in stale:
+            self.workers.remove(old.identity)
+            self._hand_back(old, "not_on_worker")
+        self._learn_routes(hello.group, hello.workflows)
+        log.info("worker %s joined group %s with %d slots", worker.name, hello.group, worker.slots)
 
-    def _route_conflict(self, group: str, workflows: dict[str, Any]) -> str | None:
+    def _hand_back(self, worker: WorkerInfo, why: str) -> None:
+        """Requeue a worker entry's live leases without charging an attempt (the job never ran there)."""
+        for job_id, token in list(worker.leases.items()):
+            job = self.jobs.get(job_id)
+            if job is not None and job.state == J.RUNNING and job.token == token:
+                self._release(job, charge=False, why=why)
+        worker.leases.clear()
+
+    def _route_conflict(self, group: str, workflows: dict[str, int | None]) -> str | None:
         for name in workflows:
             for other in self.workers:
                 if other.group != group and name in other.workflows:
@@ -76,22 +100,18 @@ class WorkerCommands(BrokerCore):
                             f"and by group {group!r}; a workflow belongs to one group")
         return None
 
-    def _adopt(self, worker: WorkerInfo, running: list[Any]) -> None:
+    def _adopt(self, worker: WorkerInfo, running: tuple[tuple[bytes, int], ...]) -> None:
         """Take back the leases a worker still holds after a reconnect or broker restart."""
-        for entry in running:
-            if not (isinstance(entry, list) and len(entry) == 2):
-                continue
-            job_id, token = entry
-            job = self.jobs.get(job_id) if isinstance(job_id, bytes) else None
+        for job_id, token in running:
+            job = self.jobs.get(job_id)
             if job is not None and job.state == J.RUNNING and job.token == token:
                 self.orphans.pop(job_id, None)
                 for other in self.workers:
                     other.leases.pop(job_id, None)
                 worker.leases[job_id] = token
 
-    def _learn_routes(self, group: str, workflows: dict[str, Any]) -> None:
-        for name, info in workflows.items():
-            retries = info.get("retries") if isinstance(info, dict) else None
+    def _learn_routes(self, group: str, workflows: dict[str, int | None]) -> None:
+        for name, retries in workflows.items():
             route = {"group": group, "retries": retries}
             if self.routes.get(name) != route:
                 self.routes[name] = route
@@ -107,9 +127,10 @@ class WorkerCommands(BrokerCore):
                     self._queue(job)
 
     def _on_ready(self, identity: bytes, body: dict[str, Any]) -> None:
+        ready = M.Ready.from_body(body)
         worker = self._known(identity)
         if worker is not None:
-            worker.slots = max(0, field(body, "slots", int))
+            worker.slots = ready.slots
 
     def _on_heartbeat(self, identity: bytes, body: dict[str, Any]) -> None:
         self._known(identity)
@@ -128,57 +149,81 @@ class WorkerCommands(BrokerCore):
             self.workers.remove(identity)
 
     # --- outcomes ---------------------------------------------------------------
-    def _current(self, identity: bytes, job_id: Any, token: Any) -> J.Job | None:
-        """The job if this outcome is for its live lease; a stale token is logged and dropped."""
+    DEFER_RETRY_MS = 1000  # storage is measured once a second
+
+    def _current(self, identity: bytes, job_id: bytes, token: int) -> J.Job | None:
+        """The job if this outcome is for its live lease, else None (a re-sent or stale report).
+
+        A result whose token is the one the finished job was stored with is a re-send of one
+        already stored (after a restart the workers send their recent results again): dropped
+        quietly. Any other token means the report comes from a run the broker gave up on: a
+        warning, said once per interval with a count.
+        """
+        job = self.jobs.get(job_id)
+        if job is not None and job.state == J.RUNNING and job.token == token:
+            self.orphans.pop(job_id, None)
+            return job
         worker = self.workers.get(identity)
-        if worker is not None and isinstance(job_id, bytes) and worker.leases.get(job_id) == token:
-            del worker.leases[job_id]  # only the live lease frees its slot; a stale report frees nothing
-        job = self.jobs.get(job_id) if isinstance(job_id, bytes) else None
-        if job is None or job.state != J.RUNNING or job.token != token:
-            shown = id_to_str(job_id) if isinstance(job_id, bytes) and len(job_id) == 16 else repr(job_id)
-            log.warning("rejected a result for job %s with a stale lease token (from %s)", shown,
-                        worker.name if worker else identity.hex())
-            return None
-        self.orphans.pop(job.id, None)
-        return job
+        if worker is not None and worker.leases.get(job_id) == token:
+            del worker.leases[job_id]  # that lease is over: its slot is free again
+        stored = None
+        if job is None:
+            stored = self.batch.jobs[job_id] if job_id in self.batch.jobs else self.store.get_job(job_id)
+        if stored is not None and stored.get("token") == token:
+            log.debug("dropped a re-sent result for job %s, stored already", id_to_str(job_id))
+        else:
+            self.quiet.warning("stale lease tokens", "rejected a result for job %s with a stale lease token (from %s)",
+                               id_to_str(job_id), worker.name if worker else identity.hex())
+        return None
+
+    def _settle(self, identity: bytes, job: J.Job) -> None:
+        """The sender's lease on ``job`` is over: its slot is free."""
+        worker = self.workers.get(identity)
+        if worker is not None and worker.leases.get(job.id) == job.token:
+            del worker.leases[job.id]
 
     def _on_done(self, identity: bytes, body: dict[str, Any]) -> None:
+        done = M.Done.from_body(body)
         self._known(identity)
-        for entry in field(body, "results", list):
-            if not (isinstance(entry, list) and len(entry) >= 3):
-                raise P.ProtocolError("each result must be [id, token, value, ...]", entry)
-            job = self._current(identity, entry[0], entry[1])
+        deferred: list[list[Any]] = []
+        reason = ""
+        for result in done.results:
+            job = self._current(identity, result.id, result.token)
             if job is None:
                 continue
             if job.cancel_requested:  # finished anyway, but the caller asked to cancel it
-                job.value = entry[2]
+                job.value = result.value
                 self.cancel_running_done(job)
                 continue
-            no_room = self.result_refusal(len(entry[2]) if isinstance(entry[2], bytes) else 0)
-            if no_room:  # storing it would fill the store: a failed attempt, not a failed commit
-                self._failed_attempt(job, J.KIND_STORAGE_FULL, no_room, None, duration_ms=0)
+            no_room = self.result_refusal(len(result.value))
+            if no_room:  # the broker's storage trouble, not the job's: it stays running, the worker keeps it
+                deferred.append([result.id, result.token])
+                reason = no_room
                 continue
+            self._settle(identity, job)
             job.move("complete")
-            job.value = entry[2]
+            job.value = result.value
             job.finished_ms = self.clock.wall_ms()
             self._count(job.group, "completed")
             self._finish(job, "complete", {"state": job.state, "value": job.value, "finished_ms": job.finished_ms})
+        if deferred:
+            self.quiet.warning("deferred results", "%d result(s) not stored yet, the worker keeps them: %s",
+                               len(deferred), reason)
+            self.outbox.append(Outgoing(identity, P.encode(P.DEFER, {
+                "results": deferred, "reason": reason, "retry_ms": self.DEFER_RETRY_MS})))
 
     def _on_fail(self, identity: bytes, body: dict[str, Any]) -> None:
+        failed = M.Fail.from_body(body)
         self._known(identity)
-        for entry in field(body, "failures", list):
-            if not isinstance(entry, dict):
-                raise P.ProtocolError("each failure must be a map", entry)
-            job = self._current(identity, entry.get("id"), entry.get("token"))
+        for failure in failed.failures:
+            job = self._current(identity, failure.id, failure.token)
             if job is None:
                 continue
-            kind = field(entry, "kind", str, J.KIND_ERROR)
-            error = field(entry, "error", str, "")
-            tb = field(entry, "traceback", str, None)
+            self._settle(identity, job)
             if job.cancel_requested:  # it stopped because it was cancelled: not a failed attempt
                 self.cancel_running_done(job)
                 continue
-            self._failed_attempt(job, kind, error, tb, field(entry, "duration_ms", int, 0))
+            self._failed_attempt(job, failure.kind, failure.error, failure.traceback, failure.duration_ms)
 
     def _failed_attempt(self, job: J.Job, kind: str, error: str, tb: str | None, duration_ms: int) -> None:
         """An attempt that failed: retried with backoff, or dead-lettered when permanent or out of retries."""
@@ -201,14 +246,14 @@ class WorkerCommands(BrokerCore):
         self._emit("retrying", job, due_ms=job.due_ms, error=error)
         self._save(job, "retry", {"state": job.state, "due_ms": job.due_ms, "error": error,
                                   "error_kind": kind, "traceback": tb, "token": 0})
-        self.schedule.add(job.id, job.due_ms)
+        self.schedule_at(job, job.due_ms)
 
     def _on_return(self, identity: bytes, body: dict[str, Any]) -> None:
         """A draining worker hands back jobs it did not start or finish: requeue them now."""
+        returned = M.Return.from_body(body)
         self._known(identity)
-        for entry in field(body, "jobs", list):
-            if not (isinstance(entry, list) and len(entry) == 2):
-                raise P.ProtocolError("each returned job must be [id, token]", entry)
-            job = self._current(identity, entry[0], entry[1])
+        for job_id, token in returned.jobs:
+            job = self._current(identity, job_id, token)
             if job is not None:
+                self._settle(identity, job)
                 self._release(job, charge=False, why="returned")

@@ -110,8 +110,10 @@ class Harness:
 
     # --- workers -------------------------------------------------------------------------
     def hello(self, identity: bytes = WORKER, slots: int = 1, group: str = "email",
-              running: list[list[Any]] | None = None) -> list[Msg]:
-        return self.send(identity, P.HELLO, {"group": group, "pid": 1, "host": "test", "slots": slots,
+              running: list[list[Any]] | None = None, pid: int | None = None) -> list[Msg]:
+        """HELLO from ``identity``; each identity is its own process unless ``pid`` says otherwise."""
+        pid = sum(identity) if pid is None else pid
+        return self.send(identity, P.HELLO, {"group": group, "pid": pid, "host": "test", "slots": slots,
                                              "workflows": {"send-email": {}}, "running": running or []})
 
     def done(self, job: dict[str, Any], identity: bytes = WORKER, token: int | None = None) -> list[Msg]:

@@ -1,0 +1,231 @@
+"""Typed bodies of the commands workers send, checked once at the edge.
+
+``protocol.decode`` gives a map; the ``from_body`` of each class below checks every field
+(type, size, shape) and returns a small frozen dataclass, or raises ``ProtocolError`` with
+code ``bad_request`` naming the field. The broker's handlers take these, never the raw map,
+so a peer's bad frame is refused before any state is touched: a message with one bad entry
+among good ones is refused whole.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from . import protocol as P
+from .errors import ProtocolError
+
+MAX_SLOTS = 1_000_000
+MAX_NAME = 1024          # workflow, step and group names
+MAX_TEXT = 1 << 20       # error texts and tracebacks
+
+
+def _refuse(reason: str, received: object) -> ProtocolError:
+    err = ProtocolError(reason, received)
+    err.code = P.E_BAD_REQUEST  # type: ignore[attr-defined]
+    return err
+
+
+def _int(value: Any, what: str) -> int:
+    if type(value) is not int:
+        raise _refuse(f"{what} must be an integer, got {type(value).__name__}", value)
+    return value
+
+
+def _job_id(value: Any, what: str = "job id") -> bytes:
+    if type(value) is not bytes or len(value) != 16:
+        shown = f"{len(value)} bytes" if isinstance(value, bytes) else type(value).__name__
+        raise _refuse(f"{what} must be 16 bytes, got {shown}", value)
+    return value
+
+
+def _name(value: Any, what: str) -> str:
+    if type(value) is not str or not value or len(value) > MAX_NAME:
+        raise _refuse(f"{what} must be a non-empty string of at most {MAX_NAME} characters", value)
+    return value
+
+
+def _text(value: Any, what: str, default: str | None = "") -> str | None:
+    if value is None:
+        return default
+    if type(value) is not str:
+        raise _refuse(f"{what} must be a string, got {type(value).__name__}", value)
+    return value[:MAX_TEXT]
+
+
+def _list(body: Mapping[str, Any], name: str, required: bool = True) -> list[Any]:
+    value = body.get(name)
+    if value is None and not required:
+        return []
+    if type(value) is not list:
+        raise _refuse(f"field {name!r} must be a list, got {type(value).__name__}", value)
+    return value
+
+
+def _lease(entry: Any, what: str) -> tuple[bytes, int]:
+    if type(entry) is not list or len(entry) < 2:
+        raise _refuse(f"each {what} must be [id, token, ...]", entry)
+    return _job_id(entry[0]), _int(entry[1], "lease token")
+
+
+@dataclass(frozen=True)
+class Hello:
+    """A worker joins (or re-announces itself): its group, slots, workflows and running leases."""
+
+    group: str
+    slots: int
+    pid: int
+    host: str
+    server: str
+    workflows: dict[str, int | None]          # name -> retries (None: the group's default)
+    running: tuple[tuple[bytes, int], ...]
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> "Hello":
+        group = _name(body.get("group"), "HELLO's group")
+        slots = _int(body.get("slots"), "HELLO's slots")
+        if not 0 <= slots <= MAX_SLOTS:
+            raise _refuse(f"HELLO's slots must be between 0 and {MAX_SLOTS}", slots)
+        raw = body.get("workflows") or {}
+        if type(raw) is not dict:
+            raise _refuse("HELLO's workflows must be a map of name -> {retries}", raw)
+        workflows: dict[str, int | None] = {}
+        for name, info in raw.items():
+            _name(name, "a workflow name")
+            retries = info.get("retries") if type(info) is dict else None
+            if retries is not None:
+                _int(retries, f"retries of {name!r}")
+            workflows[name] = retries
+        running = tuple(_lease(e, "running entry") for e in _list(body, "running", required=False))
+        return cls(group=group, slots=slots, pid=_int(body.get("pid", 0) or 0, "HELLO's pid"),
+                   host=_text(body.get("host"), "HELLO's host") or "",
+                   server=_text(body.get("server"), "HELLO's server") or "",
+                   workflows=workflows, running=running)
+
+
+@dataclass(frozen=True)
+class Ready:
+    """The worker's free slot count changed (0 while draining)."""
+
+    slots: int
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> "Ready":
+        slots = _int(body.get("slots"), "READY's slots")
+        if not 0 <= slots <= MAX_SLOTS:
+            raise _refuse(f"READY's slots must be between 0 and {MAX_SLOTS}", slots)
+        return cls(slots)
+
+
+@dataclass(frozen=True)
+class Result:
+    """One finished run: the packed value."""
+
+    id: bytes
+    token: int
+    value: bytes
+
+
+@dataclass(frozen=True)
+class Done:
+    """Finished runs."""
+
+    results: tuple[Result, ...]
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> "Done":
+        results = []
+        for entry in _list(body, "results"):
+            job_id, token = _lease(entry, "result")
+            if len(entry) < 3 or type(entry[2]) is not bytes:
+                raise _refuse("each result must be [id, token, packed value, ...]", entry)
+            results.append(Result(job_id, token, entry[2]))
+        return cls(tuple(results))
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One failed run."""
+
+    id: bytes
+    token: int
+    kind: str
+    error: str
+    traceback: str | None
+    duration_ms: int
+
+
+@dataclass(frozen=True)
+class Fail:
+    """Failed runs."""
+
+    failures: tuple[Failure, ...]
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> "Fail":
+        failures = []
+        for entry in _list(body, "failures"):
+            if type(entry) is not dict:
+                raise _refuse("each failure must be a map", entry)
+            kind = entry.get("kind") or "error"
+            failures.append(Failure(
+                id=_job_id(entry.get("id")), token=_int(entry.get("token"), "lease token"),
+                kind=_name(kind, "failure kind"), error=_text(entry.get("error"), "error") or "",
+                traceback=_text(entry.get("traceback"), "traceback", None),
+                duration_ms=_int(entry.get("duration_ms", 0) or 0, "duration_ms")))
+        return cls(tuple(failures))
+
+
+@dataclass(frozen=True)
+class Return:
+    """Unfinished jobs handed back by a draining worker."""
+
+    jobs: tuple[tuple[bytes, int], ...]
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> "Return":
+        return cls(tuple(_lease(e, "returned job") for e in _list(body, "jobs")))
+
+
+@dataclass(frozen=True)
+class Step:
+    """A step result to store before the handler goes on (answered with REPLY once committed)."""
+
+    rid: int
+    id: bytes
+    token: int
+    name: str
+    record: dict[str, Any]
+    enqueue: tuple[Any, ...]   # child job items, checked by the enqueue parser
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> "Step":
+        record = body.get("record")
+        if type(record) is not dict:
+            raise _refuse("STEP's record must be a map", record)
+        try:  # it is stored as is: what cannot be packed again must not reach the commit
+            P.pack(record)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise _refuse(f"STEP's record cannot be stored: {exc}", None) from None
+        return cls(rid=_int(body.get("rid"), "rid"), id=_job_id(body.get("id")),
+                   token=_int(body.get("token"), "lease token"), name=_name(body.get("name"), "step name"),
+                   record=record, enqueue=tuple(_list(body, "enqueue", required=False)))
+
+
+@dataclass(frozen=True)
+class Suspend:
+    """Give the slot back until a wall time (``step.sleep``) or until children are final (``step.wait``)."""
+
+    id: bytes
+    token: int
+    name: str
+    due_ms: int
+    wait_on: tuple[bytes, ...]
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> "Suspend":
+        due_ms = _int(body.get("due_ms", 0) or 0, "due_ms")
+        if due_ms < 0:
+            raise _refuse("due_ms must not be negative", due_ms)
+        return cls(id=_job_id(body.get("id")), token=_int(body.get("token"), "lease token"),
+                   name=_name(body.get("name"), "step name"), due_ms=due_ms,
+                   wait_on=tuple(_job_id(c, "a child id") for c in _list(body, "wait_on", required=False)))
