@@ -4,6 +4,8 @@ peers that do not read. Each test drives the real core with a fake clock (see te
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -12,8 +14,14 @@ from shoal import protocol as P
 from shoal.broker.core import Outgoing
 from shoal.ids import new_job_id
 
-from test_broker_core import (CLIENT, LEASE_S, OTHER_WORKER, WORKER, Harness, Msg, dispatched, errors,  # noqa: F401
-                              h, only)
+from test_broker_core import CLIENT, LEASE_S, OTHER_WORKER, WORKER, Harness, Msg, dispatched, errors, only
+
+
+@pytest.fixture
+def h(tmp_path: Path) -> Iterator[Harness]:
+    harness = Harness(tmp_path / "data")
+    yield harness
+    harness.close()
 
 
 def commands_to(out: list[Msg], identity: bytes) -> list[bytes]:
