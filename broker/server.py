@@ -31,7 +31,9 @@ from .supervisor import Supervisor
 
 log = logging.getLogger("shoal.broker")
 MAX_DRAIN = 4096
-PEER_HWM = 10_000  # messages queued per peer, each way
+PEER_HWM = 10_000  # replies queued per peer before it counts as not reading
+PEER_RCVHWM = 1_000  # messages read ahead per peer; past it TCP holds the peer back
+PASS_BUDGET_S = 0.005  # a pass stops handling after this long, commits and sends
 TRIM_GAP_S = 0.02  # at most this often a commit just to drop log entries behind a snapshot
 
 
@@ -55,7 +57,7 @@ class BrokerServer:
         # BrokerCore.undeliverable), and one that sends faster than the loop reads is held back
         # by TCP past RCVHWM.
         self.sock.setsockopt(zmq.SNDHWM, PEER_HWM)
-        self.sock.setsockopt(zmq.RCVHWM, PEER_HWM)
+        self.sock.setsockopt(zmq.RCVHWM, PEER_RCVHWM)
         self.broker.send_hwm = PEER_HWM
         # zmq drops a peer sending more than this; below it we answer a clear too_large error
         self.sock.setsockopt(zmq.MAXMSGSIZE, settings.broker.max_message_bytes * 4)
@@ -106,12 +108,7 @@ class BrokerServer:
             if ready:
                 if len(ready) > 1 or ready[0][0] is not sock:
                     self._forward_history()
-                for _ in range(MAX_DRAIN):
-                    try:
-                        frames = sock.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    broker.handle(frames[0], frames[1:])
+                self._drain(broker)
             broker.tick()
             if self._trim_to:
                 # The log behind a snapshot is dropped a little with every commit that happens
@@ -161,6 +158,21 @@ class BrokerServer:
             if self.metrics is not None and time.monotonic() - self._metrics_at >= 1.0:
                 self._metrics_at = time.monotonic()
                 self.metrics.text = render_metrics(broker.stats(), broker.events_dropped)
+
+    def _drain(self, broker: Broker) -> None:
+        """Handle what waits on the socket: everything that arrived together shares one commit,
+        but a pass ends after PASS_BUDGET_S of handling, so a burst (a peer flooding the broker)
+        never holds the replies of the pass back for long."""
+        sock = self.sock
+        started = time.monotonic()
+        for n in range(MAX_DRAIN):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            broker.handle(frames[0], frames[1:])
+            if n & 31 == 31 and time.monotonic() - started > PASS_BUDGET_S:
+                return
 
     def _forward_history(self) -> None:
         """Send the HISTORY replies the reader thread has finished."""

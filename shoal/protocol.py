@@ -52,6 +52,11 @@ CLIENT_COMMANDS = frozenset({ENQUEUE, GET, WAIT, STATS, DEAD, REQUEUE, JOBS, STE
 WORKER_COMMANDS = frozenset({HELLO, READY, DONE, FAIL, RETURN, HEARTBEAT, BYE, STEP, SUSPEND})
 BROKER_COMMANDS = frozenset({REPLY, ERROR, JOB, HEARTBEAT, RECONNECT, CANCEL, DEFER})
 KNOWN_COMMANDS = CLIENT_COMMANDS | WORKER_COMMANDS | BROKER_COMMANDS
+# Commands whose bodies are a few fields: a bigger one is refused before it is decoded, so a
+# hostile peer cannot make the broker unpack megabytes to find a wrong field.
+SMALL_BODY_COMMANDS = frozenset({WAIT, STATS, DEAD, JOBS, STEPS, HISTORY, CANCEL, CRON, STORAGE, READY,
+                                 HEARTBEAT, BYE})
+SMALL_BODY_BYTES = 64 * 1024
 
 # Error codes the broker sends back in ERROR replies.
 E_PROTOCOL = "protocol"
@@ -107,6 +112,9 @@ def decode(frames: list[bytes], max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> t
         raise _error(E_PROTOCOL, f"unknown protocol version {bytes(version[:32])!r}, expected {VERSION!r}", version)
     if command not in KNOWN_COMMANDS:
         raise _error(E_PROTOCOL, f"unknown command {bytes(command[:32])!r}", command)
+    if command in SMALL_BODY_COMMANDS and len(body) > SMALL_BODY_BYTES:
+        raise _error(E_TOO_LARGE, f"a {command.decode()} body of {len(body)} bytes is over the {SMALL_BODY_BYTES} "
+                     f"bytes such a message needs", len(body))
     if len(body) > max_bytes:
         err = _error(E_TOO_LARGE, f"message body of {len(body)} bytes is over the limit of {max_bytes} bytes", len(body))
         err.size = len(body)  # type: ignore[attr-defined]  # lets the sender match the refusal to its request
