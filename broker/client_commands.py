@@ -209,6 +209,8 @@ class ClientCommands(BrokerCore):
         for job_id in self.orphans:
             group = self.jobs[job_id].group
             orphans_by_group[group] = orphans_by_group.get(group, 0) + 1
+        for old, _ in self.superseded.values():  # a reconnected worker's old connection, briefly
+            orphans_by_group[old.group] = orphans_by_group.get(old.group, 0) + len(old.leases)
         per: dict[str, dict[str, Any]] = {}
         for name in sorted(groups):
             counts = self.counters.get(name, {})

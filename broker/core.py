@@ -89,6 +89,7 @@ class BrokerCore:
         self._seq = 0
         self._last_heartbeat = 0.0
         self._next_expiry = 0.0
+        self.superseded: dict[bytes, tuple[WorkerInfo, float]] = {}  # old connection of a reconnected worker
         self.asked_hello: dict[bytes, float] = {}    # unknown peer -> when it was last sent RECONNECT (mono)
         self.quiet = QuietLog(log)
         self._handlers: dict[bytes, Callable[[bytes, dict[str, Any]], None]] = self.handlers()
@@ -255,6 +256,8 @@ class BrokerCore:
         for worker in self.workers.silent_since(lambda w: now - w.lease_s):
             log.warning("worker %s (%s) went silent; releasing %d leases", worker.name, worker.group, len(worker.leases))
             self._drop_worker(worker.identity, J.KIND_WORKER_LOST)
+        if self.superseded:
+            self.hand_back_superseded(now)
         for job_id, deadline in list(self.orphans.items()):
             if deadline <= now:
                 del self.orphans[job_id]
@@ -411,6 +414,10 @@ class BrokerCore:
 
     def _settle(self, identity: bytes, job: J.Job) -> None:
         """The sender's lease on ``job`` is over (see worker_commands)."""
+        raise NotImplementedError
+
+    def hand_back_superseded(self, now: float) -> None:
+        """Requeue what reconnected workers' old connections still hold (see worker_commands)."""
         raise NotImplementedError
 
     def cancel_running_done(self, job: J.Job) -> None:

@@ -27,6 +27,7 @@ class WorkerCommands(BrokerCore):
         return table
 
     RECONNECT_GAP_S = 1.0  # at most one RECONNECT per unknown peer this often
+    SUPERSEDED_GRACE_S = 2.0  # a reconnected worker's old connection may still deliver results this long
 
     def _known(self, identity: bytes) -> WorkerInfo | None:
         """The sender, with its liveness refreshed; an unknown one is asked to say HELLO."""
@@ -80,9 +81,19 @@ class WorkerCommands(BrokerCore):
             stale.append(previous)
         for old in stale:
             self.workers.remove(old.identity)
-            self._hand_back(old, "not_on_worker")
+            if old is previous:
+                self._hand_back(old, "not_on_worker")
+            else:  # results it sent on the old connection may still arrive: they settle first
+                self.superseded[old.identity] = (old, self.clock.mono() + self.SUPERSEDED_GRACE_S)
         self._learn_routes(hello.group, hello.workflows)
         log.info("worker %s joined group %s with %d slots", worker.name, hello.group, worker.slots)
+
+    def hand_back_superseded(self, now: float) -> None:
+        """Old connections of reconnected workers, past their grace: what they still hold never ran."""
+        for identity, (old, deadline) in list(self.superseded.items()):
+            if deadline <= now:
+                del self.superseded[identity]
+                self._hand_back(old, "not_on_worker")
 
     def _hand_back(self, worker: WorkerInfo, why: str) -> None:
         """Requeue a worker entry's live leases without charging an attempt (the job never ran there)."""

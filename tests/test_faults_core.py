@@ -54,11 +54,23 @@ def test_same_process_on_a_new_connection_gets_back_what_it_does_not_list_unchar
     kept = next(j for j in first if j["id"] == kept_id)
     # the worker reconnected (new socket, same pid and host): it runs one job, the other JOB died with the old socket
     out = h.hello(OTHER_WORKER, slots=2, running=[[kept_id, kept["token"]]], pid=42)
-    again = only(dispatched(out, OTHER_WORKER))
-    assert again["id"] == lost_id and again["attempt"] == 1  # never ran: no attempt charged
+    assert dispatched(out, OTHER_WORKER) == []  # a result sent on the old connection may still come
     assert list(h.broker.workers.by_identity) == [OTHER_WORKER]
     h.done(kept, identity=OTHER_WORKER)
     assert h.record(kept_id)["state"] == J.COMPLETED and h.record(kept_id)["attempts"] == 1
+    h.clock.advance(2.5)
+    again = only(dispatched(h.tick(), OTHER_WORKER))
+    assert again["id"] == lost_id and again["attempt"] == 1  # never ran: no attempt charged
+
+
+def test_a_result_from_the_old_connection_after_the_new_hello_is_accepted(h: Harness) -> None:
+    [job_id] = h.new_jobs(1)
+    job = only(dispatched(h.hello(WORKER, slots=1, pid=42)))
+    h.hello(OTHER_WORKER, slots=1, running=[], pid=42)  # the new connection's HELLO overtook the result
+    h.done(job, identity=WORKER)
+    assert h.state(job_id) == J.COMPLETED and h.record(job_id)["attempts"] == 1
+    h.clock.advance(2.5)
+    assert dispatched(h.tick(), OTHER_WORKER) == []
 
 
 def test_a_silent_worker_still_costs_its_job_an_attempt(h: Harness) -> None:
