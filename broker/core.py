@@ -21,7 +21,8 @@ from shoal.ids import id_to_str
 
 from .queues import ReadyQueue, Schedule
 from .quiet import QuietLog
-from .store import Batch, Store
+from .batch import Batch
+from .contract import CoreStore
 from .supervisor import Demand, Supervisor
 from .workers import WorkerInfo, WorkerRegistry
 
@@ -51,7 +52,7 @@ class Outgoing:
 class BrokerCore:
     """All broker state and the rules that change it (message handlers are in mixins)."""
 
-    def __init__(self, store: Store, settings: Settings, clock: Clock | None = None) -> None:
+    def __init__(self, store: CoreStore, settings: Settings, clock: Clock | None = None) -> None:
         self.store = store
         self.settings = settings
         self.clock = clock or Clock()

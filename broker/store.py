@@ -28,7 +28,6 @@ import threading
 import time
 from collections import deque
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
 import lmdb
@@ -37,6 +36,7 @@ from shoal.errors import ShoalError, StorageFull
 from shoal.faults import fault
 from shoal.protocol import pack, unpack
 
+from .batch import Batch
 from .lock import DataDirLock
 from .snapshot import Snapshot
 
@@ -93,26 +93,6 @@ def _open_readonly(path: str) -> lmdb.Environment:
         return lmdb.open(path, readonly=True, create=False, max_dbs=16, lock=True)
     except lmdb.Error as exc:
         raise NotADataDir(f"{path} is not a readable LMDB environment: {exc}") from None
-
-
-@dataclass
-class Batch:
-    """Writes decided during one pass of the broker loop, committed together."""
-
-    jobs: dict[bytes, dict[str, Any] | None] = field(default_factory=dict)  # None deletes
-    log: list[tuple[str, bytes, dict[str, Any]]] = field(default_factory=list)
-    expiry_add: list[tuple[int, bytes]] = field(default_factory=list)
-    expiry_del: list[tuple[int, bytes]] = field(default_factory=list)
-    routes: dict[str, dict[str, Any]] = field(default_factory=dict)
-    counters: dict[str, dict[str, int]] = field(default_factory=dict)
-    steps: dict[tuple[bytes, str], dict[str, Any]] = field(default_factory=dict)
-    drop_steps: list[bytes] = field(default_factory=list)   # job ids whose steps go
-    cron: dict[str, int] = field(default_factory=dict)      # cron entry -> last fired tick (ms)
-    trim_log_to: int = 0   # drop log entries up to this seq (a snapshot holds the state there)
-
-    def __bool__(self) -> bool:
-        return bool(self.jobs or self.log or self.expiry_add or self.expiry_del or self.routes or self.counters
-                    or self.steps or self.drop_steps or self.cron or self.trim_log_to)
 
 
 class Store:

@@ -15,6 +15,8 @@ import pytest
 from shoal import jobs as J
 from shoal import protocol as P
 from shoal.broker.broker import Broker
+from shoal.broker.contract import CoreStore
+from shoal.broker.memstore import MemoryStore
 from shoal.broker.store import Store
 from shoal.conf.settings import GroupSettings, Settings
 from shoal.ids import new_job_id
@@ -57,18 +59,20 @@ class Msg:
 class Harness:
     """A broker over a store at ``path``; restartable on the same path."""
 
-    def __init__(self, path: Path, clock: FakeClock | None = None) -> None:
+    def __init__(self, path: Path, clock: FakeClock | None = None, memory: MemoryStore | None = None) -> None:
         self.path = path
         self.clock = clock or FakeClock()
-        self.store = Store(str(path))
+        self.memory = memory
+        self.store: CoreStore = memory if memory is not None else Store(str(path))
         self.broker = Broker(self.store, SETTINGS, self.clock)
         self.broker.load()
         self._rid = 0
 
     def restart(self) -> Harness:
         """Close this broker's store and start a new broker on the same data (the clock goes on)."""
-        self.store.close()
-        return Harness(self.path, self.clock)
+        if self.memory is None:
+            self.store.close()
+        return Harness(self.path, self.clock, self.memory)
 
     def close(self) -> None:
         self.store.close()
@@ -144,9 +148,10 @@ def errors(out: list[Msg], identity: bytes) -> list[dict[str, Any]]:
     return [m.body for m in out if m.identity == identity and m.command == P.ERROR]
 
 
-@pytest.fixture
-def h(tmp_path: Path) -> Iterator[Harness]:
-    harness = Harness(tmp_path / "data")
+@pytest.fixture(params=["lmdb", "memory"])
+def h(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
+    """The core over each store the contract has (tests/test_storage_contract.py)."""
+    harness = Harness(tmp_path / "data", memory=MemoryStore() if request.param == "memory" else None)
     yield harness
     harness.close()
 

@@ -12,14 +12,15 @@ import pytest
 from shoal import jobs as J
 from shoal import protocol as P
 from shoal.broker.core import Outgoing
+from shoal.broker.memstore import MemoryStore
 from shoal.ids import new_job_id
 
 from test_broker_core import CLIENT, LEASE_S, OTHER_WORKER, WORKER, Harness, Msg, dispatched, errors, only
 
 
-@pytest.fixture
-def h(tmp_path: Path) -> Iterator[Harness]:
-    harness = Harness(tmp_path / "data")
+@pytest.fixture(params=["lmdb", "memory"])
+def h(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
+    harness = Harness(tmp_path / "data", memory=MemoryStore() if request.param == "memory" else None)
     yield harness
     harness.close()
 
