@@ -1,7 +1,8 @@
 """Chaos run: a real broker SIGKILLed (or SIGSTOPped) at random moments under mixed load.
 
     python scripts/chaos.py [--mode kill|stop] [--kills N] [--stop-s S] [--seed N] [--workers 2]
-                            [--duration S] [--lease S] [--final-timeout S] [--json FILE]
+                            [--concurrency 4] [--pause S] [--duration S] [--lease S]
+                            [--final-timeout S] [--json FILE]
 
 It makes a temp data dir and shoal.toml, starts a broker on a fixed loopback port (restarts keep
 the endpoint and the data) and ``--workers`` workers loading ``scripts/chaos_app.py``, and runs
@@ -202,6 +203,7 @@ def run(opts: Options) -> Report:
     """One whole chaos run; the processes are gone when it returns (their logs stay)."""
     rng = random.Random(opts.seed)
     rig = Rig(opts)
+    load: Load | None = None
     try:
         rig.start_broker()
         rig.start_workers(opts.workers, opts.concurrency)
@@ -212,13 +214,16 @@ def run(opts: Options) -> Report:
         faults = inject_faults(rig, opts, rng)
         time.sleep(opts.settle_s)
         load.stop()
-        finals = await_final(rig.endpoint, sorted(load.ledger.acked), opts.final_timeout_s)
-        unknown = await_final(rig.endpoint, sorted(load.ledger.unknown), 5.0) if load.ledger.unknown else {}
+        ledger = load.ledger
+        finals = await_final(rig.endpoint, sorted(ledger.acked), opts.final_timeout_s)
+        unknown = await_final(rig.endpoint, sorted(ledger.unknown), 5.0) if ledger.unknown else {}
         workers_lived = all(w.alive() for w in rig.workers)
         verified = rig.stop_and_verify()
-        return analyse(rig.dir, opts.mode, load.ledger, finals, unknown, faults, pids, workers_lived,
+        return analyse(rig.dir, opts.mode, ledger, finals, unknown, faults, pids, workers_lived,
                        rig.broker_logs(), verified, (load.takes_id, load.takes_ids))
     finally:
+        if load is not None:
+            load.stop()  # idempotent; puts the client's id maker back even after an error
         rig.close()
 
 
@@ -231,12 +236,13 @@ def parse(argv: list[str] | None) -> tuple[Options, str | None]:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--duration", type=float, help="spread the faults over about this many seconds")
+    ap.add_argument("--pause", type=float, default=0.02, help="seconds between calls of one producer thread")
     ap.add_argument("--lease", type=float, default=10.0, help="the groups' lease (s); default as shipped")
     ap.add_argument("--final-timeout", type=float, default=180.0, help="for every acked job to be final")
     ap.add_argument("--json", help="also write the report as JSON to this file")
     a = ap.parse_args(argv)
     opts = Options(mode=a.mode, kills=a.kills, stop_s=a.stop_s, seed=a.seed, workers=a.workers,
-                   concurrency=a.concurrency, lease_s=a.lease, final_timeout_s=a.final_timeout)
+                   concurrency=a.concurrency, lease_s=a.lease, pause_s=a.pause, final_timeout_s=a.final_timeout)
     if a.duration:
         mean = max(0.5, a.duration / max(1, a.kills) - (a.stop_s if a.mode == "stop" else 1.0))
         opts.gap_s = (mean * 0.5, mean * 1.5)

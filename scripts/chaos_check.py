@@ -15,7 +15,8 @@ from typing import Any, Iterable, NamedTuple
 
 BASELINE_S = 5.0        # throughput before a fault is measured over this window
 AFTERMATH_S = 10.0      # an unexplained re-run this soon after a fault is its aftermath (e.g. HELLO races)
-RECOVERED_SHARE = 0.5   # "recovered" = a 1 s window with at least this share of the baseline rate
+RECOVERED_SHARE = 0.5   # "recovered" = a WINDOW_S window with at least this share of the baseline rate
+WINDOW_S = 0.25
 
 
 class Fault(NamedTuple):
@@ -101,17 +102,21 @@ def extra_runs(acked: Iterable[str], runs: dict[str, list[Run]], faults: list[Fa
 
 
 def recovery(fault: Fault, run_starts: list[float], next_start: float) -> dict[str, Any]:
-    """Runs started per second before the fault, and how long after the broker was back until
-    that rate was reached again (runs started, not ended: a run in flight across a kill ends
-    without the new broker's help)."""
+    """Runs started per second before the fault; after the broker was back, when the first run
+    started and when a quarter-second window reached half that rate again (runs started, not
+    ended: a run in flight across a kill ends without the new broker's help)."""
     before = sum(fault.start - BASELINE_S <= t < fault.start for t in run_starts) / BASELINE_S
-    wanted = max(1.0, RECOVERED_SHARE * before)
+    wanted = max(1.0, RECOVERED_SHARE * before * WINDOW_S)
+    first = next((s for s in run_starts if s >= fault.end), None)
+    out: dict[str, Any] = {"baseline_runs_per_s": round(before, 1), "recovered_after_s": None,
+                           "first_run_after_s": None if first is None else round(first - fault.end, 2)}
     t = fault.end
     while t < next_start:
-        if sum(t <= s < t + 1.0 for s in run_starts) >= wanted:
-            return {"baseline_runs_per_s": round(before, 1), "recovered_after_s": round(t - fault.end, 2)}
-        t += 0.1
-    return {"baseline_runs_per_s": round(before, 1), "recovered_after_s": None}
+        if sum(t <= s < t + WINDOW_S for s in run_starts) >= wanted:
+            out["recovered_after_s"] = round(t - fault.end, 2)
+            break
+        t += 0.05
+    return out
 
 
 def fault_costs(faults: list[Fault], runs: dict[str, list[Run]], calls: list[tuple[float, float]],
@@ -132,7 +137,9 @@ def fault_costs(faults: list[Fault], runs: dict[str, list[Run]], calls: list[tup
 def log_figures(broker_logs: str, pids: list[int]) -> dict[str, Any]:
     """HELLOs per worker, stale-token warnings and tracebacks in the broker logs."""
     hellos = Counter(int(p) for p in re.findall(r"worker \S+:(\d+) joined group", broker_logs))
+    silent = [int(n) for n in re.findall(r"went silent; releasing (\d+) leases", broker_logs)]
     return {"hellos_per_worker": {str(p): hellos.get(p, 0) for p in pids},
+            "went_silent_warnings": len(silent), "leases_released_as_silent": sum(silent),
             "stale_token_warnings": broker_logs.count("stale lease token"),
             "broker_tracebacks": broker_logs.count("Traceback")}
 
@@ -154,6 +161,7 @@ def analyse(run_dir: Path, mode: str, ledger: Any, finals: dict[str, Any], unkno
     lost_live = [j for j, r in finals.items()
                  if r is not None and r.status == "dead" and r.error_kind == "worker_lost"]
     extra = extra_runs(acked, runs, faults)
+    unrun = [r.attempts - len(runs.get(j, [])) for j, r in finals.items() if r is not None and r.status == "completed"]
     end_of_run = max((r.end for rs in runs.values() for r in rs), default=0.0) + 1.0
     report = Report(str(run_dir), mode)
     report.per_fault = fault_costs(faults, runs, ledger.calls, extra["by_fault"], end_of_run)
@@ -165,6 +173,7 @@ def analyse(run_dir: Path, mode: str, ledger: Any, finals: dict[str, Any], unkno
         "extra_runs_fault_explained": dict(extra["explained"]),
         "extra_runs_unexplained": dict(extra["unexplained"]), "worst_unexplained": extra["worst"],
         "unexplained_jobs_within_10s_after_a_fault": extra["soon_after"],
+        "attempts_charged_without_a_run": {"jobs": sum(n > 0 for n in unrun), "attempts": sum(n for n in unrun if n > 0)},
         "deduplicated_answers": ledger.deduplicated, "client_errors": dict(ledger.errors),
         "unknown_outcome": unknown_figures(unknown, runs), "same_id_retries_acked": ledger.retried_ok,
         "client_takes_ids": {"enqueue(id=)": takes_ids[0], "enqueue_many(ids=)": takes_ids[1]},
@@ -197,9 +206,10 @@ def print_summary(report: Report) -> None:
     print(f"chaos ({report.mode}): {f['faults']} faults; logs and data in {report.run_dir}")
     for key in ("acked", "by_kind", "final_status", "fail_once_jobs", "runs", "injected_failures",
                 "extra_runs_fault_explained", "extra_runs_unexplained",
-                "unexplained_jobs_within_10s_after_a_fault", "deduplicated_answers",
+                "unexplained_jobs_within_10s_after_a_fault", "attempts_charged_without_a_run", "deduplicated_answers",
                 "client_errors", "unknown_outcome", "same_id_retries_acked", "client_takes_ids",
-                "workers_lived", "hellos_per_worker", "stale_token_warnings", "broker_tracebacks"):
+                "workers_lived", "hellos_per_worker", "went_silent_warnings", "leases_released_as_silent",
+                "stale_token_warnings", "broker_tracebacks"):
         print(f"  {key}: {f[key]}")
     for line in f["not_completed"]:
         print(f"  not completed: {line}")
@@ -207,7 +217,8 @@ def print_summary(report: Report) -> None:
         print(f"  unexplained: {job} +{extra} runs (attempt, pid, start): {runs}")
     for i, cost in enumerate(report.per_fault, 1):
         print(f"  fault {i:2d} {cost['kind']} at {cost['at_s']} s: down {cost['down_s']} s, throughput back after "
-              f"{cost['recovered_after_s']} s (baseline {cost['baseline_runs_per_s']} runs/s), slowest enqueue "
+              f"{cost['recovered_after_s']} s (first run {cost['first_run_after_s']} s; baseline "
+              f"{cost['baseline_runs_per_s']} runs/s), slowest enqueue "
               f"{cost['slowest_enqueue_s']} s, extra runs {cost['extra_runs']}")
     for name, (ok, detail) in report.checks.items():
         print(f"  {'PASS' if ok else 'FAIL'}  {name}: {detail}")
