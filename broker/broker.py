@@ -1,6 +1,8 @@
 """The complete broker: core rules plus the client and worker command handlers."""
 from __future__ import annotations
 
+from typing import Any
+
 from .control_commands import ControlCommands
 from .cron_commands import CronCommands
 from .history_commands import HistoryCommands
@@ -10,6 +12,10 @@ from .worker_commands import WorkerCommands
 
 class Broker(HistoryCommands, CronCommands, ControlCommands, StepCommands, WorkerCommands):
     """All broker state and decisions; see core.BrokerCore for the shape."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.init_cron()  # before load(): a tick() on a broker that was never loaded works too
 
     def load(self) -> None:
         """Rebuild memory from storage: fan-in waits and cron marks too."""

@@ -5,6 +5,7 @@ from typing import Any, Callable
 
 from shoal import jobs as J
 from shoal import protocol as P
+from shoal.ids import id_to_str
 from shoal.protocol import field
 
 from .core import BrokerCore, Outgoing
@@ -27,24 +28,13 @@ class ClientCommands(BrokerCore):
         rid = field(body, "rid", int)
         items = field(body, "jobs", list)
         parsed = [self._parse_job(item) for item in items]
-        incoming = sum(len(p["payload"]) + 512 for p in parsed)
-        no_room = self.storage_refusal(incoming)
-        if no_room:
-            self.error(identity, rid, P.E_STORAGE, no_room)
-            return
-        self.storage_used += 2 * incoming  # until the next measurement: job record + log entry
-        self.storage_room -= 2 * incoming
-        refused = self._refusal(parsed)
+        refused = self.admission(parsed)
         if refused:
-            self.error(identity, rid, P.E_GROUP_UNHEALTHY, refused)
+            self.outbox.append(Outgoing(identity, P.encode(P.ERROR, {"rid": rid, **refused})))
             return
         unseen = [p["id"] for p in parsed if p["id"] not in self.jobs and p["id"] not in self.batch.jobs]
         stored = self.store.has_jobs(unseen) if unseen else set()
         stored.update(p["id"] for p in parsed if self.batch.jobs.get(p["id"]) is not None)
-        saturated = self._saturation(parsed)
-        if saturated:
-            self.outbox.append(self._saturated_error(identity, rid, *saturated))
-            return
         now = self.clock.wall_ms()
         existed: list[bool] = []
         ids: list[bytes] = []
@@ -66,6 +56,25 @@ class ClientCommands(BrokerCore):
                 self._create(item, now)
         self.reply(identity, rid, existed=existed, ids=ids, deduplicated=deduplicated)
 
+    def admission(self, parsed: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """The one check every way a job is born passes (enqueue, enqueue_many, step children,
+        cron ticks): storage room, a group whose workers cannot start, a group at its
+        max_pending. None when the jobs may be created, else the ERROR body (code, message).
+        Dedup keys are the job table's rule, applied where each job is created."""
+        incoming = sum(len(p["payload"]) + 512 for p in parsed)
+        no_room = self.storage_refusal(incoming)
+        if no_room:
+            return {"code": P.E_STORAGE, "message": no_room}
+        refused = self._refusal(parsed)
+        if refused:
+            return {"code": P.E_GROUP_UNHEALTHY, "message": refused}
+        saturated = self._saturation(parsed)
+        if saturated:
+            return self._saturated_error(*saturated)
+        self.storage_used += 2 * incoming  # until the next measurement: job record + log entry
+        self.storage_room -= 2 * incoming
+        return None
+
     def _saturation(self, parsed: list[dict[str, Any]]) -> tuple[str, int, int] | None:
         """(group, backlog, max_pending) of a group this request would push past its max_pending."""
         adding: dict[str, int] = {}
@@ -81,15 +90,14 @@ class ClientCommands(BrokerCore):
                 return group, backlog, limit
         return None
 
-    def _saturated_error(self, identity: bytes, rid: Any, group: str, backlog: int, limit: int) -> Outgoing:
+    def _saturated_error(self, group: str, backlog: int, limit: int) -> dict[str, Any]:
         done = self.counters.get(group, {}).get("completed", 0)
         # a rough hint: how long the group needs to work off the overflow at one job per slot per second
         slots = max(1, sum(w.slots for w in self.workers.in_group(group)))
         retry_after_s = round(max(0.1, (backlog - limit + 1) / slots), 2)
         message = (f"group {group!r} has {backlog} pending jobs, at its max_pending of {limit}; "
                    f"retry after about {retry_after_s}s ({done} completed so far)")
-        return Outgoing(identity, P.encode(P.ERROR, {"rid": rid, "code": P.E_SATURATED, "message": message,
-                                                     "retry_after_s": retry_after_s}))
+        return {"code": P.E_SATURATED, "message": message, "retry_after_s": retry_after_s}
 
     def _refusal(self, parsed: list[dict[str, Any]]) -> str | None:
         if self.supervisor is None:
@@ -256,16 +264,26 @@ class ClientCommands(BrokerCore):
             group = field(body, "group", str, None)
             ids = [i for g, members in self.dead.items() if group in (None, g) for i in sorted(members)]
         requeued: list[bytes] = []
+        refused: list[list[Any]] = []
         for job_id in ids:
-            if isinstance(job_id, bytes) and len(job_id) == 16 and self._requeue(job_id):
+            if not (isinstance(job_id, bytes) and len(job_id) == 16):
+                continue
+            why = self._requeue(job_id)
+            if why is None:
                 requeued.append(job_id)
-        self.reply(identity, rid, requeued=requeued)
+            else:
+                refused.append([job_id, why])
+        self.reply(identity, rid, requeued=requeued, refused=refused)
 
-    def _requeue(self, job_id: bytes) -> bool:
+    def _requeue(self, job_id: bytes) -> str | None:
+        """Give a dead job a fresh retry budget; None when done, else why not."""
         record = self.batch.jobs[job_id] if job_id in self.batch.jobs else self.store.get_job(job_id)
         if record is None or record.get("state") != J.DEAD:
-            return False
+            return "not a dead letter" if record is not None else "no such job"
         job = J.Job.from_record(record)
+        holder = self.key_holder(job.key) if job.key else None
+        if holder is not None and holder != job_id:  # two jobs never share a live dedup key
+            return f"its dedup key {job.key!r} is held by job {id_to_str(holder)} now"
         job.move("requeue")
         job.attempts = 0  # a fresh retry budget
         job.error = job.error_kind = job.traceback = None
@@ -277,7 +295,9 @@ class ClientCommands(BrokerCore):
         self._save(job, "requeue", {"state": job.state, "attempts": 0, "error": None, "error_kind": None,
                                     "traceback": None, "finished_ms": 0, "token": 0})
         self._queue(job)
-        return True
+        if job.key:
+            self._hold_key(job)  # active again: the key is its own until it ends
+        return None
 
     def _on_jobs(self, identity: bytes, body: dict[str, Any]) -> None:
         rid = field(body, "rid", int)

@@ -157,8 +157,11 @@ class BrokerCore:
     def _hold_key(self, job: J.Job) -> None:
         """Keep a dedup key taken while its job is active (and for key_ttl after)."""
         assert job.key is not None
+        held = self.keys.get(job.key)
         if job.state in J.ACTIVE_STATES:
             self.keys[job.key] = (job.id, 0)
+        elif held is not None and held[1] == 0 and held[0] != job.id:
+            return  # an active job holds the key (read at start in any order): a finished one never takes it
         elif job.key_ttl_ms and job.finished_ms + job.key_ttl_ms > self.clock.wall_ms():
             self.keys[job.key] = (job.id, job.finished_ms + job.key_ttl_ms)
         elif self.keys.get(job.key, (b"",))[0] == job.id:

@@ -26,11 +26,18 @@ class CronCommands(ClientCommands):
         table[P.CRON] = self._on_cron
         return table
 
-    def load_cron(self) -> None:
-        """Build the schedule from the settings and read each entry's last fired tick."""
+    CRON_RETRY_MS = 1000  # a tick refused by admission (full storage, max_pending) is tried again this often
+
+    def init_cron(self) -> None:
+        """Build the schedule from the settings; no tick is marked fired until ``load_cron``."""
         self.cron = CronSchedule(entries_from_settings(self.settings.cron))
-        self.cron_last = self.store.cron_last_fired()
+        self.cron_last: dict[str, int] = {}
         self.cron_next_ms: int | None = 0 if self.cron.entries else None
+
+    def load_cron(self) -> None:
+        """Read each entry's last fired tick from storage."""
+        self.cron_last = self.store.cron_last_fired()
+        self.cron_next_ms = 0 if self.cron.entries else None
 
     def cron_pass(self, now_ms: int) -> None:
         """Enqueue every due tick (with its mark) into this pass's batch."""
@@ -43,15 +50,24 @@ class CronCommands(ClientCommands):
             (log.warning if gap.capped else log.info)(
                 "cron %s: %d missed tick(s) between %d and %d will not run (catch_up)", gap.name, gap.count,
                 gap.after_ms, gap.before_ms)
+        deferred = False
         for entry, tick_ms in plan.fire:
             job_id = cron_job_id(entry.name, tick_ms)
             if self.record_of(job_id) is None:
                 item = {"id": job_id, "wf": entry.workflow, "payload": P.pack(entry.payload), "group": entry.group,
                         "delay_ms": 0, "priority": 0, "retries": None, "key": None, "key_ttl_ms": 0}
+                refused = self.admission([item])
+                if refused:  # deferred, not lost: the tick stays unmarked and is tried again
+                    self.quiet.warning(f"cron {entry.name} deferred", "cron %s: tick %d deferred, retried in %.0f s: %s",
+                                       entry.name, tick_ms, self.CRON_RETRY_MS / 1000, refused["message"])
+                    deferred = True
+                    continue
                 self._create(item, now_ms)
                 log.info("cron %s fired for tick %d", entry.name, tick_ms)
             self._mark_cron(entry.name, tick_ms)
         self.cron_next_ms = self.cron.next_due_ms(now_ms, self.cron_last)
+        if deferred:
+            self.cron_next_ms = now_ms + self.CRON_RETRY_MS
 
     def _mark_cron(self, name: str, tick_ms: int) -> None:
         self.cron_last[name] = tick_ms

@@ -15,6 +15,7 @@ from shoal import protocol as P
 from shoal.protocol import field
 
 from .client_commands import ClientCommands
+from .core import Outgoing
 
 
 class StepCommands(ClientCommands):
@@ -70,16 +71,20 @@ class StepCommands(ClientCommands):
             self.reply(identity, step.rid, record=existing)
             return
         record = dict(step.record)
-        if children:
-            self._enqueue_children(job, children)
+        new = [c for c in children if self.record_of(c["id"]) is None]
+        refused = self.admission(new) if new else None
+        if refused:  # the step fails: the handler sees the error, the attempt is retried with backoff
+            self.outbox.append(Outgoing(identity, P.encode(P.ERROR, {"rid": step.rid, **refused})))
+            return
+        if new:
+            self._enqueue_children(job, new)
         self._put_step(job, step.name, record)
         self.reply(identity, step.rid, record=record)
 
     def _enqueue_children(self, parent: J.Job, items: list[dict[str, Any]]) -> None:
         now = self.clock.wall_ms()
         for item in items:
-            if self.record_of(item["id"]) is None:
-                self._create(item, now, parent=parent.id)
+            self._create(item, now, parent=parent.id)
 
     def _on_suspend(self, identity: bytes, body: dict[str, Any]) -> None:
         suspend = M.Suspend.from_body(body)

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any, TypeVar
 
+from shoal import faults
 from shoal.errors import ConfigError
 
 from .checks import BROKER_KEYS, GROUP_KEYS, Invalid, Key
@@ -61,6 +62,7 @@ def load_settings(
     Raises ``ConfigError`` listing every problem found, each naming its place.
     """
     environ: Mapping[str, str] = os.environ if env is None else env
+    faults.check(environ.get("SHOAL_FAULT", ""))
     given = {key: value for key, value in (flags or {}).items() if value is not None}
     for key in given:
         if key not in FLAG_KEYS:  # a caller's slip: fail loudly rather than drop the flag

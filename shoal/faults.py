@@ -21,6 +21,19 @@ POINTS = frozenset({
 })
 
 _armed = {p.strip() for p in os.environ.get("SHOAL_FAULT", "").split(",") if p.strip()}
+
+
+def check(spec: str) -> None:
+    """Refuse a ``SHOAL_FAULT`` value naming a point that does not exist (a misspelt crash test
+    would otherwise pass without ever crashing). ``load_settings`` calls it, so the broker, the
+    worker and ``shoal`` refuse to start with one."""
+    unknown = sorted({p.strip() for p in spec.split(",") if p.strip()} - POINTS)
+    if unknown:
+        from .errors import ConfigError
+        raise ConfigError(f"SHOAL_FAULT: unknown fault point(s) {', '.join(unknown)}; "
+                          f"known: {', '.join(sorted(POINTS))}")
+
+
 _skip = int(os.environ.get("SHOAL_FAULT_AFTER", "0") or 0)
 _seen: dict[str, int] = {}
 

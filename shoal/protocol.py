@@ -17,12 +17,13 @@ VERSION = b"SHOAL1"
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 # client -> broker
-ENQUEUE = b"ENQUEUE"    # {rid, jobs: [{id, wf, group?, payload, delay_ms?, retries?}]}
+ENQUEUE = b"ENQUEUE"    # {rid, jobs: [{id, wf, payload, group?, delay_ms?, priority?, retries?, key?, key_ttl_ms?}]}
+                        #   REPLY {rid, existed: [bool], ids: [id], deduplicated: [bool]}
 GET = b"GET"            # {rid, ids}: job records, now
 WAIT = b"WAIT"          # {rid, id}: reply when the job is final (pushed, never polled)
 STATS = b"STATS"        # {rid}
 DEAD = b"DEAD"          # {rid, group?, limit?}
-REQUEUE = b"REQUEUE"    # {rid, ids?, all?, group?}
+REQUEUE = b"REQUEUE"    # {rid, ids?, all?, group?}: REPLY {rid, requeued: [id], refused: [[id, why]]}
 JOBS = b"JOBS"          # {rid, state?, group?, limit?}
 STEPS = b"STEPS"        # {rid, id}: the stored steps of a job
 HISTORY = b"HISTORY"    # {rid, id}: the job's history from the log, oldest first ({entries, skipped})
@@ -35,15 +36,15 @@ ERROR = b"ERROR"        # {rid?, code, message}
 # worker -> broker
 HELLO = b"HELLO"        # {group, pid, host, server, slots, workflows: {name: {retries?}}, running}
 READY = b"READY"        # {slots}: the worker's advertised slot count changed
-DONE = b"DONE"          # {results: [[id, token, value, started_ms, duration_ms]]}
-FAIL = b"FAIL"          # {failures: [{id, token, kind, error, traceback, permanent, ...}]}
+DONE = b"DONE"          # {results: [[id, token, value, duration_ms]]}: value is the msgpack-packed result
+FAIL = b"FAIL"          # {failures: [{id, token, kind, error, traceback?, duration_ms?}]} (kind "permanent": no retry)
 RETURN = b"RETURN"      # {jobs: [[id, token]]}: unfinished jobs handed back on drain
 STEP = b"STEP"          # {rid, id, token, name, record, enqueue?}: persist a step result (REPLY once committed)
 SUSPEND = b"SUSPEND"    # {id, token, name, due_ms?, wait_on?}: give the slot back until a time or children
 HEARTBEAT = b"HEARTBEAT"  # {} both ways
 BYE = b"BYE"            # {}: the worker is leaving
 # broker -> worker
-JOB = b"JOB"            # {jobs: [{id, token, wf, payload, attempt}]}
+JOB = b"JOB"            # {jobs: [{id, token, wf, payload, attempt, max_retries, steps?: {name: record}}]}
 RECONNECT = b"RECONNECT"  # {}: the broker does not know this worker; say HELLO again
 DEFER = b"DEFER"        # {results: [[id, token]], reason, retry_ms}: results not stored yet (storage
                         # full); the worker keeps them, the jobs stay running, and it sends them again

@@ -59,12 +59,14 @@ class Msg:
 class Harness:
     """A broker over a store at ``path``; restartable on the same path."""
 
-    def __init__(self, path: Path, clock: FakeClock | None = None, memory: MemoryStore | None = None) -> None:
+    def __init__(self, path: Path, clock: FakeClock | None = None, memory: MemoryStore | None = None,
+                 settings: Settings = SETTINGS) -> None:
         self.path = path
         self.clock = clock or FakeClock()
         self.memory = memory
+        self.settings = settings
         self.store: CoreStore = memory if memory is not None else Store(str(path))
-        self.broker = Broker(self.store, SETTINGS, self.clock)
+        self.broker = Broker(self.store, settings, self.clock)
         self.broker.load()
         self._rid = 0
 
@@ -72,7 +74,7 @@ class Harness:
         """Close this broker's store and start a new broker on the same data (the clock goes on)."""
         if self.memory is None:
             self.store.close()
-        return Harness(self.path, self.clock, self.memory)
+        return Harness(self.path, self.clock, self.memory, self.settings)
 
     def close(self) -> None:
         self.store.close()
