@@ -124,6 +124,16 @@ def stream(seed: int) -> Iterator[list[bytes]]:
 
 
 # --- the run ----------------------------------------------------------------------------------
+NULL_RECEIVER = """
+import zmq
+sock = zmq.Context().socket(zmq.ROUTER)
+sock.bind("tcp://127.0.0.1:*")
+print(sock.getsockopt_string(zmq.LAST_ENDPOINT), flush=True)
+while True:
+    sock.recv_multipart()
+"""
+
+
 def rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status") as fh:
         for line in fh:
@@ -229,6 +239,21 @@ def run(endpoint: str, broker_pid: int, log_path: Path, args: argparse.Namespace
     stop.set()
     sampler.join()
     watcher.join()
+    # The floor under the same traffic: the frames go to a receiver that does nothing (its own
+    # process, as the broker is), while the client talks to the broker as before.
+    null: list[float] = []
+    sink = subprocess.Popen([sys.executable, "-c", NULL_RECEIVER], stdout=subprocess.PIPE, text=True)
+    try:
+        null_endpoint = (sink.stdout.readline() if sink.stdout else "").strip()
+        stop.clear()
+        sampler = threading.Thread(target=roundtrips, args=(client, stop, null))
+        sampler.start()
+        fuzz(null_endpoint, args.frames, args.rate, args.seed)
+        stop.set()
+        sampler.join()
+    finally:
+        sink.kill()
+        sink.wait()
     client.close()
     text = log_path.read_text(errors="replace")
     tracebacks = text.count("Traceback")
@@ -238,6 +263,9 @@ def run(endpoint: str, broker_pid: int, log_path: Path, args: argparse.Namespace
     print(f"client round trip before: n={len(before)} p50 {percentile(before, 0.5):.2f} ms, p99 {p99_before:.2f} ms")
     print(f"client round trip during: n={len(during)} p50 {percentile(during, 0.5):.2f} ms, p99 {p99_during:.2f} ms "
           f"({p99_during / p99_before:.2f}x)")
+    p99_null = percentile(null, 0.99)
+    print(f"client round trip while the same frames go to a receiver that does nothing: n={len(null)} "
+          f"p99 {p99_null:.2f} ms ({p99_null / p99_before:.2f}x)")
     print(f"broker RSS: {rss_before:.0f} MiB before, peak {peak[0]:.0f} MiB during")
     print(f"broker log: {tracebacks} tracebacks, {internal} internal errors, {len(text.splitlines())} lines")
     ok = tracebacks == 0 and internal == 0 and p99_during <= 3 * p99_before
