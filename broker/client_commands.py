@@ -5,6 +5,7 @@ from typing import Any, Callable
 
 from shoal import jobs as J
 from shoal import protocol as P
+from shoal.errors import ProtocolError
 from shoal.ids import id_to_str
 from shoal.protocol import field
 
@@ -128,13 +129,13 @@ class ClientCommands(BrokerCore):
 
     def _parse_job_checked(self, item: Any) -> dict[str, Any]:
         if not isinstance(item, dict):
-            raise P.ProtocolError("each job must be a map", item)
+            raise ProtocolError("each job must be a map", item)
         job_id = field(item, "id", bytes)
         if len(job_id) != 16:
-            raise P.ProtocolError(f"job id must be 16 bytes, got {len(job_id)}", job_id)
+            raise ProtocolError(f"job id must be 16 bytes, got {len(job_id)}", job_id)
         workflow = field(item, "wf", str)
         if not workflow:
-            raise P.ProtocolError("workflow name is empty", item)
+            raise ProtocolError("workflow name is empty", item)
         return {
             "id": job_id, "wf": workflow, "payload": field(item, "payload", bytes),
             "group": field(item, "group", str, None), "delay_ms": field(item, "delay_ms", int, 0),

@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-STRICT = ["shoal/jobs.py", "shoal/protocol.py", "broker/queues.py", "broker/core.py", "broker/workers.py"]
+STRICT = ["shoal/jobs.py", "shoal/protocol.py", "shoal/messages.py", "broker/queues.py", "broker/core.py",
+          "broker/workers.py", "broker/quiet.py", "broker/batch.py", "broker/contract.py", "broker/memstore.py",
+          "broker/worker_commands.py", "broker/client_commands.py", "broker/step_commands.py",
+          "broker/control_commands.py"]
 
 pytestmark = pytest.mark.skipif(shutil.which("mypy") is None and not Path(sys.executable).with_name("mypy").exists(),
                                 reason="mypy is not installed (pip install -e '.[test]')")
