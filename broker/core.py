@@ -245,6 +245,20 @@ class BrokerCore:
             log.exception("internal error handling a message from %s", identity.hex())
             self.error(identity, rid, P.E_INTERNAL, "internal broker error (logged); the request was not applied")
 
+    def forgive_stall(self, gap_s: float) -> None:
+        """The loop itself stood still ``gap_s`` seconds (SIGSTOP, a swapped-out VM; the shell
+        measures it): nobody could be heard meanwhile, so workers get a fresh lease and
+        orphans their time back, instead of being declared lost before their first message
+        since is read."""
+        now = self.clock.mono()
+        log.warning("the broker stood still for %.1f s; workers and orphaned jobs keep their leases", gap_s)
+        for worker in self.workers:
+            worker.last_seen = max(worker.last_seen, now)
+        for job_id in self.orphans:
+            self.orphans[job_id] += gap_s
+        for identity, (old, deadline) in self.superseded.items():
+            self.superseded[identity] = (old, deadline + gap_s)
+
     def tick(self) -> None:
         """Timers: due jobs, silent workers, orphaned leases, expiry, heartbeats; then dispatch."""
         now = self.clock.mono()

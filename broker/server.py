@@ -34,6 +34,7 @@ MAX_DRAIN = 4096
 PEER_HWM = 10_000  # replies queued per peer before it counts as not reading
 PEER_RCVHWM = 1_000  # messages read ahead per peer; past it TCP holds the peer back
 PASS_BUDGET_S = 0.005  # a pass stops handling after this long, commits and sends
+STALL_S = 2.0  # the loop late by this much stood still: its workers' silence was not theirs
 TRIM_GAP_S = 0.02  # at most this often a commit just to drop log entries behind a snapshot
 
 
@@ -89,6 +90,7 @@ class BrokerServer:
         broker, sock = self.broker, self.sock
         busy = False
         stopping_until: float | None = None
+        last_pass = time.monotonic()
         while True:
             if self.stop_requested and not self._stop.is_set():
                 log.info("stopping: draining the workers this broker started")
@@ -105,6 +107,10 @@ class BrokerServer:
             if self._trim_to:
                 timeout_ms = min(timeout_ms, max(0, int((self._trim_at - time.monotonic()) * 1000) + 1))
             ready = poller.poll(timeout_ms)
+            woke = time.monotonic()
+            if woke - last_pass > timeout_ms / 1000 + STALL_S:  # the loop stood still (SIGSTOP, VM pause)
+                broker.forgive_stall(woke - last_pass - timeout_ms / 1000)
+            last_pass = woke
             if ready:
                 if len(ready) > 1 or ready[0][0] is not sock:
                     self._forward_history()

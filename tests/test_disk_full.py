@@ -152,3 +152,25 @@ def test_a_broker_started_on_a_full_disk_refuses_enqueues_from_the_first(small_d
     later = client.enqueue("sink", {"n": 2}, group="email")
     cluster.start_worker("email", 2)
     assert [client.wait(i, timeout=30).status for i in (done, later)] == ["completed", "completed"]
+
+
+def test_results_that_cannot_be_stored_wait_on_the_worker_and_cost_no_attempt(small_disk, cluster_factory) -> None:
+    cluster = cluster_factory(DEFAULT_TOML.replace("[broker]\n", NO_SNAPSHOTS + 'min_free_disk = "16MiB"\n'))
+    cluster.start_broker()
+    client = cluster.client(timeout=30)
+    cluster.start_worker("media", 2)
+    running = [client.enqueue("block", {"i": i}, group="media") for i in range(2)]
+    wait_for(lambda: (cluster.tmp / "block.log").exists()
+             and (cluster.tmp / "block.log").read_text().count("start") == 2, what="two jobs running")
+    ballast = small_disk / "ballast"
+    fill(ballast)
+    os.truncate(ballast, max(0, ballast.stat().st_size - (4 << 20)))  # 4 MiB free: under half the reserve
+    wait_for(lambda: client.storage()["refusing_enqueues"], what="the broker to see the disk full")
+    (cluster.tmp / "release").write_text("go")  # both finish now; their results cannot be stored
+    wait_for(lambda: "not stored yet" in cluster.broker_output(), what="the results to be deferred")
+    assert [client.get(i).status for i in running] == ["running", "running"]  # still theirs, nothing charged
+    ballast.unlink()  # room again: the worker's re-sends land
+    results = [client.wait(i, timeout=60) for i in running]
+    assert [(r.status, r.attempts) for r in results] == [("completed", 1), ("completed", 1)]
+    assert (cluster.tmp / "block.log").read_text().count("start") == 2  # no handler ran twice
+    cluster.stop_and_verify()

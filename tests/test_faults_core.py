@@ -256,3 +256,16 @@ def test_a_client_that_stops_reading_loses_its_waits_and_its_replies_are_counted
     assert h.broker.waiters == {} and h.broker.waits_of == {}
     assert h.broker.replies_dropped == 1
     assert h.request(P.STATS, {})["replies_dropped"] == 1
+
+
+def test_a_broker_that_stood_still_does_not_declare_its_workers_lost(h: Harness) -> None:
+    [job_id] = h.new_jobs(1)
+    job = only(dispatched(h.hello(slots=1)))
+    h.clock.advance(0.5)
+    h.tick()
+    h.clock.advance(LEASE_S + 5)  # frozen (SIGSTOP) past the lease: no pass ran, nobody could be heard
+    h.broker.forgive_stall(LEASE_S + 5)  # what the shell says when its loop wakes this late
+    h.tick()
+    assert h.state(job_id) == J.RUNNING and h.broker.workers.get(WORKER) is not None
+    h.done(job)
+    assert h.state(job_id) == J.COMPLETED and h.record(job_id)["attempts"] == 1
