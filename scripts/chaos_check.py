@@ -80,7 +80,7 @@ def faults_between(faults: list[Fault], start: float, end: float) -> list[int]:
 def extra_runs(acked: Iterable[str], runs: dict[str, list[Run]], faults: list[Fault]) -> dict[str, Any]:
     """Extra runs per job split into fault-explained (at-least-once) and unexplained (bugs)."""
     explained, unexplained = Counter[int](), Counter[int]()
-    by_fault, worst, soon_after = Counter[int](), [], 0
+    by_fault, after_fault, worst = Counter[int](), Counter[int](), []
     for job in acked:
         mine = runs.get(job, [])
         extra = len(mine) - 1 - sum(r.failed for r in mine)
@@ -94,11 +94,19 @@ def extra_runs(acked: Iterable[str], runs: dict[str, list[Run]], faults: list[Fa
             explained[ok] += 1
         if extra > ok:
             unexplained[extra - ok] += 1
-            soon_after += any(f.end <= mine[-1].start <= f.end + AFTERMATH_S for f in faults)
+            last = aftermath_of(faults, mine[-1].start)
+            if last is not None:
+                after_fault[last] += extra - ok
             worst.append((extra - ok, job, [(r.attempt, r.pid, round(r.start, 2)) for r in mine]))
     worst.sort(reverse=True)
     return {"explained": explained, "unexplained": unexplained, "by_fault": by_fault, "worst": worst[:5],
-            "soon_after": soon_after}
+            "after_fault": after_fault}
+
+
+def aftermath_of(faults: list[Fault], when: float) -> int | None:
+    """The fault that ended at most AFTERMATH_S before ``when`` (the latest such), if any."""
+    before = [i for i, f in enumerate(faults) if f.end <= when <= f.end + AFTERMATH_S]
+    return before[-1] if before else None
 
 
 def recovery(fault: Fault, run_starts: list[float], next_start: float) -> dict[str, Any]:
@@ -120,8 +128,9 @@ def recovery(fault: Fault, run_starts: list[float], next_start: float) -> dict[s
 
 
 def fault_costs(faults: list[Fault], runs: dict[str, list[Run]], calls: list[tuple[float, float]],
-                by_fault: Counter[int], end_of_run: float) -> list[dict[str, Any]]:
-    """What each fault cost: outage, recovery, slowest enqueue across it, extra runs it explains."""
+                extra: dict[str, Any], end_of_run: float) -> list[dict[str, Any]]:
+    """What each fault cost: outage, recovery, slowest enqueue across it, extra runs it explains
+    and unexplained ones that started in its aftermath."""
     starts = sorted(r.start for rs in runs.values() for r in rs)
     origin = starts[0] if starts else 0.0
     out = []
@@ -130,7 +139,8 @@ def fault_costs(faults: list[Fault], runs: dict[str, list[Run]], calls: list[tup
         slowest = max((e - s for s, e in calls if s <= f.end and e >= f.start), default=0.0)
         out.append({"kind": f.kind, "at_s": round(f.start - origin, 1), "down_s": round(f.end - f.start, 2),
                     **recovery(f, starts, nxt),
-                    "slowest_enqueue_s": round(slowest, 2), "extra_runs": by_fault.get(i, 0)})
+                    "slowest_enqueue_s": round(slowest, 2), "extra_runs": extra["by_fault"].get(i, 0),
+                    "unexplained_after": extra["after_fault"].get(i, 0)})
     return out
 
 
@@ -164,7 +174,7 @@ def analyse(run_dir: Path, mode: str, ledger: Any, finals: dict[str, Any], unkno
     unrun = [r.attempts - len(runs.get(j, [])) for j, r in finals.items() if r is not None and r.status == "completed"]
     end_of_run = max((r.end for rs in runs.values() for r in rs), default=0.0) + 1.0
     report = Report(str(run_dir), mode)
-    report.per_fault = fault_costs(faults, runs, ledger.calls, extra["by_fault"], end_of_run)
+    report.per_fault = fault_costs(faults, runs, ledger.calls, extra, end_of_run)
     report.figures = {
         "faults": len(faults), "acked": len(acked), "by_kind": dict(Counter(ledger.acked.values())),
         "final_status": dict(status), "fail_once_jobs": len(ledger.fail_once),
@@ -172,7 +182,7 @@ def analyse(run_dir: Path, mode: str, ledger: Any, finals: dict[str, Any], unkno
         "injected_failures": sum(r.failed for rs in runs.values() for r in rs),
         "extra_runs_fault_explained": dict(extra["explained"]),
         "extra_runs_unexplained": dict(extra["unexplained"]), "worst_unexplained": extra["worst"],
-        "unexplained_jobs_within_10s_after_a_fault": extra["soon_after"],
+        "unexplained_within_10s_after_a_fault": sum(extra["after_fault"].values()),
         "attempts_charged_without_a_run": {"jobs": sum(n > 0 for n in unrun), "attempts": sum(n for n in unrun if n > 0)},
         "deduplicated_answers": ledger.deduplicated, "client_errors": dict(ledger.errors),
         "unknown_outcome": unknown_figures(unknown, runs), "same_id_retries_acked": ledger.retried_ok,
@@ -206,7 +216,7 @@ def print_summary(report: Report) -> None:
     print(f"chaos ({report.mode}): {f['faults']} faults; logs and data in {report.run_dir}")
     for key in ("acked", "by_kind", "final_status", "fail_once_jobs", "runs", "injected_failures",
                 "extra_runs_fault_explained", "extra_runs_unexplained",
-                "unexplained_jobs_within_10s_after_a_fault", "attempts_charged_without_a_run", "deduplicated_answers",
+                "unexplained_within_10s_after_a_fault", "attempts_charged_without_a_run", "deduplicated_answers",
                 "client_errors", "unknown_outcome", "same_id_retries_acked", "client_takes_ids",
                 "workers_lived", "hellos_per_worker", "went_silent_warnings", "leases_released_as_silent",
                 "stale_token_warnings", "broker_tracebacks"):
@@ -219,7 +229,8 @@ def print_summary(report: Report) -> None:
         print(f"  fault {i:2d} {cost['kind']} at {cost['at_s']} s: down {cost['down_s']} s, throughput back after "
               f"{cost['recovered_after_s']} s (first run {cost['first_run_after_s']} s; baseline "
               f"{cost['baseline_runs_per_s']} runs/s), slowest enqueue "
-              f"{cost['slowest_enqueue_s']} s, extra runs {cost['extra_runs']}")
+              f"{cost['slowest_enqueue_s']} s, extra runs {cost['extra_runs']} explained, "
+              f"{cost['unexplained_after']} unexplained after it")
     for name, (ok, detail) in report.checks.items():
         print(f"  {'PASS' if ok else 'FAIL'}  {name}: {detail}")
     print("PASS" if report.passed else "FAIL")

@@ -144,9 +144,11 @@ class Load:
             except BrokerUnreachable as exc:
                 self._note_error(exc)
                 continue
-            except ShoalError as exc:  # refused: nothing was stored, nothing to check
+            except ShoalError as exc:  # refused; only an earlier, unanswered try may have been stored
                 self._note_error(exc)
-                return
+                if attempt == 0:
+                    return
+                break
             self._record_ack(kind, got, payloads, (started, time.monotonic()), attempt > 0)
             return
         sent = list(kwargs.get("ids") or [kwargs["id"]]) if reusable else list(self.recorder.made())
