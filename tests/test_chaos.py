@@ -3,11 +3,9 @@ broker SIGKILLed (or SIGSTOPped) at random moments under mixed load, then the ch
 every acknowledged job completed, no ``worker_lost`` while the workers lived, no run beyond
 what failures and faults explain, no traceback in the broker log, ``broker replay --verify``.
 
-Expected to fail on main before the issue 11 fixes (after a restart, repeated HELLOs charge
-in-flight jobs and run them again while no worker died): marked xfail(strict=False) until they
-land. The frozen-broker form passes these checks on main (it shows its cost in other figures:
-attempts charged without a run, unknown-outcome enqueues; see docs/faults.md); it is kept as the
-guard for the same promises under SIGSTOP.
+Before the issue 11 fixes the kill form failed on 3 of 3 seeds (after a restart, repeated HELLOs
+charged in-flight jobs and ran them again while no worker died); the frozen-broker form guards
+the same promises under SIGSTOP (see docs/faults.md for the figures of the full runs).
 """
 from __future__ import annotations
 
@@ -20,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
 from chaos import Options, run  # noqa: E402
 
-BEFORE_FIX = pytest.mark.xfail(strict=False, reason="issue 11: fails on main until the liveness fixes land")
+pytestmark = pytest.mark.timeout(180)
 
 
 def assert_checks_pass(opts: Options) -> None:
@@ -29,7 +27,6 @@ def assert_checks_pass(opts: Options) -> None:
     assert not failed, f"{failed}; figures {report.figures}; logs in {report.run_dir}"
 
 
-@BEFORE_FIX
 def test_broker_sigkilled_three_times_under_mixed_load_keeps_every_promise(tmp_path: Path) -> None:
     # 8 slots per worker and a producer call every 10 ms keep JOBs in flight at each restart,
     # which is when a repeated HELLO charges and re-runs them (3 of 3 seeds on main)
@@ -37,7 +34,6 @@ def test_broker_sigkilled_three_times_under_mixed_load_keeps_every_promise(tmp_p
                                concurrency=8, pause_s=0.01, final_timeout_s=60.0, tmp_root=str(tmp_path)))
 
 
-@BEFORE_FIX
 def test_broker_frozen_past_the_lease_under_mixed_load_keeps_every_promise(tmp_path: Path) -> None:
     # a 5 s freeze against a 3 s lease and a 2 s client timeout: the same kinds of fault as
     # the 15 s stop of the full run against the shipped 10 s lease, in a third of the time
