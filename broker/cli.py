@@ -18,8 +18,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bind", help="endpoint to listen on (default tcp://127.0.0.1:5555, or SHOAL_BROKER)")
     parser.add_argument("--server", help="this host's server name for [servers.NAME] blocks")
     parser.add_argument("--no-supervise", action="store_true", help="do not start worker processes")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    parser.add_argument("--log-format", default="text", choices=["text", "json"])
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                        help="least severe level logged (default info; debug adds one line per lifecycle event)")
+    parser.add_argument("--log-format", default="text", choices=["text", "json"],
+                        help="text for people, or json: every line one JSON object (default text)")
     return parser
 
 
