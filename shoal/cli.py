@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.set_defaults(handler=handler)
         return cmd
 
-    add("status", cmd_status, "per-group queue depths, workers and counters")
+    add("status", cmd_status,
+        "per-group queue depths, workers and counters (FAILED ATTEMPTS counts attempts, not jobs)")
     jobs = add("jobs", cmd_jobs, "active jobs (pending, scheduled, running), oldest first")
     jobs.add_argument("--state", choices=ACTIVE_STATES, help="only jobs in this state (default: all three)")
     jobs.add_argument("--group", metavar="G", help="only this group's jobs")
@@ -104,8 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = add("cancel", cmd_cancel, "cancel a job (pending or scheduled at once; running: its worker stops it)")
     cancel.add_argument("id", metavar="ID", help="the job to cancel")
     add("storage", cmd_storage, "sizes of the state, the log and the snapshots")
-    add("cron", cmd_cron, "cron entries with their last and next fire times")
-    add("health", cmd_health, "exit 0 when the broker answers and no group starves or is unhealthy")
+    add("cron", cmd_cron, "cron entries with their last fire time and next three")
+    add("health", cmd_health,
+        "exit 0 when the broker answers, no group starves or is unhealthy, and every job has a route")
     events = add("events", cmd_events, "tail lifecycle events (queued, started, completed, failed, ...)")
     events.add_argument("--group", metavar="G", help="only this group's events")
     events.add_argument("--workflow", metavar="NAME", help="only this workflow's events")
