@@ -113,8 +113,8 @@ def render_cli() -> str:
         lines += [f"## `{command}`", "", summary[:1].upper() + summary[1:].rstrip(".") + ".", ""]
         if command == "shoal status":  # the first shoal command: say once what they all take
             lines += ["Every `shoal` command (but `shoal config`) also takes:", ""]
-            lines += _options_table([a for a in options(parser) if a.option_strings[:1] in common]) + [""]
-        mine = [a for a in options(parser) if not command.startswith("shoal ") or a.option_strings[:1] not in common]
+            lines += _options_table([a for a in options(parser) if _first_flag(a) in common]) + [""]
+        mine = [a for a in options(parser) if not command.startswith("shoal ") or _first_flag(a) not in common]
         if mine:
             lines += _options_table(mine) + [""]
         if parser.epilog:
@@ -122,11 +122,15 @@ def render_cli() -> str:
     return "\n".join(lines)
 
 
-def _common_to_shoal(commands: list[tuple[str, argparse.ArgumentParser, str]]) -> list[list[str]]:
+def _first_flag(action: argparse.Action) -> str | None:
+    return action.option_strings[0] if action.option_strings else None
+
+
+def _common_to_shoal(commands: list[tuple[str, argparse.ArgumentParser, str]]) -> set[str]:
     """The options every ``shoal`` subcommand shares (those of its common parent parser)."""
     shoal = [p for command, p, _ in commands if command.startswith("shoal ") and command != "shoal config"]
-    shared = [a.option_strings[:1] for a in options(shoal[0]) if a.option_strings]
-    return [opt for opt in shared if all(opt in [a.option_strings[:1] for a in options(p)] for p in shoal)]
+    shared = {_first_flag(a) for a in options(shoal[0])} - {None}
+    return {flag for flag in shared if all(flag in {_first_flag(a) for a in options(p)} for p in shoal) and flag}
 
 
 def _options_table(actions: list[argparse.Action]) -> list[str]:
