@@ -17,11 +17,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from shoal import cli_format as fmt
-from shoal.cli_ops import cmd_cron, cmd_health
+from shoal.cli_ops import cmd_cron, cmd_health, reader_gone
 from shoal.errors import BrokerUnreachable, ConfigError, ShoalError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
-EXIT_SIGPIPE = 128 + 13  # what a shell reports for a command whose reader closed the pipe
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 ACTIVE_STATES = ("pending", "scheduled", "running")
 # Commands that later issues implement: listed in --help, honest about being absent.
@@ -139,18 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `shoal job ID | head`: the reader left, which is not an error of ours
-        return _reader_gone()
-
-
-def _reader_gone() -> int:
-    """Point stdout at /dev/null so the interpreter's final flush cannot fail again; exit as SIGPIPE would."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError):  # stdout without a file descriptor (captured): nothing to flush
-        pass
-    return EXIT_SIGPIPE
+        return reader_gone()
 
 
 def _run(args: argparse.Namespace) -> int:

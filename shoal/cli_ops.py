@@ -1,10 +1,13 @@
-"""``shoal cron`` and ``shoal health``: the two commands an operator reads on call.
+"""``shoal cron`` and ``shoal health`` (what an operator reads on call), and a quiet end when
+the reader of the output leaves (``shoal job ID | head``).
 
 Kept apart from ``shoal.cli`` (which only parses and dispatches) so each stays small.
 """
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +17,7 @@ if TYPE_CHECKING:
     from shoal.client import Client
 
 EXIT_OK, EXIT_FAILED = 0, 1
+EXIT_SIGPIPE = 128 + 13  # what a shell reports for a command whose reader closed the pipe
 CRON_FIELDS = ("schedule fields: minute hour day-of-month month day-of-week [second]; "
                "an optional sixth field is seconds, and it comes last (croniter's order)")
 
@@ -76,3 +80,15 @@ def health_problems(stats: dict[str, dict[str, Any]], unrouted: dict[str, int]) 
         problems.append(f"workflow {workflow} has {fmt.plural(count, 'unrouted job')}: no worker has announced "
                         f"it (start a worker whose --app defines it, or enqueue with group=)")
     return problems
+
+
+def reader_gone() -> int:
+    """After a ``BrokenPipeError`` on stdout: point stdout at /dev/null, so the interpreter's
+    final flush cannot fail again with a traceback, and return the exit code SIGPIPE would give."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout without a file descriptor (captured): nothing to flush
+        pass
+    return EXIT_SIGPIPE

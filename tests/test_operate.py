@@ -7,7 +7,7 @@ import re
 import subprocess
 import sys
 
-from shoal import cli
+from shoal import cli, cli_ops
 from shoal.broker.cron import CronEntry, CronSchedule
 from shoal.broker.cron_hints import seconds_first_hint
 
@@ -137,7 +137,7 @@ def test_job_into_a_closed_pipe_ends_without_a_traceback(cluster: Cluster) -> No
     proc.stdout.close()  # as `| head` does once it has read enough: every write now fails
     with proc.stderr:
         err = proc.stderr.read().decode()
-    assert proc.wait(30) == cli.EXIT_SIGPIPE
+    assert proc.wait(30) == cli_ops.EXIT_SIGPIPE
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
 
 
