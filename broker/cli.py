@@ -7,7 +7,7 @@ import os
 import sys
 
 from shoal.errors import ConfigError, ShoalError
-from shoal.logs import setup_logging
+from shoal.logs import logging_json, setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +43,10 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings(args.config, server=args.server, env=os.environ,
                                  flags={k: v for k, v in flags.items() if v is not None})
     except ConfigError as exc:
-        print(f"broker: {exc}", file=sys.stderr)
+        if logging_json():  # --log-format json: every line JSON, this one too
+            logging.getLogger("shoal.broker").error("%s", exc)
+        else:
+            print(f"broker: {exc}", file=sys.stderr)
         return 2
     from .server import serve
 
@@ -51,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         return serve(settings)
     except ShoalError as exc:
         logging.getLogger("shoal.broker").error("%s", exc)
-        print(f"broker: {exc}", file=sys.stderr)
+        if not logging_json():
+            print(f"broker: {exc}", file=sys.stderr)
         return 1
 
 

@@ -69,7 +69,7 @@ def parsers() -> Iterator[tuple[str, argparse.ArgumentParser, str]]:
     for name, parser in sub.choices.items():
         if not parser.add_help:  # a placeholder in `shoal --help`: shoal.cli.main hands these on
             if name not in DISPATCHED:
-                raise SystemExit(f"scripts/gen_docs.py: where does `shoal {name}` parse its flags? add it to DISPATCHED")
+                raise SystemExit(f"scripts/gen_docs.py: add `shoal {name}` to DISPATCHED (where it parses its flags)")
             parser = _parser_of(importlib.import_module(DISPATCHED[name]).main)
         yield f"shoal {name}", parser, summaries.get(name, "")
 

@@ -126,6 +126,27 @@ def test_hand_started_worker_start_line_is_json_too(cluster: Cluster) -> None:
     assert json.loads(start)["logger"] == "shoal.worker"
 
 
+def test_json_log_format_reports_a_config_error_as_json(tmp_path) -> None:
+    config = tmp_path / "shoal.toml"
+    config.write_text("[workflows]\nworkerz = 1\n")
+    failed = subprocess.run([sys.executable, "-m", "shoal.broker", "--config", str(config), "--data",
+                             str(tmp_path / "data"), "--log-format", "json"],
+                            capture_output=True, text=True, timeout=60)
+    assert failed.returncode == 2
+    (record,) = [json.loads(line) for line in (failed.stdout + failed.stderr).splitlines()]
+    assert record["level"] == "error" and 'did you mean "workers"' in record["msg"]
+
+
+def test_json_log_format_reports_a_data_dir_in_use_as_json(cluster: Cluster) -> None:
+    second = subprocess.run([sys.executable, "-m", "shoal.broker", "--config", str(cluster.config),
+                             "--data", str(cluster.data), "--bind", "tcp://127.0.0.1:*", "--no-supervise",
+                             "--log-format", "json"],
+                            capture_output=True, text=True, timeout=60, env=cluster.env)
+    assert second.returncode == 1
+    records = [json.loads(line) for line in (second.stdout + second.stderr).splitlines()]
+    assert any(r["level"] == "error" for r in records)
+
+
 # --- the shoal command ---------------------------------------------------------------------
 def test_job_into_a_closed_pipe_ends_without_a_traceback(cluster: Cluster) -> None:
     cluster.start_worker("email", 1)
