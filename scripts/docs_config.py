@@ -56,8 +56,8 @@ GROUP_MEANING = {
     "max_workers": "With `workers = 0`: at most this many processes are started, one at a time, while the "
                    "backlog outgrows the free slots.",
     "concurrency": "Parallel runs per worker process: the slots it advertises.",
-    "retries": "Retries after the first attempt (3: four attempts in all), for jobs and workflows that "
-               "do not set their own (`@workflow(retries=...)`).",
+    "retries": "Retries after the first attempt (3: four attempts in all), for workflows that do not "
+               "set their own (`@workflow(retries=...)`).",
     "backoff": "Delay before the first retry; it doubles, with jitter, up to `backoff_max`.",
     "backoff_max": "Longest delay between two attempts.",
     "idle_timeout": "A scaled-to-zero group's workers are drained after this long with nothing pending "
