@@ -7,7 +7,7 @@ import os
 import sys
 
 from shoal.errors import ConfigError, ShoalError
-from shoal.logs import setup_logging
+from shoal.logs import logging_json, setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,8 +18,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bind", help="endpoint to listen on (default tcp://127.0.0.1:5555, or SHOAL_BROKER)")
     parser.add_argument("--server", help="this host's server name for [servers.NAME] blocks")
     parser.add_argument("--no-supervise", action="store_true", help="do not start worker processes")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    parser.add_argument("--log-format", default="text", choices=["text", "json"])
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                        help="least severe level logged (default info; debug adds one line per lifecycle event)")
+    parser.add_argument("--log-format", default="text", choices=["text", "json"],
+                        help="text for people, or json: every line one JSON object (default text)")
     return parser
 
 
@@ -41,7 +43,10 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings(args.config, server=args.server, env=os.environ,
                                  flags={k: v for k, v in flags.items() if v is not None})
     except ConfigError as exc:
-        print(f"broker: {exc}", file=sys.stderr)
+        if logging_json():  # --log-format json: every line JSON, this one too
+            logging.getLogger("shoal.broker").error("%s", exc)
+        else:
+            print(f"broker: {exc}", file=sys.stderr)
         return 2
     from .server import serve
 
@@ -49,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         return serve(settings)
     except ShoalError as exc:
         logging.getLogger("shoal.broker").error("%s", exc)
-        print(f"broker: {exc}", file=sys.stderr)
+        if not logging_json():
+            print(f"broker: {exc}", file=sys.stderr)
         return 1
 
 

@@ -74,6 +74,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterBadDateError, croniter  # type: ignore[import-untyped]  # no stubs
 
+from .cron_hints import UPCOMING, seconds_first_hint
+
 CATCH_UP_POLICIES = ("none", "one", "all")
 MAX_CATCH_UP = 1000     # runs "all" fires for one entry at once: a long outage must not flood a group
 ON_TIME_MS = 10_000     # "none": a tick this late was missed, not merely delayed by a busy loop
@@ -350,12 +352,21 @@ class CronSchedule:
         ``last_ms`` is the last tick fired, or None when the stored value is not
         a tick of the schedule (the first-seen mark of an entry that never
         fired, or a schedule changed since). ``next_ms`` is when it fires next
-        (``now_ms`` if it is due), None when disabled or never.
+        (``now_ms`` if it is due), None when disabled or never; ``upcoming_ms``
+        holds it and the ticks after it (up to ``UPCOMING``, empty when disabled);
+        ``warning`` says when the schedule looks written seconds-first, else None.
         """
         rows = []
         for entry in self.entries:
             ticks = self._ticks[entry.name]
             stored = last_fired.get(entry.name)
+            next_ms = self._entry_next(entry, stored if stored is not None else now_ms, now_ms)
+            upcoming = [next_ms] if entry.enabled and next_ms is not None else []
+            while upcoming and len(upcoming) < UPCOMING:
+                later = ticks.after(upcoming[-1])
+                if later is None:
+                    break
+                upcoming.append(later)
             rows.append({
                 "name": entry.name,
                 "workflow": entry.workflow,
@@ -365,8 +376,9 @@ class CronSchedule:
                 "enabled": entry.enabled,
                 "catch_up": entry.catch_up,
                 "last_ms": stored if stored is not None and ticks.at_or_before(stored) == stored else None,
-                "next_ms": self._entry_next(entry, stored if stored is not None else now_ms, now_ms)
-                if entry.enabled else None,
+                "next_ms": next_ms if entry.enabled else None,
+                "upcoming_ms": upcoming,
+                "warning": seconds_first_hint(entry.schedule),
             })
         return rows
 

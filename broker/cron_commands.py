@@ -14,6 +14,7 @@ from shoal.protocol import field
 
 from .client_commands import ClientCommands
 from .cron import CronSchedule, cron_job_id, entries_from_settings
+from .cron_hints import seconds_first_hint
 
 log = logging.getLogger("shoal.broker.cron")
 
@@ -35,7 +36,11 @@ class CronCommands(ClientCommands):
         self.cron_next_ms: int | None = 0 if self.cron.entries else None
 
     def load_cron(self) -> None:
-        """Read each entry's last fired tick from storage."""
+        """Read each entry's last fired tick from storage; warn of schedules that look seconds-first."""
+        for entry in self.cron.entries:  # valid, but likely the seconds-first habit (issue 15)
+            hint = seconds_first_hint(entry.schedule)
+            if hint is not None:
+                log.warning("cron %s: %s", entry.name, hint)
         self.cron_last = self.store.cron_last_fired()
         self.cron_next_ms = 0 if self.cron.entries else None
 

@@ -19,6 +19,7 @@ from shoal.conf.settings import Settings
 from shoal import protocol as P
 from shoal.errors import StorageFull
 from shoal.faults import fault
+from shoal.logs import banner
 from shoal.protocol import pack
 
 from .broker import Broker
@@ -412,8 +413,8 @@ def serve(settings: Settings) -> int:
     """Run a broker in this process until SIGTERM or Ctrl-C; returns the exit code."""
     server = BrokerServer(settings)
     extra = f", metrics on http://{server.metrics.address}/metrics" if server.metrics else ""
-    print(f"shoal broker listening on {server.endpoint} (data {settings.broker.data}, "
-          f"events on {server.events.endpoint}{extra})", flush=True)
+    banner("shoal.broker", f"shoal broker listening on {server.endpoint} (data {settings.broker.data}, "
+           f"events on {server.events.endpoint}{extra})")
 
     interrupts = 0
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import IO
 
 from shoal.conf.settings import GroupSettings, Settings
+from shoal.logs import child_line, logging_json
 
 log = logging.getLogger("shoal.broker.supervisor")
 
@@ -151,8 +152,10 @@ class Supervisor:
         if busy:
             state.idle_since = None
             starting = [c for c in live if not c.joined]
+            # Any connected worker counts, ours or one started by hand: a free slot is warm,
+            # and no group is cold-started while a worker of it could take the job now.
             backlog_outgrows = demand.pending > max(0, demand.slots - demand.running)
-            if not starting and len(live) < gs.max_workers and (not live or backlog_outgrows):
+            if not starting and len(live) < gs.max_workers and backlog_outgrows:
                 self._launch(name, state, now, scaled=True)  # at most one launch in flight per group
             return
         if not live:
@@ -196,18 +199,21 @@ class Supervisor:
         gs = state.settings
         args = [sys.executable, "-m", "shoal.worker", "--group", name, "--connect", self.endpoint,
                 "--server", self.settings.server, "--app", ",".join(gs.app),
-                "--log-level", logging.getLevelName(logging.getLogger().level).lower()]
+                "--log-level", logging.getLevelName(logging.getLogger().level).lower(),
+                "--log-format", "json" if logging_json() else "text"]
         if self.settings.path:
             args += ["--config", self.settings.path]
         nice = gs.nice
-        popen = subprocess.Popen(args, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        # stdout joins stderr so that every line the worker writes (its start line, a handler's
+        # print) reaches our terminal through _pump_output, marked with its group and pid.
+        popen = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                  preexec_fn=lambda: _in_child(nice), start_new_session=bool(nice))
         child = Child(popen, now, scaled)
         state.children.append(child)
         state.launches += 1
-        if child.popen.stderr is not None:
-            threading.Thread(target=_pump_stderr, args=(child.popen.stderr, child.stderr_tail, name),
-                             daemon=True, name=f"stderr-{name}").start()
+        if child.popen.stdout is not None:
+            threading.Thread(target=_pump_output, args=(child.popen.stdout, child.stderr_tail, name, popen.pid),
+                             daemon=True, name=f"output-{name}").start()
         log.info("started worker pid %d for group %s%s", popen.pid, name, " (cold start)" if scaled else "")
 
     def live_children(self) -> list[Child]:
@@ -237,12 +243,15 @@ class Supervisor:
                 child.popen.kill()
 
 
-def _pump_stderr(stream: IO[bytes], tail: collections.deque[str], group: str) -> None:
-    """Forward a child's stderr to ours, keeping the last lines for error reports."""
+def _pump_output(stream: IO[bytes], tail: collections.deque[str], group: str, pid: int) -> None:
+    """Forward a child's output to our stderr, each line marked with its group and pid,
+    keeping the last lines (unmarked) for error reports."""
+    as_json = logging_json()
     for raw in iter(stream.readline, b""):
         line = raw.decode(errors="replace")
         tail.append(line)
-        sys.stderr.write(line)
+        sys.stderr.write(child_line(line, group, pid, as_json=as_json))
+        sys.stderr.flush()
     stream.close()
 
 

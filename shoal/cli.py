@@ -2,7 +2,8 @@
 
 Thin by design: parse the flags, open a ``Client``, call one method, print. Exit codes:
 0 done, 1 the request failed (unknown job, not dead, job did not complete, any
-``ShoalError``), 2 a usage or config error (nothing was sent), 3 the broker did not answer.
+``ShoalError``), 2 a usage or config error (nothing was sent), 3 the broker did not answer,
+141 the reader of the output went away (``shoal job ID | head``), as for a command killed by SIGPIPE.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from shoal import cli_format as fmt
+from shoal.cli_ops import cmd_cron, cmd_health, reader_gone
 from shoal.errors import BrokerUnreachable, ConfigError, ShoalError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -73,19 +75,20 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.set_defaults(handler=handler)
         return cmd
 
-    add("status", cmd_status, "per-group queue depths, workers and counters")
+    add("status", cmd_status,
+        "per-group queue depths, workers and counters (FAILED ATTEMPTS counts attempts, not jobs)")
     jobs = add("jobs", cmd_jobs, "active jobs (pending, scheduled, running), oldest first")
-    jobs.add_argument("--state", choices=ACTIVE_STATES)
-    jobs.add_argument("--group", metavar="G")
+    jobs.add_argument("--state", choices=ACTIVE_STATES, help="only jobs in this state (default: all three)")
+    jobs.add_argument("--group", metavar="G", help="only this group's jobs")
     jobs.add_argument("--limit", type=_positive_int, default=100, metavar="N", help="at most N jobs (default 100)")
     job = add("job", cmd_job, "everything about one job; `shoal job why ID`: its whole history from the log")
-    job.add_argument("id", metavar="ID")
+    job.add_argument("id", metavar="ID", help="the job id (or `why`, then the id)")
     job.add_argument("why_id", nargs="?", help=argparse.SUPPRESS)  # `job why ID`: see _check
     dead = add("dead", cmd_dead, "dead letters: jobs that ran out of retries or failed permanently")
-    dead.add_argument("--group", metavar="G")
+    dead.add_argument("--group", metavar="G", help="only this group's dead letters")
     dead.add_argument("--limit", type=_positive_int, default=1000, metavar="N", help="at most N jobs (default 1000)")
     requeue = add("requeue", cmd_requeue, "put dead jobs back in their queue with a fresh retry budget")
-    requeue.add_argument("id", metavar="ID", nargs="?")
+    requeue.add_argument("id", metavar="ID", nargs="?", help="the dead job to requeue")
     requeue.add_argument("--all", action="store_true", help="every dead job (of --group)")
     requeue.add_argument("--group", metavar="G", help="with --all: only this group's dead jobs")
     enqueue = add("enqueue", cmd_enqueue, "enqueue one job and print its id")
@@ -99,13 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
     enqueue.add_argument("--wait-timeout", type=_seconds, default=60.0, metavar="S",
                          help="with --wait: give up after S seconds (default 60)")
     cancel = add("cancel", cmd_cancel, "cancel a job (pending or scheduled at once; running: its worker stops it)")
-    cancel.add_argument("id", metavar="ID")
+    cancel.add_argument("id", metavar="ID", help="the job to cancel")
     add("storage", cmd_storage, "sizes of the state, the log and the snapshots")
-    add("cron", cmd_cron, "cron entries with their last and next fire times")
-    add("health", cmd_health, "exit 0 when the broker answers and no group starves or is unhealthy")
+    add("cron", cmd_cron, "cron entries with their last fire time and next three")
+    add("health", cmd_health,
+        "exit 0 when the broker answers, no group starves or is unhealthy, and every job has a route")
     events = add("events", cmd_events, "tail lifecycle events (queued, started, completed, failed, ...)")
-    events.add_argument("--group", metavar="G")
-    events.add_argument("--workflow", metavar="NAME")
+    events.add_argument("--group", metavar="G", help="only this group's events")
+    events.add_argument("--workflow", metavar="NAME", help="only this workflow's events")
     events.add_argument("--count", type=_positive_int, metavar="N", help="stop after N events")
     events.add_argument("--idle", type=_seconds, metavar="S", help="stop after S seconds without an event")
     # `config` is dispatched before parsing (see main); this entry only shows it in `shoal --help`.
@@ -133,6 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `shoal job ID | head`: the reader left, which is not an error of ours
+        return reader_gone()
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -247,48 +253,6 @@ def cmd_storage(client: "Client", args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_cron(client: "Client", args: argparse.Namespace) -> int:
-    """``shoal cron``: one row per entry."""
-    entries = client.cron()
-    if args.json:
-        _emit_json(entries)
-        return EXIT_OK
-    if not entries:
-        print("no cron entries ([cron.NAME] tables in shoal.toml)")
-        return EXIT_OK
-    rows = [[e["name"], e["workflow"], e.get("group") or "-", e["schedule"], e.get("timezone") or "UTC",
-             "yes" if e["enabled"] else "no", fmt.timestamp(e["last_ms"]) if e.get("last_ms") else "never",
-             fmt.timestamp(e["next_ms"]) if e.get("next_ms") else "-"] for e in entries]
-    print("\n".join(fmt.table(["NAME", "WORKFLOW", "GROUP", "SCHEDULE", "TZ", "ENABLED", "LAST", "NEXT"], rows)))
-    return EXIT_OK
-
-
-def cmd_health(client: "Client", args: argparse.Namespace) -> int:
-    """``shoal health``: one line per problem; exit 0 only when there is none."""
-    problems = health_problems(client.stats())
-    if args.json:
-        _emit_json({"ok": not problems, "problems": problems})
-    elif problems:
-        print("\n".join(problems))
-    else:
-        print(f"ok: broker at {client.endpoint} answers; no group starves")
-    return EXIT_OK if not problems else EXIT_FAILED
-
-
-def health_problems(stats: dict[str, dict[str, Any]]) -> list[str]:
-    """What is wrong, group by group, in words a person on call can act on."""
-    problems = []
-    for group, row in sorted(stats.items()):
-        if row.get("starvation"):
-            why = "no worker" if not row.get("workers") else "no free slot"
-            problems.append(f"group {group} is starving: {row['pending']} pending, oldest "
-                            f"{fmt.duration(row.get('oldest_pending_s', 0))} old, {why}")
-        if row.get("state") == "unhealthy":
-            reason = fmt.first_line(str(row.get("reason") or ("crash loop" if row.get("crash_loop") else "")))
-            problems.append(f"group {group} is unhealthy: {reason}")
-    return problems
-
-
 def cmd_events(client: "Client", args: argparse.Namespace) -> int:
     """``shoal events``: one line per lifecycle event as it happens."""
     seen = 0
@@ -316,7 +280,7 @@ def cmd_status(client: "Client", args: argparse.Namespace) -> int:
         print("no groups yet (none in the config, no jobs stored, no workers connected)")
     else:
         headers = ["GROUP", "STATE", "WORKERS", "FREE", "PENDING", "SCHEDULED", "RUNNING",
-                   "COMPLETED", "FAILED", "DEAD", "OLDEST PENDING"]
+                   "COMPLETED", "FAILED ATTEMPTS", "DEAD", "OLDEST PENDING"]  # failed counts attempts, not jobs
         rows = [_status_row(name, counters) for name, counters in stats.items()]
         print("\n".join(fmt.table(headers, rows, right=range(2, 11))))
     if stats.unrouted:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 
 
 class JsonFormatter(logging.Formatter):
@@ -41,3 +42,41 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+def logging_json() -> bool:
+    """True when this process logs JSON lines (``--log-format json``)."""
+    return any(isinstance(h.formatter, JsonFormatter) for h in logging.getLogger().handlers)
+
+
+def banner(logger: str, message: str, **fields: object) -> None:
+    """Print the one start line (what it listens on / connects to) to stdout.
+
+    Plain text normally; with ``--log-format json`` the same JSON object a log line
+    would be (``msg`` holds the text, ``fields`` ride along), so every line is JSON.
+    """
+    if logging_json():
+        record = logging.makeLogRecord({"name": logger, "levelno": logging.INFO, "levelname": "INFO",
+                                        "msg": message, **fields})
+        message = JsonFormatter().format(record)
+    print(message, flush=True)
+
+
+def child_line(line: str, group: str, pid: int, *, as_json: bool) -> str:
+    """One line of a broker-started worker's output, marked with its group and pid.
+
+    Text: ``[media 4242] `` in front. JSON: the worker's own JSON object gains
+    ``worker_group`` and ``worker_pid``; a line that is not JSON (a crash before
+    logging was set up, a handler's print) is wrapped in one, so the stream stays JSON.
+    """
+    text = line.rstrip("\n")
+    if not as_json:
+        return f"[{group} {pid}] {text}\n"
+    try:
+        found = json.loads(text)
+    except ValueError:
+        found = None
+    if not isinstance(found, dict):
+        found = {"ts": round(time.time(), 3), "level": "info", "logger": "shoal.worker.output", "msg": text}
+    found.update(worker_group=group, worker_pid=pid)
+    return json.dumps(found, default=str) + "\n"

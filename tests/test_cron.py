@@ -313,13 +313,16 @@ def test_listing_shows_every_entry_with_last_and_next_times() -> None:
     assert rows == [
         {"name": "report", "workflow": "report", "group": "email", "schedule": "*/5 * * * *",
          "timezone": "UTC", "enabled": True, "catch_up": "one",
-         "last_ms": T0 + 5 * MINUTE, "next_ms": T0 + 10 * MINUTE},
+         "last_ms": T0 + 5 * MINUTE, "next_ms": T0 + 10 * MINUTE,
+         "upcoming_ms": [T0 + 10 * MINUTE, T0 + 15 * MINUTE, T0 + 20 * MINUTE], "warning": None},
         # a first-seen mark is not a tick: never fired yet
         {"name": "paris", "workflow": "report", "group": None, "schedule": "0 9 * * *",
          "timezone": "Europe/Paris", "enabled": True, "catch_up": "all",
-         "last_ms": None, "next_ms": at(2024, 1, 1, 8)},
+         "last_ms": None, "next_ms": at(2024, 1, 1, 8),
+         "upcoming_ms": [at(2024, 1, 1, 8), at(2024, 1, 2, 8), at(2024, 1, 3, 8)], "warning": None},
         {"name": "off", "workflow": "report", "group": None, "schedule": "* * * * *",
-         "timezone": "UTC", "enabled": False, "catch_up": "one", "last_ms": None, "next_ms": None},
+         "timezone": "UTC", "enabled": False, "catch_up": "one", "last_ms": None, "next_ms": None,
+         "upcoming_ms": [], "warning": None},
     ]
 
 

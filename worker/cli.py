@@ -20,8 +20,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--concurrency", type=int, help="parallel runs (default: the group's `concurrency`)")
     parser.add_argument("--config", help="path to shoal.toml")
     parser.add_argument("--server", help="server name for [servers.NAME] blocks")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    parser.add_argument("--log-format", default="text", choices=["text", "json"])
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                        help="least severe level logged (default info; debug adds one line per lifecycle event)")
+    parser.add_argument("--log-format", default="text", choices=["text", "json"],
+                        help="text for people, or json: every line one JSON object (default text)")
     return parser
 
 

@@ -25,6 +25,7 @@ import zmq
 from shoal import protocol as P
 from shoal.errors import RemoteError
 from shoal.ids import id_to_str
+from shoal.logs import banner
 
 from .runner import KIND_LEASE_LOST, KIND_SUSPEND, Outcome, Runner
 
@@ -186,8 +187,8 @@ class WorkerShell:
         """Serve until drained or stopped; returns the process exit code."""
         opts = self.options
         self._connect()
-        print(f"shoal worker for group {opts.group!r} connected to {opts.endpoint} "
-              f"with {opts.concurrency} slots", flush=True)
+        banner("shoal.worker", f"shoal worker for group {opts.group!r} connected to {opts.endpoint} "
+               f"with {opts.concurrency} slots")
         last_heard = time.monotonic()
         backoff_s = opts.heartbeat_interval_s
         draining_announced = False
