@@ -29,6 +29,8 @@ HISTORY = b"HISTORY"    # {rid, id}: the job's history from the log, oldest firs
 CANCEL = b"CANCEL"      # {rid, id}: cancel a job (broker -> worker too: {id, token})
 CRON = b"CRON"          # {rid}: cron entries with their last and next fire times
 STORAGE = b"STORAGE"    # {rid}: sizes of the state, the log and the snapshots
+WORKERS = b"WORKERS"    # {rid, group?}: connected workers ({workers: [{name, group, host, pid, server, slots,
+                        # busy, jobs, workflows, last_seen_s, rss_bytes?}]}); for the dashboard and operators
 # broker -> client
 REPLY = b"REPLY"        # {rid, ...}
 ERROR = b"ERROR"        # {rid?, code, message}
@@ -48,7 +50,8 @@ RECONNECT = b"RECONNECT"  # {}: the broker does not know this worker; say HELLO 
 DEFER = b"DEFER"        # {results: [[id, token]], reason, retry_ms}: results not stored yet (storage
                         # full); the worker keeps them, the jobs stay running, and it sends them again
 
-CLIENT_COMMANDS = frozenset({ENQUEUE, GET, WAIT, STATS, DEAD, REQUEUE, JOBS, STEPS, CANCEL, HISTORY, CRON, STORAGE})
+CLIENT_COMMANDS = frozenset({ENQUEUE, GET, WAIT, STATS, DEAD, REQUEUE, JOBS, STEPS, CANCEL, HISTORY, CRON, STORAGE,
+                             WORKERS})
 WORKER_COMMANDS = frozenset({HELLO, READY, DONE, FAIL, RETURN, HEARTBEAT, BYE, STEP, SUSPEND})
 BROKER_COMMANDS = frozenset({REPLY, ERROR, JOB, HEARTBEAT, RECONNECT, CANCEL, DEFER})
 KNOWN_COMMANDS = CLIENT_COMMANDS | WORKER_COMMANDS | BROKER_COMMANDS
