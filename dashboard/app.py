@@ -113,11 +113,12 @@ def _size(n: int | None) -> str:
     return str(n)
 
 
-def _time(ms: int | None) -> Markup:
-    """A ``<time>`` the browser rewrites into the viewer's zone (UTC until it does)."""
+def _time(ms: int | None, precise: bool = False) -> Markup:
+    """A ``<time>`` the browser rewrites into the viewer's zone (UTC until it does); ``precise``: with ms."""
     if not ms:
         return Markup("—")
-    return Markup('<time data-ms="{}">{}</time>').format(int(ms), fmt.timestamp(int(ms)))
+    extra = Markup(" data-precise") if precise else Markup("")
+    return Markup('<time data-ms="{}"{}>{}</time>').format(int(ms), extra, fmt.timestamp(int(ms)))
 
 
 def render(request: Request, template: str, status: int = 200, **context: Any) -> Response:

@@ -96,7 +96,7 @@ class Sampler:
                 series.popleft()
 
     def rates(self, group: str) -> list[Rate]:
-        """The group's completed and failed per minute, one point per sample after the first."""
+        """The group's completed jobs and failed attempts in the minute before each sample (after the first)."""
         series = list(self.samples.get(group, ()))
         out: list[Rate] = []
         start = 0
@@ -104,10 +104,11 @@ class Sampler:
             while series[start].at_ms < sample.at_ms - WINDOW_MS:
                 start += 1
             first = series[start]
-            span_ms = sample.at_ms - first.at_ms
-            if span_ms <= 0:
+            if sample.at_ms <= first.at_ms:
                 continue
-            per_min = 60_000 / span_ms
+            # what finished in the last minute; a series younger than a minute is not extrapolated
+            # (three jobs in the first two seconds are "3 per minute", not a spike of 90)
+            per_min = 60_000 / max(sample.at_ms - first.at_ms, WINDOW_MS)
             out.append(Rate(sample.at_ms, (sample.completed - first.completed) * per_min,
                             (sample.failed - first.failed) * per_min))
         return out

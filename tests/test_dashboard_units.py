@@ -18,16 +18,16 @@ def sampler_with(*samples: tuple[int, int, int]) -> Sampler:
     return sampler
 
 
-def test_rates_are_per_minute_over_the_last_minute_of_samples() -> None:
+def test_rates_count_the_last_minute_of_samples() -> None:
     sampler = sampler_with((0, 0, 0), (30_000, 10, 1), (60_000, 30, 2), (90_000, 30, 2))
     rates = sampler.rates("email")
     assert [(r.at_ms, r.completed, r.failed) for r in rates] == [
-        (30_000, 20.0, 2.0), (60_000, 30.0, 2.0), (90_000, 20.0, 1.0)]
+        (30_000, 10.0, 1.0), (60_000, 30.0, 2.0), (90_000, 20.0, 1.0)]
 
 
 def test_a_counter_that_goes_back_starts_the_series_afresh() -> None:
     sampler = sampler_with((0, 100, 5), (10_000, 110, 5), (20_000, 3, 0), (30_000, 4, 0))
-    assert [(r.at_ms, r.completed) for r in sampler.rates("email")] == [(30_000, 6.0)]
+    assert [(r.at_ms, r.completed) for r in sampler.rates("email")] == [(30_000, 1.0)]
 
 
 def test_samples_older_than_the_chart_are_forgotten() -> None:

@@ -2,15 +2,23 @@
 // The server renders everything; this only re-fetches the live region (X-Live: 1) and swaps it.
 (function () {
   "use strict";
-  var fmt = new Intl.DateTimeFormat(undefined, {
+  // ISO order (2026-12-01 09:39:45) in the viewer's zone: unambiguous in every locale
+  var fmt = new Intl.DateTimeFormat("en-CA", {
     year: "numeric", month: "2-digit", day: "2-digit",
-    hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false
+    hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23"
   });
+
+  function local(d) {
+    var p = {};
+    fmt.formatToParts(d).forEach(function (part) { p[part.type] = part.value; });
+    return p.year + "-" + p.month + "-" + p.day + " " + p.hour + ":" + p.minute + ":" + p.second;
+  }
 
   function localTimes(root) {
     root.querySelectorAll("time[data-ms]").forEach(function (el) {
       var d = new Date(Number(el.getAttribute("data-ms")));
-      el.textContent = fmt.format(d);
+      var ms = String(d.getMilliseconds()).padStart(3, "0");
+      el.textContent = local(d) + (el.hasAttribute("data-precise") ? "." + ms : "");
       el.setAttribute("datetime", d.toISOString());
       el.title = d.toISOString();
     });
