@@ -11,7 +11,7 @@ from typing import Callable
 
 import pytest
 
-from conftest import Cluster
+from conftest import Cluster, wait_for
 from test_dashboard import TOML, start_dashboard
 
 
@@ -144,3 +144,30 @@ def test_a_bad_bind_is_a_usage_error(cluster_factory: Callable[..., Cluster]) ->
     done = subprocess.run([sys.executable, "-m", "shoal.cli", "dashboard", "--bind", "localhost"],
                           capture_output=True, text=True, timeout=60, env=cluster.env)
     assert done.returncode == 2 and "expected HOST:PORT" in done.stderr
+
+
+def test_workers_lists_each_connected_worker_with_what_it_holds(dash: tuple[Cluster, str]) -> None:
+    import asyncio
+
+    from shoal import AsyncClient
+
+    cluster, url = dash
+    worker = cluster.start_worker("media", 2)
+    client = cluster.client()
+    job_id = client.enqueue("block", {"i": 1, "max_s": 60}, group="media")
+    rows = wait_for(lambda: [w for w in client.workers() if w["busy"] == 1], what="the worker to hold the job")
+    assert len(rows) == 1
+    row = rows[0]
+    assert (row["group"], row["pid"], row["slots"], row["jobs"]) == ("media", worker.pid, 2, [job_id])
+    assert row["rss_bytes"] > 0 and row["last_seen_s"] < 3.0 and "block" in row["workflows"]
+    assert client.workers(group="email") == []
+
+    async def from_async() -> list[dict[str, object]]:
+        async with AsyncClient(cluster.endpoint) as ac:
+            return await ac.workers("media")
+    assert [w["pid"] for w in asyncio.run(from_async())] == [worker.pid]
+
+    code, html, _ = fetch(url + "/workers")
+    assert code == 200 and f'data-worker="{row["name"]}"' in html and f"/jobs/{job_id}" in html
+    (cluster.tmp / "release").touch()
+    assert client.wait(job_id, timeout=20).status == "completed"
