@@ -149,7 +149,7 @@ async def _unreachable(request: Request, exc: Exception) -> Response:
     if dash.sampler.error is None:
         dash.sampler.error = str(exc)
         dash.sampler.down_since_ms = int(time.time() * 1000)
-    return render(request, "message.html", 503, title="Broker unreachable",
+    return render(request, "message.html", 503, title="Broker unreachable", reload_on_ok=True,
                   text="This page fills in by itself once the broker answers again.")
 
 

@@ -14,6 +14,7 @@ import pytest
 from conftest import Cluster, Proc, wait_for
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
+playwright_sync.expect.set_options(timeout=20_000)  # a loaded 2-core machine; each wait ends on its event
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -84,6 +85,19 @@ def test_overview_shows_pending_change_without_reload(dash: tuple[Cluster, str],
     cluster.client().enqueue_many("echo", [{"i": i} for i in range(3)], group="email")  # no worker: they wait
     playwright_sync.expect(pending).to_have_text("3")
     assert page.evaluate("window.__not_reloaded === true"), "the page was reloaded"
+
+
+def test_a_broker_that_stops_answering_shows_a_banner_until_it_is_back(dash: tuple[Cluster, str], page: Any) -> None:
+    cluster, url = dash
+    page.goto(url + "/workers")
+    banner = page.locator('[data-banner="unreachable"]')
+    playwright_sync.expect(banner).to_have_count(0)
+    assert cluster.broker is not None
+    cluster.broker.kill()
+    playwright_sync.expect(banner).to_contain_text(f"Broker at {cluster.endpoint} is not answering")
+    cluster.start_broker()  # same endpoint, same data
+    playwright_sync.expect(banner).to_have_count(0)
+    playwright_sync.expect(page.locator("#live")).to_contain_text("No worker is connected")
 
 
 def test_dead_letter_requeue_button_requeues_and_the_job_completes(dash: tuple[Cluster, str], page: Any) -> None:

@@ -75,8 +75,8 @@ def _dead_job(cluster: Cluster) -> str:
     return job_id
 
 
-def _token_and_cookie(url: str) -> tuple[str, str]:
-    _, html, headers = fetch(url + "/dead")
+def _token_and_cookie(url: str, page: str = "/dead") -> tuple[str, str]:
+    _, html, headers = fetch(url + page)
     token = re.search(r'name="csrf" value="([0-9a-f]+)"', html)
     assert token, html
     return token.group(1), headers["set-cookie"].split(";")[0]
@@ -171,3 +171,34 @@ def test_workers_lists_each_connected_worker_with_what_it_holds(dash: tuple[Clus
     assert code == 200 and f'data-worker="{row["name"]}"' in html and f"/jobs/{job_id}" in html
     (cluster.tmp / "release").touch()
     assert client.wait(job_id, timeout=20).status == "completed"
+
+
+def _post(url: str, path: str, form: dict[str, str], page: str = "/dead") -> tuple[int, str, dict[str, str]]:
+    token, cookie = _token_and_cookie(url, page)
+    return fetch(url + path, {**form, "csrf": token}, {"Origin": url, "Cookie": cookie})
+
+
+def test_requeue_all_asks_first_then_requeues_every_dead_job(dash: tuple[Cluster, str]) -> None:
+    cluster, url = dash
+    cluster.start_worker("email")
+    client = cluster.client()
+    ids = [client.enqueue("toggle", {"n": n}, group="email") for n in range(3)]
+    assert all(client.wait(i, timeout=20).status == "dead" for i in ids)
+    code, html, _ = _post(url, "/dead/requeue-all", {"group": "email"})
+    assert code == 200 and "Requeue all 3 dead jobs of group email" in html
+    assert len(client.dead_letters()) == 3, "requeued before the confirmation"
+    (cluster.tmp / "toggle-ok").touch()
+    code, _, headers = _post(url, "/dead/requeue-all", {"group": "email", "confirm": "yes"})
+    assert code == 303 and "requeued+3+dead+jobs+of+group+email" in headers["location"]
+    assert [client.wait(i, timeout=20).status for i in ids] == ["completed"] * 3
+
+
+def test_cancel_from_the_job_page_asks_first(dash: tuple[Cluster, str]) -> None:
+    cluster, url = dash
+    client = cluster.client()
+    job_id = client.enqueue("echo", {}, group="email", delay=600)
+    code, html, _ = _post(url, f"/jobs/{job_id}/cancel", {}, page=f"/jobs/{job_id}")
+    assert code == 200 and f"Cancel job {job_id}?" in html and client.get(job_id).status == "scheduled"
+    code, _, headers = _post(url, f"/jobs/{job_id}/cancel", {"confirm": "yes"}, page=f"/jobs/{job_id}")
+    assert code == 303 and headers["location"].startswith(f"/jobs/{job_id}?done=")
+    assert client.get(job_id).status == "cancelled"

@@ -40,6 +40,8 @@
       fetch(window.location.href, { headers: { "X-Live": "1" }, cache: "no-store", credentials: "same-origin" })
         .then(function (response) {
           if (!response.headers.get("X-Live-Region")) throw new Error("not a live region");
+          // a page that could only say "broker unreachable" is drawn in full once it answers
+          if (response.ok && live.hasAttribute("data-reload-on-ok")) window.location.reload();
           return response.text();
         })
         .then(function (html) {
