@@ -12,7 +12,7 @@ from typing import Callable
 import pytest
 
 from conftest import Cluster, wait_for
-from test_dashboard import TOML, start_dashboard
+from test_dashboard import TOML, dash, start_dashboard  # noqa: F401  (dash: the fixture)
 
 
 def fetch(url: str, data: dict[str, str] | None = None, headers: dict[str, str] | None = None) -> tuple[int, str, dict[str, str]]:
@@ -29,14 +29,6 @@ def fetch(url: str, data: dict[str, str] | None = None, headers: dict[str, str] 
 class NoRedirect(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args: object, **kwargs: object) -> None:
         return None
-
-
-@pytest.fixture
-def dash(cluster_factory: Callable[..., Cluster]) -> tuple[Cluster, str]:
-    cluster = cluster_factory(TOML)
-    cluster.start_broker()
-    _, url = start_dashboard(cluster)
-    return cluster, url
 
 
 def message_of(html: str) -> str:
