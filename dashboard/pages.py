@@ -29,7 +29,7 @@ def _dash(request: Request) -> Dashboard:
 async def overview(request: Request) -> Response:
     """``/``: one card per group with its state, queue depths and the live rate chart."""
     dash = _dash(request)
-    if not await dash.sampler.poll():
+    if not await dash.sampler.poll(max_age_s=0.5):
         return render(request, "overview.html", 503, groups=[], unrouted={})
     now_ms = int(time.time() * 1000)
     groups = [{"name": name, **row, "chart": chart(dash.sampler.rates(name), now_ms)}

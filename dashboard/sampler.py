@@ -53,6 +53,7 @@ class Sampler:
         self.error: str | None = None     # why the last poll failed (None: it answered)
         self.down_since_ms = 0
         self._task: asyncio.Task[None] | None = None
+        self._last_poll = float("-inf")  # monotonic
 
     def start(self) -> None:
         """Start the background loop (on the running event loop)."""
@@ -66,11 +67,21 @@ class Sampler:
 
     async def _loop(self) -> None:
         while True:
-            await self.poll()
+            try:
+                await self.poll()
+            except Exception:  # a bug, not the broker: say so and keep the chart going
+                log.exception("sampling the broker's stats failed")
             await asyncio.sleep(self.interval_s)
 
-    async def poll(self) -> bool:
-        """Ask the broker for stats now and record them; False (with ``error`` set) if it failed."""
+    async def poll(self, max_age_s: float = 0.0) -> bool:
+        """Ask the broker for stats and record them; False (with ``error`` set) if it failed.
+
+        With ``max_age_s``, an answer that recent is reused: many viewers of the overview
+        cost the broker one ``stats()`` per that interval, not one per viewer.
+        """
+        if max_age_s and self.error is None and time.monotonic() - self._last_poll < max_age_s:
+            return True
+        self._last_poll = time.monotonic()
         try:
             stats = await self.client.stats()
         except ShoalError as exc:
