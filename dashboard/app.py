@@ -4,9 +4,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Hashable
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
@@ -20,6 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shoal import cli_format as fmt
 from shoal.client import AsyncClient
+from shoal.client.client import HistoryEntry
 from shoal.errors import BrokerUnreachable, ShoalError
 
 from .sampler import Sampler
@@ -39,6 +41,30 @@ class Dashboard:
     guard: Guard
     env: Environment
     live_ms: int
+    histories: "HistoryCache" = field(default_factory=lambda: HistoryCache())
+
+
+class HistoryCache:
+    """The last history read per job, with the job's state it was read at (a few hundred jobs at most)."""
+
+    def __init__(self, size: int = 256) -> None:
+        self.size = size
+        self._entries: OrderedDict[str, tuple[Hashable, list[HistoryEntry]]] = OrderedDict()
+
+    def get(self, job_id: str, seen: Hashable) -> list[HistoryEntry] | None:
+        """The history read when the job looked like ``seen``, or None (read it again)."""
+        entry = self._entries.get(job_id)
+        if entry is None or entry[0] != seen or seen is None:
+            return None
+        self._entries.move_to_end(job_id)
+        return entry[1]
+
+    def put(self, job_id: str, seen: Hashable, history: list[HistoryEntry]) -> None:
+        """Remember a history; the least recently shown job is forgotten past ``size``."""
+        self._entries[job_id] = (seen, history)
+        self._entries.move_to_end(job_id)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
 
 
 def create_app(endpoint: str, *, timeout_s: float = 3.0, sample_interval_s: float = 2.0,

@@ -114,16 +114,22 @@ async def job(request: Request) -> Response:
     if not is_job_id(job_id):
         return message(request, 400, "Not a job id", f"{job_id!r} is not a job id.")
     job_id = str(uuid.UUID(job_id))
-    client = _dash(request).client
-    result = await client.get(job_id)
-    try:
-        history = await client.history(job_id)
-    except UnknownJob:
-        history = []
+    dash = _dash(request)
+    result = await dash.client.get(job_id)
+    steps = await dash.client.steps(job_id) if result is not None else []
+    # the history is a scan of the broker's whole log: read it again only when the job changed
+    seen = None if result is None else (result.status, result.attempts, result.started_ms, result.finished_ms,
+                                        len(steps))
+    history = dash.histories.get(job_id, seen)
+    if history is None:
+        try:
+            history = await dash.client.history(job_id)
+        except UnknownJob:
+            history = []
+        dash.histories.put(job_id, seen, history)
     if result is None and not history:
         return message(request, 404, "No such job", f"The broker has no job {job_id} (never enqueued, or expired "
                        "and compacted out of the log).")
-    steps = await client.steps(job_id) if result is not None else []
     return render(request, "job.html", job=result, job_id=job_id, steps=steps, history=history,
                   children=_children([s.value for s in steps]), done=request.query_params.get("done", ""))
 

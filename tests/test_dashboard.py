@@ -144,3 +144,20 @@ def test_overview_fits_a_phone_screen(dash: tuple[Cluster, str], browser: Any) -
             assert overflow <= 0, f"{path} is {overflow}px wider than a phone screen"
     finally:
         context.close()
+
+
+def test_job_page_follows_a_running_job_live(dash: tuple[Cluster, str], page: Any) -> None:
+    cluster, url = dash
+    cluster.start_worker("steps", app="stepsapp")
+    client = cluster.client()
+    job_id = client.enqueue("between-steps", {}, group="steps")  # stops after step "first" until go-on exists
+    page.goto(f"{url}/jobs/{job_id}")
+    status = page.locator("[data-status]")
+    playwright_sync.expect(status).to_have_text("running")
+    playwright_sync.expect(page.locator("#steps tbody tr")).to_have_count(1)
+    page.evaluate("window.__not_reloaded = true")
+    (cluster.tmp / "go-on").touch()
+    playwright_sync.expect(status).to_have_text("completed")
+    playwright_sync.expect(page.locator("#steps tbody tr")).to_have_count(2)
+    playwright_sync.expect(page.locator("#history tbody tr").last).to_contain_text("complete")
+    assert page.evaluate("window.__not_reloaded === true")
