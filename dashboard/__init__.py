@@ -22,6 +22,17 @@ The stack, and why:
 It talks to the broker only through the client API; actions are POSTs guarded by a CSRF
 token and an Origin check (``security.py``), and it binds loopback by default.
 """
-from .app import create_app
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["create_app"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so `shoal dashboard` can say which extra is missing instead of failing on import.
+    if name == "create_app":
+        from .app import create_app
+
+        return create_app
+    raise AttributeError(name)

@@ -188,10 +188,10 @@ async def _forbidden(request: Request, exc: Exception) -> Response:
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    if exc.status_code == 404:
+    status = getattr(exc, "status_code", 500)
+    if status == 404:
         return message(request, 404, "Not found", f"There is no page at {request.url.path}.")
-    return message(request, exc.status_code, "Request refused", str(exc.detail))
+    return message(request, status, "Request refused", str(getattr(exc, "detail", exc)))
 
 
 async def _crashed(request: Request, exc: Exception) -> Response:

@@ -57,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         from .app import create_app
     except ImportError as exc:
-        print(f"shoal dashboard: {exc.name} is missing; install with pip install 'shoal[dashboard]'", file=sys.stderr)
+        print(f"shoal dashboard: {(exc.name or "a package").split(".")[0]} is missing; install with pip install 'shoal[dashboard]'", file=sys.stderr)
         return EXIT_USAGE
     from shoal.cli import resolve_endpoint
     from shoal.errors import ConfigError
