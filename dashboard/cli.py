@@ -57,7 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         from .app import create_app
     except ImportError as exc:
-        print(f"shoal dashboard: {(exc.name or "a package").split(".")[0]} is missing; install with pip install 'shoal[dashboard]'", file=sys.stderr)
+        missing = (exc.name or "a package").split(".")[0]
+        print(f"shoal dashboard: {missing} is missing; install with pip install 'shoal[dashboard]'", file=sys.stderr)
         return EXIT_USAGE
     from shoal.cli import resolve_endpoint
     from shoal.errors import ConfigError
