@@ -53,7 +53,7 @@ class Sampler:
         self.error: str | None = None     # why the last poll failed (None: it answered)
         self.down_since_ms = 0
         self._task: asyncio.Task[None] | None = None
-        self._last_poll = float("-inf")  # monotonic
+        self._answered_at = float("-inf")  # monotonic time of the last answer
 
     def start(self) -> None:
         """Start the background loop (on the running event loop)."""
@@ -79,9 +79,8 @@ class Sampler:
         With ``max_age_s``, an answer that recent is reused: many viewers of the overview
         cost the broker one ``stats()`` per that interval, not one per viewer.
         """
-        if max_age_s and self.error is None and time.monotonic() - self._last_poll < max_age_s:
+        if max_age_s and self.error is None and time.monotonic() - self._answered_at < max_age_s:
             return True
-        self._last_poll = time.monotonic()
         try:
             stats = await self.client.stats()
         except ShoalError as exc:
@@ -91,6 +90,7 @@ class Sampler:
             self.error = str(exc)
             return False
         self.error = None
+        self._answered_at = time.monotonic()
         self.stats, self.unrouted = dict(stats), dict(stats.unrouted)
         self.record(int(time.time() * 1000), self.stats)
         return True
