@@ -1,6 +1,8 @@
 """What the broker does for clients: enqueue, get, wait, stats, dead letters, requeue."""
 from __future__ import annotations
 
+import os
+import socket
 from typing import Any, Callable
 
 from shoal import jobs as J
@@ -12,6 +14,7 @@ from shoal.protocol import field
 from .core import BrokerCore, Outgoing
 
 MAX_LIST = 10_000
+MAX_WORKER_JOBS = 100  # job ids listed per worker in WORKERS; ``busy`` has the full count
 
 
 class ClientCommands(BrokerCore):
@@ -21,7 +24,7 @@ class ClientCommands(BrokerCore):
         table = super().handlers()
         table.update({P.ENQUEUE: self._on_enqueue, P.GET: self._on_get, P.WAIT: self._on_wait,
                       P.STATS: self._on_stats, P.DEAD: self._on_dead, P.REQUEUE: self._on_requeue,
-                      P.JOBS: self._on_jobs})
+                      P.JOBS: self._on_jobs, P.WORKERS: self._on_workers})
         return table
 
     # --- enqueue ---------------------------------------------------------------
@@ -314,3 +317,36 @@ class ClientCommands(BrokerCore):
                 view.pop("payload", None)
                 out.append(view)
         self.reply(identity, rid, jobs=out)
+
+    # --- workers -----------------------------------------------------------------
+    def _on_workers(self, identity: bytes, body: dict[str, Any]) -> None:
+        """Connected workers (of ``group``), with what each holds and how long it has been silent."""
+        rid = field(body, "rid", int)
+        group = field(body, "group", str, None)
+        now = self.clock.mono()
+        here = socket.gethostname()
+        out: list[dict[str, Any]] = []
+        for w in sorted(self.workers, key=lambda w: (w.group, w.name)):
+            if group not in (None, w.group):
+                continue
+            row: dict[str, Any] = {
+                "name": w.name, "group": w.group, "host": w.host, "pid": w.pid, "server": w.server,
+                "slots": w.slots, "busy": len(w.leases), "jobs": sorted(w.leases)[:MAX_WORKER_JOBS],
+                "workflows": list(w.workflows), "last_seen_s": round(max(0.0, now - w.last_seen), 3)}
+            rss = _rss_bytes(w.pid) if w.host == here else None
+            if rss is not None:
+                row["rss_bytes"] = rss
+            out.append(row)
+        self.reply(identity, rid, workers=out)
+
+
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _rss_bytes(pid: int) -> int | None:
+    """Resident memory of a worker on this host (Linux /proc), or None where it cannot be known."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as fh:
+            return int(fh.read().split()[1]) * PAGE_BYTES
+    except (OSError, ValueError, IndexError):
+        return None

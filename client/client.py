@@ -39,6 +39,7 @@ class Result:
     finished_ms: int = 0
     priority: int = 0
     key: str | None = None
+    payload: Any = None  # decoded; only on ``get`` and ``dead_letters`` (listings leave it out)
 
     @property
     def ok(self) -> bool:
@@ -54,7 +55,8 @@ class Result:
                    attempts=record.get("attempts", 0), workflow=record.get("workflow", ""),
                    group=record.get("group", "") or "", created_ms=record.get("created_ms", 0),
                    started_ms=record.get("started_ms", 0), finished_ms=record.get("finished_ms", 0),
-                   priority=record.get("priority", 0), key=record.get("key"))
+                   priority=record.get("priority", 0), key=record.get("key"),
+                   payload=None if record.get("payload") is None else P.unpack(record["payload"]))
 
 
 @dataclass(frozen=True)
@@ -151,6 +153,26 @@ class Stats(dict):  # type: ignore[type-arg]
 
 def _endpoint(endpoint: str | None) -> str:
     return endpoint or os.environ.get("SHOAL_BROKER") or DEFAULT_ENDPOINT
+
+
+def _workers(body: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = list(body["workers"])
+    for row in rows:
+        row["jobs"] = [id_to_str(j) for j in row.get("jobs", ())]
+    return rows
+
+
+def _group_body(group: str | None) -> dict[str, Any]:
+    return {} if group is None else {"group": group}
+
+
+def _jobs_body(state: str | None, group: str | None, limit: int) -> dict[str, Any]:
+    body: dict[str, Any] = {"limit": limit}
+    if state:
+        body["state"] = state
+    if group:
+        body["group"] = group
+    return body
 
 
 class _Requests:
@@ -336,12 +358,13 @@ class Client:
 
     def jobs(self, state: str | None = None, group: str | None = None, limit: int = 100) -> list[Result]:
         """Active jobs (pending, scheduled, running), oldest first."""
-        body: dict[str, Any] = {"limit": limit}
-        if state:
-            body["state"] = state
-        if group:
-            body["group"] = group
-        return [Result.from_record(r) for r in self._r.send(P.JOBS, body).result()["jobs"]]
+        return [Result.from_record(r) for r in self._r.send(P.JOBS, _jobs_body(state, group, limit)).result()["jobs"]]
+
+    def workers(self, group: str | None = None) -> list[dict[str, Any]]:
+        """Connected workers (of ``group``): ``name``, ``group``, ``host``, ``pid``, ``slots``, ``busy``,
+        ``jobs`` (ids of the jobs it holds), ``workflows``, ``last_seen_s`` and, for a worker on the
+        broker's host, ``rss_bytes``."""
+        return _workers(self._r.send(P.WORKERS, _group_body(group)).result())
 
 
 class AsyncClient:
@@ -428,3 +451,19 @@ class AsyncClient:
     async def requeue(self, job_id: str) -> bool:
         """Requeue a dead job with a fresh retry budget."""
         return bool((await self._send(P.REQUEUE, {"ids": [id_from_str(job_id)]}))["requeued"])
+
+    async def requeue_all(self, group: str | None = None) -> int:
+        """Requeue every dead job (of ``group``); returns how many."""
+        return len((await self._send(P.REQUEUE, {"all": True, **_group_body(group)}))["requeued"])
+
+    async def jobs(self, state: str | None = None, group: str | None = None, limit: int = 100) -> list[Result]:
+        """Active jobs (pending, scheduled, running), oldest first."""
+        return [Result.from_record(r) for r in (await self._send(P.JOBS, _jobs_body(state, group, limit)))["jobs"]]
+
+    async def cron(self) -> list[dict[str, Any]]:
+        """Cron entries with their last and next fire times (Unix ms)."""
+        return list((await self._send(P.CRON, {}))["entries"])
+
+    async def workers(self, group: str | None = None) -> list[dict[str, Any]]:
+        """Connected workers (see ``Client.workers``)."""
+        return _workers(await self._send(P.WORKERS, _group_body(group)))

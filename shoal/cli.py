@@ -114,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     events.add_argument("--idle", type=_seconds, metavar="S", help="stop after S seconds without an event")
     # `config` is dispatched before parsing (see main); this entry only shows it in `shoal --help`.
     sub.add_parser("config", help="show the effective configuration (shoal config --show --help)", add_help=False)
+    sub.add_parser("dashboard", help="serve a live web dashboard (shoal dashboard --help)", add_help=False)
     return parser
 
 
@@ -125,6 +126,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from shoal.conf.show import main as config_main
 
         return config_main(args_list[1:])
+    if args_list and args_list[0] == "dashboard":  # a server, not a one-shot client call
+        from shoal.dashboard.cli import main as dashboard_main
+
+        return dashboard_main(args_list[1:])
     parser = build_parser()
     try:
         args = parser.parse_args(args_list)

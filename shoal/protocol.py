@@ -30,6 +30,8 @@ HISTORY = b"HISTORY"    # {rid, id}: the job's history from the log, oldest firs
 CANCEL = b"CANCEL"      # {rid, id}: cancel a job (broker -> worker too: {id, token})
 CRON = b"CRON"          # {rid}: cron entries with their last and next fire times
 STORAGE = b"STORAGE"    # {rid}: sizes of the state, the log and the snapshots
+WORKERS = b"WORKERS"    # {rid, group?}: connected workers ({workers: [{name, group, host, pid, server, slots,
+                        # busy, jobs, workflows, last_seen_s, rss_bytes?}]}); for the dashboard and operators
 # broker -> client
 REPLY = b"REPLY"        # {rid, ...}
 ERROR = b"ERROR"        # {rid?, code, message}
@@ -49,14 +51,15 @@ RECONNECT = b"RECONNECT"  # {}: the broker does not know this worker; say HELLO 
 DEFER = b"DEFER"        # {results: [[id, token]], reason, retry_ms}: results not stored yet (storage
                         # full); the worker keeps them, the jobs stay running, and it sends them again
 
-CLIENT_COMMANDS = frozenset({ENQUEUE, GET, WAIT, STATS, DEAD, REQUEUE, JOBS, STEPS, CANCEL, HISTORY, CRON, STORAGE})
+CLIENT_COMMANDS = frozenset({ENQUEUE, GET, WAIT, STATS, DEAD, REQUEUE, JOBS, STEPS, CANCEL, HISTORY, CRON, STORAGE,
+                             WORKERS})
 WORKER_COMMANDS = frozenset({HELLO, READY, DONE, FAIL, RETURN, HEARTBEAT, BYE, STEP, SUSPEND})
 BROKER_COMMANDS = frozenset({REPLY, ERROR, JOB, HEARTBEAT, RECONNECT, CANCEL, DEFER})
 KNOWN_COMMANDS = CLIENT_COMMANDS | WORKER_COMMANDS | BROKER_COMMANDS
 # Commands whose bodies are a few fields: a bigger one is refused before it is decoded, so a
 # hostile peer cannot make the broker unpack megabytes to find a wrong field.
-SMALL_BODY_COMMANDS = frozenset({WAIT, STATS, DEAD, JOBS, STEPS, HISTORY, CANCEL, CRON, STORAGE, READY,
-                                 HEARTBEAT, BYE})
+SMALL_BODY_COMMANDS = frozenset({WAIT, STATS, DEAD, JOBS, STEPS, HISTORY, CANCEL, CRON, STORAGE, WORKERS,
+                                 READY, HEARTBEAT, BYE})
 SMALL_BODY_BYTES = 64 * 1024
 
 # Error codes the broker sends back in ERROR replies.
