@@ -93,12 +93,30 @@ class Request:
         return BrokerUnreachable(f"no answer from the broker at {self.endpoint} within {self.timeout_s}s")
 
 
+# Plain ints: pyzmq's send_multipart/recv_multipart combine enum flags on every frame, which
+# costs about as much as the sends themselves at the sizes requests have.
+_MORE_NOW = int(zmq.SNDMORE | zmq.DONTWAIT)
+_NOW = int(zmq.DONTWAIT)
+_RCVMORE = int(zmq.RCVMORE)
+_POLLIN = int(zmq.POLLIN)
+
+
 def send_now(sock: zmq.Socket, frames: list[bytes]) -> None:
     """Send without blocking: a full queue (the broker is away) drops it, and the re-send timer tries again."""
     try:
-        sock.send_multipart(frames, zmq.DONTWAIT)
+        for frame in frames[:-1]:
+            sock.send(frame, _MORE_NOW)  # a multipart message is queued whole or not at all
+        sock.send(frames[-1], _NOW)
     except zmq.Again:
         pass
+
+
+def recv_now(sock: zmq.Socket) -> list[bytes]:
+    """One whole message if there is one; raises ``zmq.Again`` if not."""
+    frames = [sock.recv(_NOW)]
+    while sock.getsockopt(_RCVMORE):
+        frames.append(sock.recv(_NOW))
+    return frames
 
 
 def decode_reply(frames: list[bytes]) -> tuple[bytes, dict[str, Any]] | None:
@@ -152,7 +170,7 @@ class Connection:
         while True:
             now = time.monotonic()
             wait_s = min(req.due() - now, CLOSE_CHECK_S)
-            if wait_s > 0 and sock.poll(int(wait_s * 1000) + 1, zmq.POLLIN):
+            if wait_s > 0 and zmq.zmq_poll([(sock, _POLLIN)], int(wait_s * 1000) + 1):
                 outcome = self._read(sock, req)
                 if isinstance(outcome, dict):
                     return outcome
@@ -173,7 +191,7 @@ class Connection:
         """Read what has arrived; replies to earlier requests that timed out are dropped."""
         while True:
             try:
-                frames = sock.recv_multipart(zmq.DONTWAIT)
+                frames = recv_now(sock)
             except zmq.Again:
                 return None
             reply = decode_reply(frames)
