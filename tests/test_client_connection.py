@@ -67,22 +67,33 @@ def _in_loop(make: Callable[[AsyncClient], Any], endpoint: str, timeout: float =
     return lambda: asyncio.run(main())
 
 
+@pytest.fixture
+def start(broker: FakeBroker, pool: ThreadPoolExecutor) -> Iterator[Callable[[str, Callable[[Any], Any]], Future[Any]]]:
+    """``start(kind, call)``: ``call(client)`` on a pool thread, with a ``Client`` ("sync") or an
+    ``AsyncClient`` on its own loop ("async"), both talking to the fake broker."""
+    clients: list[Client] = []
+
+    def submit(kind: str, call: Callable[[Any], Any]) -> Future[Any]:
+        if kind == "async":
+            return pool.submit(_in_loop(call, broker.endpoint))
+        clients.append(Client(broker.endpoint, timeout=10))
+        return pool.submit(call, clients[-1])
+
+    yield submit
+    for client in clients:
+        client.close()
+
+
 # --- re-sends and matching -------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["sync", "async"])
-def test_an_unanswered_enqueue_is_resent_with_the_same_rid_and_job_id(broker: FakeBroker, pool: ThreadPoolExecutor,
+def test_an_unanswered_enqueue_is_resent_with_the_same_rid_and_job_id(broker: FakeBroker, start: Any,
                                                                       kind: str) -> None:
-    if kind == "sync":
-        client = Client(broker.endpoint, timeout=10)
-        pending: Future[Any] = pool.submit(client.enqueue, "echo", {"n": 1})
-    else:
-        pending = pool.submit(_in_loop(lambda c: c.enqueue("echo", {"n": 1}), broker.endpoint))
+    pending = start(kind, lambda client: client.enqueue("echo", {"n": 1}))
     _, _, first = broker.receive()   # dropped, as if lost
     identity, _, again = broker.receive()
     assert again["rid"] == first["rid"] and again["jobs"][0]["id"] == first["jobs"][0]["id"]
     broker.answer(identity, P.REPLY, {"rid": again["rid"], "ids": [again["jobs"][0]["id"]], "deduplicated": [False]})
     assert pending.result(timeout=10) == id_to_str(first["jobs"][0]["id"])
-    if kind == "sync":
-        client.close()
 
 
 def test_a_late_answer_to_a_timed_out_request_is_not_taken_for_the_next_one(broker: FakeBroker) -> None:
@@ -128,14 +139,9 @@ def test_async_requests_in_flight_at_once_each_get_their_own_reply_and_a_refusal
 
 # --- waits -----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["sync", "async"])
-def test_a_wait_answered_storage_keeps_waiting_and_returns_the_final_job(broker: FakeBroker, pool: ThreadPoolExecutor,
+def test_a_wait_answered_storage_keeps_waiting_and_returns_the_final_job(broker: FakeBroker, start: Any,
                                                                         kind: str) -> None:
-    job_id = id_to_str(JOB["id"])
-    if kind == "sync":
-        client = Client(broker.endpoint, timeout=10)
-        pending: Future[Any] = pool.submit(client.wait, job_id, 20)
-    else:
-        pending = pool.submit(_in_loop(lambda c: c.wait(job_id, 20), broker.endpoint))
+    pending = start(kind, lambda client: client.wait(id_to_str(JOB["id"]), 20))
     for _ in range(2):  # the broker's commit failed twice: the WAIT is asked again, not failed
         identity, command, body = broker.receive()
         assert command == P.WAIT
@@ -144,8 +150,6 @@ def test_a_wait_answered_storage_keeps_waiting_and_returns_the_final_job(broker:
     broker.answer(identity, P.REPLY, {"rid": body["rid"], "job": JOB})
     result = pending.result(timeout=10)
     assert result.status == "completed" and result.value == 7
-    if kind == "sync":
-        client.close()
 
 
 def test_an_enqueue_answered_storage_still_raises_storage_full(broker: FakeBroker, pool: ThreadPoolExecutor) -> None:
@@ -158,21 +162,13 @@ def test_an_enqueue_answered_storage_still_raises_storage_full(broker: FakeBroke
 
 
 @pytest.mark.parametrize("kind", ["sync", "async"])
-def test_a_wait_over_the_brokers_cap_raises_too_many_waits(broker: FakeBroker, pool: ThreadPoolExecutor,
-                                                          kind: str) -> None:
-    job_id = id_to_str(JOB["id"])
-    if kind == "sync":
-        client = Client(broker.endpoint, timeout=10)
-        pending: Future[Any] = pool.submit(client.wait, job_id, 20)
-    else:
-        pending = pool.submit(_in_loop(lambda c: c.wait(job_id, 20), broker.endpoint))
+def test_a_wait_over_the_brokers_cap_raises_too_many_waits(broker: FakeBroker, start: Any, kind: str) -> None:
+    pending = start(kind, lambda client: client.wait(id_to_str(JOB["id"]), 20))
     identity, _, body = broker.receive()
     broker.answer(identity, P.ERROR, {"rid": body["rid"], "code": P.E_TOO_MANY_WAITS,
                                       "message": "10000 WAITs outstanding on this connection (the limit)"})
     with pytest.raises(TooManyWaits, match="10000 WAITs"):
         pending.result(timeout=10)
-    if kind == "sync":
-        client.close()
 
 
 # --- threads and closing ------------------------------------------------------------------------------
