@@ -1,4 +1,4 @@
 """The Shoal client library."""
-from .client import AsyncClient, CancelResult, Client, JobId, Result, Stats, StepInfo
+from .client import AsyncClient, CancelResult, Client, HistoryEntry, JobId, Result, Stats, StepInfo
 
-__all__ = ["AsyncClient", "CancelResult", "Client", "JobId", "Result", "Stats", "StepInfo"]
+__all__ = ["AsyncClient", "CancelResult", "Client", "HistoryEntry", "JobId", "Result", "Stats", "StepInfo"]

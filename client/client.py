@@ -1,158 +1,28 @@
-"""``Client`` and ``AsyncClient``: enqueue jobs, wait for results, read stats."""
+"""``Client`` and ``AsyncClient``: enqueue jobs, wait for results, read stats.
+
+``Client`` sends each request on the calling thread's own socket (``connection``);
+``AsyncClient`` on the event loop's socket (``aio``). Both build requests and read
+replies through ``_Requests``.
+"""
 from __future__ import annotations
 
-import asyncio
-import os
-import time
-from concurrent.futures import Future
-from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
 import zmq
 
 from shoal import protocol as P
-from shoal.errors import PayloadError, WaitTimeout
+from shoal.endpoints import resolve_endpoint
+from shoal.errors import BrokerUnreachable, PayloadError, WaitTimeout
 from shoal.ids import id_from_str, id_to_str, new_job_id
 from shoal.workflow import Workflow
 
+from .aio import AsyncConnection
 from .connection import Connection
+from .results import CancelResult, HistoryEntry, JobId, Result, Stats, StepInfo, event_of
 
-DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
-FINAL = frozenset({"completed", "dead", "cancelled"})
+__all__ = ["AsyncClient", "CancelResult", "Client", "HistoryEntry", "JobId", "Result", "Stats", "StepInfo"]
 
-
-@dataclass(frozen=True)
-class Result:
-    """A job as the broker reports it; ``value`` is decoded."""
-
-    id: str
-    status: str
-    value: Any = None
-    error: str | None = None
-    error_kind: str | None = None
-    traceback: str | None = None
-    attempts: int = 0
-    workflow: str = ""
-    group: str = ""
-    created_ms: int = 0
-    started_ms: int = 0
-    finished_ms: int = 0
-    priority: int = 0
-    key: str | None = None
-    payload: Any = None  # decoded; only on ``get`` and ``dead_letters`` (listings leave it out)
-
-    @property
-    def ok(self) -> bool:
-        """True when the job completed."""
-        return self.status == "completed"
-
-    @classmethod
-    def from_record(cls, record: dict[str, Any]) -> "Result":
-        raw = record.get("value")
-        return cls(id=id_to_str(record["id"]), status=record["state"],
-                   value=None if raw is None else P.unpack(raw), error=record.get("error"),
-                   error_kind=record.get("error_kind"), traceback=record.get("traceback"),
-                   attempts=record.get("attempts", 0), workflow=record.get("workflow", ""),
-                   group=record.get("group", "") or "", created_ms=record.get("created_ms", 0),
-                   started_ms=record.get("started_ms", 0), finished_ms=record.get("finished_ms", 0),
-                   priority=record.get("priority", 0), key=record.get("key"),
-                   payload=None if record.get("payload") is None else P.unpack(record["payload"]))
-
-
-@dataclass(frozen=True)
-class StepInfo:
-    """One stored step of a run: ``status`` is done, failed, sleeping or waiting."""
-
-    name: str
-    status: str
-    attempts: int = 0
-    duration_ms: int = 0
-    finished_ms: int = 0
-    value: Any = None
-    error: str | None = None
-
-    @classmethod
-    def all_from(cls, steps: dict[str, dict[str, Any]]) -> list["StepInfo"]:
-        out = [cls.from_record(name, record) for name, record in steps.items()]
-        return sorted(out, key=lambda s: s.finished_ms)
-
-    @classmethod
-    def from_record(cls, name: str, record: dict[str, Any]) -> "StepInfo":
-        common = {"attempts": record.get("attempts", 0), "duration_ms": record.get("duration_ms", 0),
-                  "finished_ms": record.get("finished_ms", 0)}
-        if record.get("permanent"):
-            return cls(name, "failed", error=record.get("error"), **common)
-        if "value" in record:
-            return cls(name, "done", value=P.unpack(record["value"]), **common)
-        if "children" in record:
-            values = [[id_to_str(c[0]), c[1]] for c in record["children"]]
-            return cls(name, "done", value=values, **common)
-        if "wake_ms" in record:
-            woke = record["wake_ms"] <= time.time() * 1000
-            return cls(name, "done" if woke else "sleeping", value={"wake_ms": record["wake_ms"]}, **common)
-        return cls(name, "waiting", value={"deadline_ms": record.get("deadline_ms")}, **common)
-
-
-@dataclass(frozen=True)
-class HistoryEntry:
-    """One entry of a job's history (from the broker's log): what happened, when, in which run.
-
-    ``time_ms`` is Unix ms; ``state`` and ``attempt`` are the job's right after it; ``worker``
-    and ``token`` (the lease) are set on entries made during a run; ``error`` on failures.
-    """
-
-    seq: int
-    time_ms: int
-    op: str
-    state: str
-    attempt: int = 0
-    worker: str = ""
-    token: int = 0
-    error: str | None = None
-    detail: str = ""
-
-    @classmethod
-    def from_row(cls, row: dict[str, Any]) -> "HistoryEntry":
-        return cls(seq=row["seq"], time_ms=row["wall_ms"], op=row["op"], state=row.get("state", ""),
-                   attempt=row.get("attempt", 0), worker=row.get("worker", ""), token=row.get("token", 0),
-                   error=row.get("error"), detail=row.get("detail", ""))
-
-
-class JobId(str):
-    """A job id as returned by ``enqueue``: a ``str``, plus ``deduplicated`` when a job
-    holding the same ``key`` already existed and nothing new was enqueued."""
-
-    deduplicated: bool = False
-
-    @classmethod
-    def of(cls, raw: bytes, deduplicated: bool) -> "JobId":
-        out = cls(id_to_str(raw))
-        out.deduplicated = deduplicated
-        return out
-
-
-@dataclass(frozen=True)
-class CancelResult:
-    """What ``cancel`` did: ``cancelled`` is False for a job that had already finished."""
-
-    cancelled: bool
-    state: str
-    message: str
-
-
-def _event(raw: dict[str, Any]) -> dict[str, Any]:
-    raw["id"] = id_to_str(raw["id"])
-    return raw
-
-
-class Stats(dict):  # type: ignore[type-arg]
-    """Per-group counters, keyed by group; ``unrouted`` counts jobs per unknown workflow name."""
-
-    unrouted: dict[str, int]
-
-
-def _endpoint(endpoint: str | None) -> str:
-    return endpoint or os.environ.get("SHOAL_BROKER") or DEFAULT_ENDPOINT
+SHOWN_IDS = 5  # job ids spelled out in an unknown-outcome message (all of them are in .job_ids)
 
 
 def _workers(body: dict[str, Any]) -> list[dict[str, Any]]:
@@ -179,26 +49,27 @@ class _Requests:
     """Builds request bodies and reads replies; shared by the sync and async clients."""
 
     def __init__(self, endpoint: str | None, timeout: float, max_message_bytes: int) -> None:
-        self.endpoint = _endpoint(endpoint)
+        self.endpoint = resolve_endpoint(endpoint, None)
         self.timeout = timeout
         self.max_message_bytes = max_message_bytes
-        self.conn = Connection(self.endpoint)
 
     def job_items(self, workflow: Workflow | str, payloads: Iterable[Any], group: str | None,
                   delay: float | None, priority: int, key: str | None,
-                  key_ttl: float | None = None) -> list[dict[str, Any]]:
+                  key_ttl: float | None = None, ids: Iterable[str] | None = None) -> list[dict[str, Any]]:
         name, retries = (workflow.name, workflow.retries) if isinstance(workflow, Workflow) else (workflow, None)
         if not isinstance(name, str) or not name:
             raise PayloadError("workflow must be a @workflow object or a non-empty name")
         if group is None and isinstance(workflow, Workflow):
             group = workflow.group
+        payloads = list(payloads)
+        job_ids = self._job_ids(ids, len(payloads))
         items = []
-        for payload in payloads:
+        for payload, job_id in zip(payloads, job_ids):
             try:
                 packed = P.pack(payload)
             except Exception as exc:
                 raise PayloadError(f"payload of type {type(payload).__name__} cannot be encoded with msgpack: {exc}") from None
-            item: dict[str, Any] = {"id": new_job_id(), "wf": name, "payload": packed}
+            item: dict[str, Any] = {"id": job_id, "wf": name, "payload": packed}
             if group is not None:
                 item["group"] = group
             if delay:
@@ -218,21 +89,40 @@ class _Requests:
         return items
 
     @staticmethod
+    def _job_ids(ids: Iterable[str] | None, count: int) -> list[bytes]:
+        """New ids, or the caller's own (a retry after an unknown outcome names the same jobs again)."""
+        if ids is None:
+            return [new_job_id() for _ in range(count)]
+        given = [id_from_str(i) for i in ids]  # UnknownJob for text that is not a job id
+        if len(given) != count:
+            raise PayloadError(f"{len(given)} ids given for {count} payloads: give one id per payload")
+        return given
+
+    @staticmethod
     def ids_from(reply: dict[str, Any], items: list[dict[str, Any]]) -> list[JobId]:
         ids = reply.get("ids") or [i["id"] for i in items]
         flags = reply.get("deduplicated") or [False] * len(ids)
         return [JobId.of(raw, bool(flag)) for raw, flag in zip(ids, flags)]
 
-    def events_endpoint(self) -> str:
-        endpoint = self.send(P.STATS, {}).result()["events"]
+    @staticmethod
+    def unknown_outcome(exc: BrokerUnreachable, items: list[dict[str, Any]]) -> BrokerUnreachable:
+        """The timeout of an enqueue: it may have been stored, so say so and carry the ids for a safe retry."""
+        job_ids = [id_to_str(i["id"]) for i in items]
+        shown = ", ".join(job_ids[:SHOWN_IDS]) + (f" and {len(job_ids) - SHOWN_IDS} more" if len(job_ids) > SHOWN_IDS else "")
+        one = len(job_ids) == 1
+        retry = "id=" if one else "ids="
+        return BrokerUnreachable(
+            f"{exc}; the outcome is unknown: the {'job' if one else f'{len(job_ids)} jobs'} may have been stored "
+            f"({'id' if one else 'ids'} {shown}; all in .job_ids). Enqueue again with {retry}exc.job_ids"
+            f"{'[0]' if one else ''} to get the stored {'job' if one else 'jobs'} back, never a duplicate.",
+            job_ids)
+
+    def events_endpoint(self, stats: dict[str, Any]) -> str:
+        endpoint: str = stats["events"]
         if "://*:" in endpoint or "0.0.0.0" in endpoint:  # a wildcard bind: reach it where the broker is
             host = self.endpoint.split("://", 1)[1].rsplit(":", 1)[0]
             endpoint = endpoint.replace("*", host, 1).replace("0.0.0.0", host, 1)
         return endpoint
-
-    def send(self, command: bytes, body: dict[str, Any], timeout: float | None = None,
-             is_wait: bool = False) -> "Future[dict[str, Any]]":
-        return self.conn.request(command, body, self.timeout if timeout is None else timeout, is_wait)
 
 
 class Client:
@@ -242,6 +132,7 @@ class Client:
                  max_message_bytes: int = P.DEFAULT_MAX_MESSAGE_BYTES) -> None:
         self._r = _Requests(endpoint, timeout, max_message_bytes)
         self.endpoint = self._r.endpoint
+        self._conn = Connection(self.endpoint)
 
     def __enter__(self) -> "Client":
         return self
@@ -250,33 +141,44 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        """Close the connection."""
-        self._r.conn.close()
+        """Close the connection (every thread's socket)."""
+        self._conn.close()
+
+    def _call(self, command: bytes, body: dict[str, Any], timeout: float | None = None,
+              is_wait: bool = False) -> dict[str, Any]:
+        return self._conn.call(command, body, self._r.timeout if timeout is None else timeout, is_wait)
 
     def enqueue(self, workflow: Workflow | str, payload: Any = None, *, group: str | None = None,
                 delay: float | None = None, priority: int = 0, key: str | None = None,
-                key_ttl: float | None = None) -> JobId:
+                key_ttl: float | None = None, id: str | None = None) -> JobId:
         """Enqueue one job; returns its id once the broker has committed it.
 
         ``priority``: higher runs first within the group. ``key``: while a job with this key is
         pending, scheduled or running (and ``key_ttl`` seconds after), enqueue returns that job's
-        id with ``.deduplicated`` set and enqueues nothing.
+        id with ``.deduplicated`` set and enqueues nothing. ``id``: the job's id (one returned by
+        an earlier enqueue, or carried by its ``BrokerUnreachable``); a job that already has it
+        is returned as it is, so retrying after an unknown outcome never makes a duplicate.
+        Raises ``BrokerUnreachable`` (outcome unknown, ids in ``.job_ids``) on timeout.
         """
         return self.enqueue_many(workflow, [payload], group=group, delay=delay, priority=priority, key=key,
-                                 key_ttl=key_ttl)[0]
+                                 key_ttl=key_ttl, ids=None if id is None else [id])[0]
 
     def enqueue_many(self, workflow: Workflow | str, payloads: Iterable[Any], *, group: str | None = None,
                      delay: float | None = None, priority: int = 0, key: str | None = None,
-                     key_ttl: float | None = None) -> list[JobId]:
-        """Enqueue many jobs in one round trip and one transaction."""
-        items = self._r.job_items(workflow, payloads, group, delay, priority, key, key_ttl)
+                     key_ttl: float | None = None, ids: Iterable[str] | None = None) -> list[JobId]:
+        """Enqueue many jobs in one round trip and one transaction (``ids``: one per payload, see ``enqueue``)."""
+        items = self._r.job_items(workflow, payloads, group, delay, priority, key, key_ttl, ids)
         if not items:
             return []
-        return self._r.ids_from(self._r.send(P.ENQUEUE, {"jobs": items}).result(), items)
+        try:
+            reply = self._call(P.ENQUEUE, {"jobs": items})
+        except BrokerUnreachable as exc:
+            raise self._r.unknown_outcome(exc, items) from None
+        return self._r.ids_from(reply, items)
 
     def cancel(self, job_id: str) -> CancelResult:
         """Cancel a job: pending or scheduled at once; a running one is told to stop."""
-        body = self._r.send(P.CANCEL, {"id": id_from_str(job_id)}).result()
+        body = self._call(P.CANCEL, {"id": id_from_str(job_id)})
         return CancelResult(bool(body["cancelled"]), body["state"], body["message"])
 
     def events(self, group: str | None = None, workflow: str | None = None,
@@ -285,7 +187,7 @@ class Client:
         dead_letter, cancelled). Stops after ``timeout`` seconds without an event, if given."""
         sub: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
-        sub.connect(self._r.events_endpoint())
+        sub.connect(self._r.events_endpoint(self._call(P.STATS, {})))
         prefix = b"" if group is None else f"{group}\0".encode() + (b"" if workflow is None else f"{workflow}\0".encode())
         sub.setsockopt(zmq.SUBSCRIBE, prefix)
         try:
@@ -295,45 +197,44 @@ class Client:
                 _, body = sub.recv_multipart()
                 event = P.unpack(body)
                 if workflow is None or event.get("workflow") == workflow:
-                    yield _event(event)
+                    yield event_of(event)
         finally:
             sub.close(0)
 
     def get(self, job_id: str) -> Result | None:
         """The job's current state, or None if the broker has no such job."""
-        record = self._r.send(P.GET, {"ids": [id_from_str(job_id)]}).result()["jobs"][0]
+        record = self._call(P.GET, {"ids": [id_from_str(job_id)]})["jobs"][0]
         return None if record is None else Result.from_record(record)
 
     def wait(self, job_id: str, timeout: float | None = None) -> Result:
         """Block until the job is final (pushed by the broker, never polled)."""
         limit = self._r.timeout if timeout is None else timeout
-        fut = self._r.send(P.WAIT, {"id": id_from_str(job_id)}, limit, is_wait=True)
         try:
-            return Result.from_record(fut.result()["job"])
+            return Result.from_record(self._call(P.WAIT, {"id": id_from_str(job_id)}, limit, is_wait=True)["job"])
         except WaitTimeout as exc:
             raise WaitTimeout(f"job {job_id} did not finish within {limit}s") from exc
 
     def steps(self, job_id: str) -> list[StepInfo]:
         """The stored steps of a workflow run, in the order they finished."""
-        body = self._r.send(P.STEPS, {"id": id_from_str(job_id)}).result()
+        body = self._call(P.STEPS, {"id": id_from_str(job_id)})
         return StepInfo.all_from(body["steps"])
 
     def history(self, job_id: str) -> list[HistoryEntry]:
         """Every logged transition of a job, oldest first (kept after the job itself expires)."""
-        body = self._r.send(P.HISTORY, {"id": id_from_str(job_id)}).result()
+        body = self._call(P.HISTORY, {"id": id_from_str(job_id)})
         return [HistoryEntry.from_row(row) for row in body["entries"]]
 
     def storage(self) -> dict[str, Any]:
         """Sizes of the broker's state, log and snapshots (bytes), and whether it refuses enqueues."""
-        return dict(self._r.send(P.STORAGE, {}).result()["storage"])
+        return dict(self._call(P.STORAGE, {})["storage"])
 
     def cron(self) -> list[dict[str, Any]]:
         """Cron entries with their last and next fire times (Unix ms)."""
-        return list(self._r.send(P.CRON, {}).result()["entries"])
+        return list(self._call(P.CRON, {})["entries"])
 
     def stats(self) -> Stats:
         """Per-group counters (cheap: the broker keeps them as jobs change)."""
-        body = self._r.send(P.STATS, {}).result()
+        body = self._call(P.STATS, {})
         out = Stats(body["groups"])
         out.unrouted = body.get("unrouted", {})
         return out
@@ -343,28 +244,28 @@ class Client:
         body: dict[str, Any] = {"limit": limit}
         if group is not None:
             body["group"] = group
-        return [Result.from_record(r) for r in self._r.send(P.DEAD, body).result()["jobs"]]
+        return [Result.from_record(r) for r in self._call(P.DEAD, body)["jobs"]]
 
     def requeue(self, job_id: str) -> bool:
         """Put a dead job back in its queue with a fresh retry budget; False if it is not dead."""
-        return bool(self._r.send(P.REQUEUE, {"ids": [id_from_str(job_id)]}).result()["requeued"])
+        return bool(self._call(P.REQUEUE, {"ids": [id_from_str(job_id)]})["requeued"])
 
     def requeue_all(self, group: str | None = None) -> int:
         """Requeue every dead job (of ``group``); returns how many."""
         body: dict[str, Any] = {"all": True}
         if group is not None:
             body["group"] = group
-        return len(self._r.send(P.REQUEUE, body).result()["requeued"])
+        return len(self._call(P.REQUEUE, body)["requeued"])
 
     def jobs(self, state: str | None = None, group: str | None = None, limit: int = 100) -> list[Result]:
         """Active jobs (pending, scheduled, running), oldest first."""
-        return [Result.from_record(r) for r in self._r.send(P.JOBS, _jobs_body(state, group, limit)).result()["jobs"]]
+        return [Result.from_record(r) for r in self._call(P.JOBS, _jobs_body(state, group, limit))["jobs"]]
 
     def workers(self, group: str | None = None) -> list[dict[str, Any]]:
         """Connected workers (of ``group``): ``name``, ``group``, ``host``, ``pid``, ``slots``, ``busy``,
         ``jobs`` (ids of the jobs it holds), ``workflows``, ``last_seen_s`` and, for a worker on the
         broker's host, ``rss_bytes``."""
-        return _workers(self._r.send(P.WORKERS, _group_body(group)).result())
+        return _workers(self._call(P.WORKERS, _group_body(group)))
 
 
 class AsyncClient:
@@ -374,6 +275,7 @@ class AsyncClient:
                  max_message_bytes: int = P.DEFAULT_MAX_MESSAGE_BYTES) -> None:
         self._r = _Requests(endpoint, timeout, max_message_bytes)
         self.endpoint = self._r.endpoint
+        self._conn = AsyncConnection(self.endpoint)
 
     async def __aenter__(self) -> "AsyncClient":
         return self
@@ -383,28 +285,32 @@ class AsyncClient:
 
     async def close(self) -> None:
         """Close the connection."""
-        await asyncio.get_running_loop().run_in_executor(None, self._r.conn.close)
+        await self._conn.close()
 
     async def _send(self, command: bytes, body: dict[str, Any], timeout: float | None = None,
                     is_wait: bool = False) -> dict[str, Any]:
-        return await asyncio.wrap_future(self._r.send(command, body, timeout, is_wait))
+        return await self._conn.call(command, body, self._r.timeout if timeout is None else timeout, is_wait)
 
     async def enqueue(self, workflow: Workflow | str, payload: Any = None, *, group: str | None = None,
                       delay: float | None = None, priority: int = 0, key: str | None = None,
-                      key_ttl: float | None = None) -> JobId:
-        """Enqueue one job; returns its id once the broker has committed it."""
+                      key_ttl: float | None = None, id: str | None = None) -> JobId:
+        """Enqueue one job; returns its id once the broker has committed it (see ``Client.enqueue``)."""
         ids = await self.enqueue_many(workflow, [payload], group=group, delay=delay, priority=priority, key=key,
-                                      key_ttl=key_ttl)
+                                      key_ttl=key_ttl, ids=None if id is None else [id])
         return ids[0]
 
     async def enqueue_many(self, workflow: Workflow | str, payloads: Iterable[Any], *, group: str | None = None,
                            delay: float | None = None, priority: int = 0, key: str | None = None,
-                           key_ttl: float | None = None) -> list[JobId]:
+                           key_ttl: float | None = None, ids: Iterable[str] | None = None) -> list[JobId]:
         """Enqueue many jobs in one round trip and one transaction."""
-        items = self._r.job_items(workflow, payloads, group, delay, priority, key, key_ttl)
+        items = self._r.job_items(workflow, payloads, group, delay, priority, key, key_ttl, ids)
         if not items:
             return []
-        return self._r.ids_from(await self._send(P.ENQUEUE, {"jobs": items}), items)
+        try:
+            reply = await self._send(P.ENQUEUE, {"jobs": items})
+        except BrokerUnreachable as exc:
+            raise self._r.unknown_outcome(exc, items) from None
+        return self._r.ids_from(reply, items)
 
     async def cancel(self, job_id: str) -> CancelResult:
         """Cancel a job (see ``Client.cancel``)."""

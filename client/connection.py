@@ -1,180 +1,257 @@
-"""The client's one socket, owned by one I/O thread.
+"""The client's sockets: one DEALER per calling thread, used only by that thread.
 
-Any thread (or asyncio task) submits a request and gets a ``concurrent.futures.Future``;
-the I/O thread sends it, matches the reply by request id, and re-sends requests that
-got no answer (job ids are made by the client, so a re-sent enqueue never makes a
-second job). Many callers share the socket, so their requests reach the broker
-together and share its group commits.
+A request is sent and its reply received on the caller's own thread: no hand-off to an
+I/O thread, no futures, no wake-up pipe. pyzmq sockets are not thread-safe (the context
+is), so each thread gets its own socket, made on its first request and closed by
+``close()``. Threads calling at once still reach the broker together (it drains its
+socket each pass), so their enqueues share group commits.
+
+``Request`` holds what both the sync and the async connection promise: unanswered
+requests are re-sent with backoff (job ids are made by the client, so a re-sent enqueue
+never makes a second job), replies are matched by ``rid`` (a ``too_large`` refusal, sent
+before the broker could read the rid, by the size of the body), a WAIT's reply is pushed
+when the job is final, and a deadline ends the request with ``BrokerUnreachable`` (or
+``WaitTimeout`` for a WAIT).
 """
 from __future__ import annotations
 
 import itertools
-import os
-import queue
 import threading
 import time
-from concurrent.futures import Future
-from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
 
 from shoal import protocol as P
-from shoal.errors import BrokerUnreachable, GroupSaturated, GroupUnhealthy, PayloadError, RemoteError, StorageFull, UnknownJob, WaitTimeout
+from shoal.errors import (
+    BrokerUnreachable, GroupSaturated, GroupUnhealthy, PayloadError, RemoteError, StorageFull, TooManyWaits,
+    UnknownJob, WaitTimeout,
+)
 
 RESEND_FIRST_S = 1.0
 RESEND_MAX_S = 4.0
+# A WAIT the broker could not register because its commit failed: ask again soon, quietly.
+STORAGE_RETRY_FIRST_S = 0.05
+STORAGE_RETRY_MAX_S = 1.0
+# A call blocked in poll looks at ``closed`` this often, so close() from another thread ends it.
+CLOSE_CHECK_S = 0.2
+
+_rids = itertools.count(1)  # thread-safe under the GIL; unique per process, so per socket too
 
 
-@dataclass
-class _Request:
-    frames: list[bytes]
-    future: "Future[dict[str, Any]]"
-    deadline: float
-    resend_at: float
-    resend_s: float = RESEND_FIRST_S
-    is_wait: bool = False
-    timeout_s: float = 0.0
-    sent: bool = field(default=False)
+class Request:
+    """One request in flight: its frames, its deadline and when to re-send it."""
+
+    __slots__ = ("rid", "frames", "endpoint", "timeout_s", "is_wait", "deadline", "resend_at", "resend_s",
+                 "storage_s")
+
+    def __init__(self, endpoint: str, command: bytes, body: dict[str, Any], timeout_s: float,
+                 is_wait: bool = False) -> None:
+        self.rid = next(_rids)
+        body["rid"] = self.rid
+        self.frames = P.encode(command, body)
+        self.endpoint = endpoint
+        self.timeout_s = timeout_s
+        self.is_wait = is_wait
+        now = time.monotonic()
+        self.deadline = now + timeout_s
+        self.resend_s = RESEND_FIRST_S
+        self.resend_at = now + RESEND_FIRST_S
+        self.storage_s = STORAGE_RETRY_FIRST_S
+
+    def due(self) -> float:
+        """When something must happen next (a re-send or the deadline), on ``time.monotonic()``."""
+        return min(self.deadline, self.resend_at)
+
+    def matches(self, body: dict[str, Any], command: bytes) -> bool:
+        """Whether a reply is this request's (a ``too_large`` refusal carries no rid, only the size)."""
+        rid = body.get("rid")
+        if rid is None and command == P.ERROR and isinstance(body.get("size"), int):
+            return body["size"] == len(self.frames[2])
+        return rid == self.rid
+
+    def outcome(self, command: bytes, body: dict[str, Any], now: float) -> dict[str, Any] | Exception | None:
+        """The reply body, the error to raise, or None to keep waiting (and re-send sooner)."""
+        if command == P.REPLY:
+            return body
+        if self.is_wait and body.get("code") == P.E_STORAGE:
+            # The broker could not commit just now; the job is unharmed and the wait goes on.
+            self.resend_at = now + self.storage_s
+            self.storage_s = min(self.storage_s * 2, STORAGE_RETRY_MAX_S)
+            return None
+        return remote_error(body)
+
+    def resent(self, now: float) -> None:
+        """Note a re-send: the next one comes after twice the wait, up to ``RESEND_MAX_S``."""
+        self.resend_s = min(self.resend_s * 2, RESEND_MAX_S)
+        self.resend_at = now + self.resend_s
+
+    def expired(self) -> Exception:
+        """The error for a request whose deadline passed."""
+        if self.is_wait:
+            return WaitTimeout(f"the job did not finish within {self.timeout_s}s")
+        return BrokerUnreachable(f"no answer from the broker at {self.endpoint} within {self.timeout_s}s")
+
+
+# Plain ints: pyzmq's send_multipart/recv_multipart combine enum flags on every frame, which
+# costs about as much as the sends themselves at the sizes requests have.
+_MORE_NOW = int(zmq.SNDMORE | zmq.DONTWAIT)
+_NOW = int(zmq.DONTWAIT)
+_RCVMORE = int(zmq.RCVMORE)
+_POLLIN = int(zmq.POLLIN)
+
+
+def send_now(sock: zmq.Socket, frames: list[bytes]) -> None:
+    """Send without blocking: a full queue (the broker is away) drops it, and the re-send timer tries again."""
+    try:
+        for frame in frames[:-1]:
+            sock.send(frame, _MORE_NOW)  # a multipart message is queued whole or not at all
+        sock.send(frames[-1], _NOW)
+    except zmq.Again:
+        pass
+
+
+def recv_now(sock: zmq.Socket) -> list[bytes]:
+    """One whole message if there is one; raises ``zmq.Again`` if not."""
+    frames = [sock.recv(_NOW)]
+    while sock.getsockopt(_RCVMORE):
+        frames.append(sock.recv(_NOW))
+    return frames
+
+
+def decode_reply(frames: list[bytes]) -> tuple[bytes, dict[str, Any]] | None:
+    """A reply's command and body; None for anything malformed (the broker never sends that)."""
+    try:
+        return P.decode(frames)
+    except P.ProtocolError:
+        return None
+
+
+class _ThreadSocket:
+    """A thread's socket; ``lock`` is held while the thread uses it, so close() knows when it may."""
+
+    __slots__ = ("thread", "sock", "lock")
+
+    def __init__(self, sock: zmq.Socket) -> None:
+        self.thread = threading.current_thread()
+        self.sock: zmq.Socket | None = sock
+        self.lock = threading.Lock()
 
 
 class Connection:
-    """A DEALER socket to the broker with request ids, re-sends and deadlines."""
+    """Requests to the broker on DEALER sockets, one per calling thread, with re-sends and deadlines."""
 
     def __init__(self, endpoint: str) -> None:
         self.endpoint = endpoint
         self._ctx = zmq.Context()
-        self._rids = itertools.count(1)
-        self._inbox: "queue.SimpleQueue[tuple[int, _Request] | None]" = queue.SimpleQueue()
-        self._pending: dict[int, _Request] = {}
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_w, False)
-        self._closed = False
-        self._thread = threading.Thread(target=self._loop, name="shoal-client-io", daemon=True)
-        self._ready = threading.Event()
-        self._thread.start()
-        self._ready.wait()
+        self._local = threading.local()
+        self._sockets: list[_ThreadSocket] = []
+        self._lock = threading.Lock()
+        self._open_count = 0
+        self.closed = False
 
-    def request(self, command: bytes, body: dict[str, Any], timeout_s: float, is_wait: bool = False) -> "Future[dict[str, Any]]":
-        """Send a request; the future resolves with the reply body or an error."""
-        if self._closed:
-            raise RuntimeError("the client is closed")
-        rid = next(self._rids)
-        body["rid"] = rid
-        frames = P.encode(command, body)
-        now = time.monotonic()
-        fut: "Future[dict[str, Any]]" = Future()
-        self._inbox.put((rid, _Request(frames, fut, now + timeout_s, now + RESEND_FIRST_S,
-                                       is_wait=is_wait, timeout_s=timeout_s)))
-        self._wake()
-        return fut
+    def call(self, command: bytes, body: dict[str, Any], timeout_s: float, is_wait: bool = False) -> dict[str, Any]:
+        """Send a request on this thread's socket and block until its reply (or raise)."""
+        mine: _ThreadSocket | None = getattr(self._local, "socket", None)
+        if mine is None:
+            mine = self._open()
+        req = Request(self.endpoint, command, body, timeout_s, is_wait)
+        with mine.lock:
+            try:
+                if mine.sock is None or self.closed:
+                    raise RuntimeError("the client is closed")
+                return self._exchange(mine.sock, req)
+            finally:
+                if self.closed:
+                    self._close_one(mine)
 
-    def _wake(self) -> None:
-        try:
-            os.write(self._wake_w, b"x")
-        except (BlockingIOError, OSError):
-            pass
+    def _exchange(self, sock: zmq.Socket, req: Request) -> dict[str, Any]:
+        send_now(sock, req.frames)
+        while True:
+            now = time.monotonic()
+            wait_s = min(req.due() - now, CLOSE_CHECK_S)
+            if wait_s > 0 and zmq.zmq_poll([(sock, _POLLIN)], int(wait_s * 1000) + 1):
+                outcome = self._read(sock, req)
+                if isinstance(outcome, dict):
+                    return outcome
+                if outcome is not None:
+                    raise outcome
+                continue
+            if self.closed:
+                raise RuntimeError("the client was closed")
+            now = time.monotonic()
+            if now >= req.deadline:
+                raise req.expired()
+            if now >= req.resend_at:
+                send_now(sock, req.frames)  # same rid and job ids: safe to repeat
+                req.resent(now)
+
+    @staticmethod
+    def _read(sock: zmq.Socket, req: Request) -> dict[str, Any] | Exception | None:
+        """Read what has arrived; replies to earlier requests that timed out are dropped."""
+        while True:
+            try:
+                frames = recv_now(sock)
+            except zmq.Again:
+                return None
+            reply = decode_reply(frames)
+            if reply is not None and req.matches(reply[1], reply[0]):
+                outcome = req.outcome(reply[0], reply[1], time.monotonic())
+                if outcome is not None:
+                    return outcome
+
+    def _open(self) -> _ThreadSocket:
+        with self._lock:
+            if self.closed:
+                raise RuntimeError("the client is closed")
+            self._reap()
+            sock = self._ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(self.endpoint)
+            mine = _ThreadSocket(sock)
+            self._sockets.append(mine)
+            self._open_count += 1
+        self._local.socket = mine
+        return mine
+
+    def _reap(self) -> None:
+        """Close the sockets of threads that have ended (a thread pool's churn must not pile them up)."""
+        for entry in [e for e in self._sockets if not e.thread.is_alive()]:
+            self._sockets.remove(entry)
+            self._close_socket(entry)
+
+    def _close_socket(self, entry: _ThreadSocket) -> None:
+        """Close one socket (the caller holds ``_lock``); the last one closed ends the context."""
+        if entry.sock is None:
+            return
+        entry.sock.close(0)
+        entry.sock = None
+        self._open_count -= 1
+        if self.closed and self._open_count == 0:
+            self._ctx.term()
+
+    def _close_one(self, entry: _ThreadSocket) -> None:
+        with self._lock:
+            self._close_socket(entry)
 
     def close(self) -> None:
-        """Stop the I/O thread; requests still pending fail."""
-        if self._closed:
-            return
-        self._closed = True
-        self._inbox.put(None)
-        self._wake()
-        self._thread.join(5)
-
-    # --- the I/O thread --------------------------------------------------------------
-    def _loop(self) -> None:
-        sock = self._ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(self.endpoint)
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
-        poller.register(self._wake_r, zmq.POLLIN)
-        self._ready.set()
-        try:
-            while True:
-                timeout_ms = self._next_timer_ms()
-                events = dict(poller.poll(timeout_ms))
-                if self._wake_r in events:
-                    os.read(self._wake_r, 65536)
-                if not self._take_new(sock):
-                    return
-                if sock in events:
-                    self._read_replies(sock)
-                self._timers(sock)
-        finally:
-            for req in self._pending.values():
-                if not req.future.done():
-                    req.future.set_exception(RuntimeError("the client was closed"))
-            sock.close(0)
-            self._ctx.term()
-            os.close(self._wake_r)
-            os.close(self._wake_w)
-
-    def _take_new(self, sock: zmq.Socket) -> bool:
-        while True:
-            try:
-                item = self._inbox.get_nowait()
-            except queue.Empty:
-                return True
-            if item is None:
-                return False
-            rid, req = item
-            self._pending[rid] = req
-            sock.send_multipart(req.frames)
-
-    def _read_replies(self, sock: zmq.Socket) -> None:
-        while True:
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
+        """Close every socket; a call still blocked on another thread fails within ``CLOSE_CHECK_S``."""
+        with self._lock:
+            if self.closed:
                 return
-            try:
-                command, body = P.decode(frames)
-            except P.ProtocolError:
-                continue
-            rid = body.get("rid")
-            if rid is None and command == P.ERROR and isinstance(body.get("size"), int):
-                rid = self._match_by_size(body["size"])  # refused before its rid could be read
-            req = self._pending.pop(rid, None)  # type: ignore[arg-type]
-            if req is None or req.future.done():
-                continue
-            if command == P.REPLY:
-                req.future.set_result(body)
-            else:
-                req.future.set_exception(_remote_error(body))
-
-    def _match_by_size(self, size: int) -> int | None:
-        for rid, req in self._pending.items():
-            if len(req.frames[2]) == size:
-                return rid
-        return None
-
-    def _next_timer_ms(self) -> int:
-        if not self._pending:
-            return 1000
-        soonest = min(min(r.deadline, r.resend_at) for r in self._pending.values())
-        return max(0, min(1000, int((soonest - time.monotonic()) * 1000) + 1))
-
-    def _timers(self, sock: zmq.Socket) -> None:
-        now = time.monotonic()
-        for rid, req in list(self._pending.items()):
-            if now >= req.deadline:
-                del self._pending[rid]
-                if req.is_wait:
-                    req.future.set_exception(WaitTimeout(f"the job did not finish within {req.timeout_s}s"))
-                else:
-                    req.future.set_exception(BrokerUnreachable(
-                        f"no answer from the broker at {self.endpoint} within {req.timeout_s}s"))
-            elif now >= req.resend_at:
-                sock.send_multipart(req.frames)  # same rid and job ids: safe to repeat
-                req.resend_s = min(req.resend_s * 2, RESEND_MAX_S)
-                req.resend_at = now + req.resend_s
+            self.closed = True
+            for entry in self._sockets:
+                if entry.lock.acquire(blocking=False):  # idle: its thread is not inside a call
+                    try:
+                        self._close_socket(entry)
+                    finally:
+                        entry.lock.release()
+            if self._open_count == 0:
+                self._ctx.term()
 
 
-def _remote_error(body: dict[str, Any]) -> Exception:
+def remote_error(body: dict[str, Any]) -> Exception:
+    """The exception for an ERROR reply, by its code."""
     code, message = str(body.get("code")), str(body.get("message"))
     if code == P.E_UNKNOWN_JOB:
         return UnknownJob(message)
@@ -186,4 +263,6 @@ def _remote_error(body: dict[str, Any]) -> Exception:
         return StorageFull(message)
     if code == P.E_TOO_LARGE:
         return PayloadError(message)
+    if code == P.E_TOO_MANY_WAITS:
+        return TooManyWaits(message)
     return RemoteError(code, message)

@@ -10,18 +10,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from shoal import cli_format as fmt
 from shoal.cli_ops import cmd_cron, cmd_health, reader_gone
+from shoal.endpoints import DEFAULT_ENDPOINT, resolve_endpoint
 from shoal.errors import BrokerUnreachable, ConfigError, ShoalError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
-DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 ACTIVE_STATES = ("pending", "scheduled", "running")
 # Commands that later issues implement: listed in --help, honest about being absent.
 if TYPE_CHECKING:  # the client is imported late: it pulls in zmq, which --help does not need
@@ -188,30 +187,6 @@ def _check(args: argparse.Namespace) -> None:
             args.payload = json.loads(args.payload)
         except json.JSONDecodeError as exc:
             raise UsageError(f"the payload is not valid JSON: {exc}") from None
-
-
-def resolve_endpoint(flag: str | None, config: str | None, env: Mapping[str, str] | None = None) -> str:
-    """The endpoint to connect to: ``--broker``, else SHOAL_BROKER, else the config's bind, else the default.
-
-    The config is read only when it decides the endpoint or was named with ``--config``
-    (a file named on purpose that is broken should be reported, not skipped).
-    """
-    environ = os.environ if env is None else env
-    endpoint = flag or environ.get("SHOAL_BROKER")
-    if endpoint and config is None:
-        return endpoint
-    from shoal.conf import load_settings
-
-    settings = load_settings(config, env=environ)
-    return endpoint or connectable(settings.broker.bind or DEFAULT_ENDPOINT)
-
-
-def connectable(bind: str) -> str:
-    """A bind endpoint as a client can connect to it: a wildcard host means this machine."""
-    for wildcard in ("tcp://*:", "tcp://0.0.0.0:"):
-        if bind.startswith(wildcard):
-            return "tcp://127.0.0.1:" + bind[len(wildcard):]
-    return bind
 
 
 def _emit_json(value: Any) -> None:

@@ -23,6 +23,14 @@ class ConfigError(ShoalError, ValueError):
     """A config file, environment variable or flag that does not make sense."""
 
 
+class InvalidEndpoint(ConfigError):
+    """A broker endpoint that is not ``tcp://HOST:PORT`` or ``ipc://PATH`` (for example ``localhost:5599``)."""
+
+
+class TooManyWaits(ShoalError):
+    """The broker refused a ``wait``: this connection has as many WAITs outstanding as it allows (limit in the message)."""
+
+
 class Permanent(ShoalError):
     """Raised by a handler to fail its job now, skipping the remaining retries."""
 
@@ -48,7 +56,15 @@ class RemoteError(ShoalError):
 
 # --- the system's fault -------------------------------------------------------
 class BrokerUnreachable(ShoalError, TimeoutError):
-    """The broker did not answer in time; the message names the endpoint."""
+    """The broker did not answer in time; the message names the endpoint.
+
+    From ``enqueue``/``enqueue_many`` the outcome is unknown (the jobs may have been stored):
+    ``job_ids`` holds their ids, and enqueueing again with ``id=``/``ids=`` set to them is safe.
+    """
+
+    def __init__(self, message: str, job_ids: "tuple[str, ...] | list[str]" = ()) -> None:
+        super().__init__(message)
+        self.job_ids: list[str] = list(job_ids)
 
 
 class WaitTimeout(ShoalError, TimeoutError):

@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 
+from shoal.endpoints import check_endpoint
 from shoal.errors import ConfigError
 from shoal.logs import setup_logging
 
@@ -35,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
         print("worker: --concurrency must be at least 1", file=sys.stderr)
         return 2
     try:
+        endpoint = args.connect or os.environ.get("SHOAL_BROKER")
+        if endpoint:  # a malformed one would only fail inside zmq's connect, as a traceback
+            check_endpoint(endpoint)
         shell = build_worker(group=args.group, app=args.app, endpoint=args.connect,
                              concurrency=args.concurrency, config=args.config, server=args.server,
                              env=os.environ)
