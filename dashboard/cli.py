@@ -60,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         missing = (exc.name or "a package").split(".")[0]
         print(f"shoal dashboard: {missing} is missing; install with pip install 'shoal[dashboard]'", file=sys.stderr)
         return EXIT_USAGE
-    from shoal.cli import resolve_endpoint
+    from shoal.endpoints import resolve_endpoint
     from shoal.errors import ConfigError
 
     try:
