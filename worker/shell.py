@@ -222,6 +222,8 @@ class WorkerShell:
                 now = time.monotonic()
                 self._send_calls(now)
                 self._police_runs(now)
+                if self._draining.is_set():
+                    self._announce_drain(now)  # READY 0 before the outcomes: no new job lands meanwhile
                 self._flush_outcomes()
                 self._flush_held(now)
                 if self._draining.is_set() and self._drained(now):
@@ -236,18 +238,21 @@ class WorkerShell:
 
     def _drained(self, now: float) -> bool:
         """While draining: True once every in-flight job finished or the grace time ran out."""
-        if not self._drain_announced:
-            log.info("draining: finishing %d in-flight jobs within %.1fs; a second SIGTERM or Ctrl-C "
-                     "exits at once (unfinished jobs are then redelivered)",
-                     len(self.inflight), max(0.0, self._drain_deadline - now))
-            self._send(P.READY, {"slots": 0})
-            self._drain_announced = True
+        self._announce_drain(now)
         if not self.inflight:
             return True
         if now >= self._drain_deadline:
             self._hand_back()
             return True
         return False
+
+    def _announce_drain(self, now: float) -> None:
+        if not self._drain_announced:
+            log.info("draining: finishing %d in-flight jobs within %.1fs; a second SIGTERM or Ctrl-C "
+                     "exits at once (unfinished jobs are then redelivered)",
+                     len(self.inflight), max(0.0, self._drain_deadline - now))
+            self._send(P.READY, {"slots": 0})
+            self._drain_announced = True
 
     def _keep_alive(self, now: float) -> None:
         """Reconnect when the broker is silent past its liveness; else heartbeat when due."""
