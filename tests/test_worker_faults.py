@@ -1,17 +1,27 @@
 """Worker-side faults (issue 11): one HELLO per broker restart, stuck handlers, timeouts.
 
 Real broker and worker processes on loopback; the handlers live in tests/apps/stuckapp.py.
-The DEFER wire test is in tests/test_worker_defer.py.
+The DEFER test drives a real WorkerShell over a real DEALER/ROUTER pair on ipc, the test
+holding the ROUTER: the broker side of DEFER is not on this branch yet.
 """
 from __future__ import annotations
 
+import logging
 import re
 import signal
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+import zmq
 
+from shoal import protocol as P
+from shoal import workflow
 from shoal.conf import load_settings
+from shoal.worker.runner import Runner
+from shoal.worker.shell import WorkerOptions, WorkerShell
 
 from conftest import DEFAULT_TOML, Cluster, lines, wait_for
 
@@ -121,9 +131,6 @@ def test_timeout_is_a_group_key_inherited_down_the_chain(tmp_path: Path) -> None
 
 
 def test_the_decorators_timeout_beats_the_groups() -> None:
-    from shoal import workflow
-    from shoal.worker.runner import Runner
-
     @workflow("own", timeout=3)
     def own(payload):
         return None
@@ -143,3 +150,81 @@ def test_the_decorators_timeout_beats_the_groups() -> None:
         runner.shutdown(wait=True)
     with pytest.raises(ValueError, match="timeout"):
         workflow("bad", timeout=-1)
+
+
+@workflow("double", worker="wire")
+def double(payload):
+    return payload * 2
+
+
+class WireEnd:
+    """The ROUTER end of a worker's connection, read and written by the test."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.bind(endpoint)
+        self.identity = b""
+
+    def expect(self, command: bytes, timeout: float = 10.0) -> dict[str, Any]:
+        """The next message of this command from the worker (heartbeats skipped); fails at the deadline."""
+        deadline = time.monotonic() + timeout
+        while self.sock.poll(int(max(0.0, deadline - time.monotonic()) * 1000)):
+            self.identity, *frames = self.sock.recv_multipart()
+            got, body = P.decode(frames)
+            if got == command:
+                return body
+            assert got == P.HEARTBEAT, f"expected {command!r}, the worker sent {got!r} {body}"
+        raise AssertionError(f"no {command!r} from the worker within {timeout}s")
+
+    def send(self, command: bytes, body: dict[str, Any]) -> None:
+        self.sock.send_multipart([self.identity, *P.encode(command, body)])
+
+    def close(self) -> None:
+        self.sock.close(0)
+        self.ctx.term()
+
+
+def test_deferred_results_are_kept_and_sent_again_until_stored(tmp_path: Path, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="shoal.worker")
+    wire = WireEnd(f"ipc://{tmp_path}/broker.sock")
+    options = WorkerOptions(f"ipc://{tmp_path}/broker.sock", "wire", 2, heartbeat_interval_s=0.1, liveness=1000)
+    shell = WorkerShell(options, Runner({"double": double}, "wire", 2))
+    thread = threading.Thread(target=shell.run, daemon=True)
+    thread.start()
+    job_id = bytes(range(16))
+    try:
+        assert wire.expect(P.HELLO)["running"] == []
+        wire.send(P.JOB, {"jobs": [{"id": job_id, "token": 7, "wf": "double", "payload": P.pack(21), "attempt": 1}]})
+        assert wire.expect(P.DONE)["results"][0][:3] == [job_id, 7, P.pack(42)]
+
+        wire.send(P.DEFER, {"results": [[job_id, 7]], "reason": "storage full", "retry_ms": 300})
+        deferred_at = time.monotonic()
+        assert wire.expect(P.DONE)["results"][0][:3] == [job_id, 7, P.pack(42)]
+        assert time.monotonic() - deferred_at >= 0.25   # after retry_ms, not at once
+        assert shell.inflight.get(job_id) == 7          # still ours: its slot and lease stay taken
+
+        wire.send(P.DEFER, {"results": [[job_id, 7]], "reason": "storage full", "retry_ms": 5000})
+        wire.send(P.RECONNECT, {})                      # a restart meanwhile: HELLO lists it, re-send has it
+        assert wire.expect(P.HELLO)["running"] == [[job_id, 7]]
+        assert [r[0] for r in wire.expect(P.DONE)["results"]] == [job_id]
+
+        wire.send(P.HEARTBEAT, {})                      # no DEFER this time: the result was stored
+        wait_for(lambda: job_id not in shell.inflight, timeout=5, what="the stored result to be let go")
+        wire.send(P.DEFER, {"results": [[job_id, 99]], "reason": "stale", "retry_ms": 10})
+        wire.send(P.RECONNECT, {})
+        assert wire.expect(P.HELLO)["running"] == []   # a DEFER under another token resurrects nothing
+        wire.expect(P.DONE)                             # the usual re-send of recent outcomes
+        warnings = [r for r in caplog.records if "cannot store its result yet" in r.getMessage()]
+        assert len(warnings) == 1 and "storage full" in warnings[0].getMessage()
+
+        shell.drain()
+        assert wire.expect(P.READY)["slots"] == 0
+        wire.expect(P.BYE)
+        thread.join(10)
+        assert not thread.is_alive()
+    finally:
+        shell.stop_now()
+        thread.join(10)
+        wire.close()

@@ -108,6 +108,8 @@ class WorkerShell:
         self._wake()
 
     def _wake(self) -> None:
+        if self._wake_w < 0:
+            return  # stopped already: nothing to wake (and the fd number may be someone else's now)
         try:
             os.write(self._wake_w, b"x")
         except BlockingIOError:
@@ -412,7 +414,8 @@ class WorkerShell:
             self.sock.close(linger=0 if self._stop_now.is_set() else 1000)
             self.sock = None
         self.ctx.term()
-        for fd in (self._wake_r, self._wake_w):
+        fds, self._wake_w = (self._wake_r, self._wake_w), -1
+        for fd in fds:
             try:
                 os.close(fd)
             except OSError:
