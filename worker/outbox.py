@@ -11,12 +11,16 @@ The worker shell owns the socket; this module only decides what to send and when
 from __future__ import annotations
 
 import collections
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 from shoal import protocol as P
+from shoal.ids import id_to_str
 
 from .runner import KIND_LEASE_LOST, KIND_SUSPEND, Outcome
+
+log = logging.getLogger("shoal.worker")
 
 MAX_RECENT = 10_000
 NEVER = float("inf")
@@ -38,6 +42,21 @@ def encode_outcomes(outcomes: list[Outcome]) -> list[list[bytes]]:
             messages.append(P.encode(P.SUSPEND, {"id": o.job_id, "token": o.token, "name": o.suspend.name,
                                                  "due_ms": o.suspend.due_ms, "wait_on": o.suspend.wait_on or []}))
     return messages
+
+
+def log_outcome(o: Outcome) -> None:
+    """One line per finished run in the worker's terminal (Celery's received / succeeded / failed)."""
+    job = id_to_str(o.job_id)
+    if o.ok:
+        log.info("job %s (%s) succeeded in %d ms", job, o.workflow, o.duration_ms)
+    elif o.kind == KIND_SUSPEND:
+        log.info("job %s (%s) suspended at step %r after %d ms", job, o.workflow,
+                 o.suspend.name if o.suspend else "?", o.duration_ms)
+    elif o.kind == KIND_LEASE_LOST:
+        log.warning("job %s (%s) lost its lease (it was handed to another worker); its outcome is dropped",
+                    job, o.workflow)
+    else:
+        log.warning("job %s (%s) failed in %d ms (%s): %s", job, o.workflow, o.duration_ms, o.kind, o.error)
 
 
 @dataclass

@@ -8,7 +8,6 @@ so the broker keeps their leases.
 """
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import queue
@@ -22,13 +21,11 @@ from typing import Any
 import zmq
 
 from shoal import protocol as P
-from shoal.errors import RemoteError
 from shoal.ids import id_to_str
 
-from .outbox import Outbox, encode_outcomes
-from .runner import KIND_CANCELLED, KIND_LEASE_LOST, KIND_SUSPEND, Outcome, Runner
-
-CALL_RESEND_S = 2.0
+from .calls import Calls
+from .outbox import Outbox, encode_outcomes, log_outcome
+from .runner import KIND_CANCELLED, KIND_LEASE_LOST, Outcome, Runner
 
 log = logging.getLogger("shoal.worker")
 
@@ -58,9 +55,7 @@ class WorkerShell:
         self.options = options
         self.runner = runner
         runner.channel = self  # durable steps reach the broker through this shell
-        self._calls: "queue.SimpleQueue[tuple[bytes, dict[str, Any], Future[dict[str, Any]]]]" = queue.SimpleQueue()
-        self._open_calls: dict[int, tuple[list[bytes], Future[dict[str, Any]], float]] = {}
-        self._rids = itertools.count(1)
+        self._calls = Calls()
         self.ctx = zmq.Context()
         self.sock: zmq.Socket | None = None
         self.inflight: dict[bytes, int] = {}     # job id -> lease token
@@ -117,39 +112,14 @@ class WorkerShell:
 
     def call(self, command: bytes, body: dict[str, Any]) -> "Future[dict[str, Any]]":
         """A request from a handler thread (a step result); resolved when the broker has committed it."""
-        fut: "Future[dict[str, Any]]" = Future()
-        self._calls.put((command, body, fut))
+        fut = self._calls.put(command, body)
         self._wake()
         return fut
-
-    def _send_calls(self, now: float) -> None:
-        while True:
-            try:
-                command, body, fut = self._calls.get_nowait()
-            except queue.Empty:
-                break
-            rid = next(self._rids)
-            body["rid"] = rid
-            self._open_calls[rid] = (P.encode(command, body), fut, now)
-            self._send_frames(self._open_calls[rid][0])
-        for rid, (frames, fut, sent) in list(self._open_calls.items()):
-            if now - sent >= CALL_RESEND_S:  # the broker stores a step once; repeating is safe
-                self._open_calls[rid] = (frames, fut, now)
-                self._send_frames(frames)
 
     def _send_frames(self, frames: list[bytes]) -> None:
         assert self.sock is not None
         self.sock.send_multipart(frames)
         self._last_sent = time.monotonic()
-
-    def _on_reply(self, command: bytes, body: dict[str, Any]) -> None:
-        entry = self._open_calls.pop(body.get("rid"), None)  # type: ignore[arg-type]
-        if entry is None or entry[1].done():
-            return
-        if command == P.REPLY:
-            entry[1].set_result(body)
-        else:
-            entry[1].set_exception(RemoteError(str(body.get("code")), str(body.get("message"))))
 
     def _on_outcome(self, outcome: Outcome) -> None:
         self.outcomes.put(outcome)
@@ -222,7 +192,7 @@ class WorkerShell:
                 if self._drain_signalled and not self._draining.is_set():
                     self.drain()
                 now = time.monotonic()
-                self._send_calls(now)
+                self._calls.send_due(now, self._send_frames)
                 self._police_runs(now)
                 if self._draining.is_set():
                     self._announce_drain(now)  # READY 0 before the outcomes: no new job lands meanwhile
@@ -314,7 +284,7 @@ class WorkerShell:
         elif command == P.DEFER:
             self._on_defer(body)
         elif command == P.REPLY or (command == P.ERROR and body.get("rid") is not None):
-            self._on_reply(command, body)
+            self._calls.answer(command, body)
         elif command == P.ERROR:
             self._on_error(body)
 
@@ -382,7 +352,7 @@ class WorkerShell:
             self._send_frames(frames)
         self.outbox.sent([o for o in outcomes if o.kind != KIND_LEASE_LOST], time.monotonic())
         for o in outcomes:
-            _log_outcome(o)
+            log_outcome(o)
             self.inflight.pop(o.job_id, None)
             self.jobs_done += 1
         self._maybe_recycle()
@@ -420,21 +390,6 @@ class WorkerShell:
                 os.close(fd)
             except OSError:
                 pass
-
-
-def _log_outcome(o: Outcome) -> None:
-    """One line per finished run in the worker's terminal (Celery's received / succeeded / failed)."""
-    job = id_to_str(o.job_id)
-    if o.ok:
-        log.info("job %s (%s) succeeded in %d ms", job, o.workflow, o.duration_ms)
-    elif o.kind == KIND_SUSPEND:
-        log.info("job %s (%s) suspended at step %r after %d ms", job, o.workflow,
-                 o.suspend.name if o.suspend else "?", o.duration_ms)
-    elif o.kind == KIND_LEASE_LOST:
-        log.warning("job %s (%s) lost its lease (it was handed to another worker); its outcome is dropped",
-                    job, o.workflow)
-    else:
-        log.warning("job %s (%s) failed in %d ms (%s): %s", job, o.workflow, o.duration_ms, o.kind, o.error)
 
 
 def _rss_mb() -> int:
