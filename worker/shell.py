@@ -29,6 +29,8 @@ from .runner import KIND_CANCELLED, KIND_LEASE_LOST, Outcome, Runner
 
 log = logging.getLogger("shoal.worker")
 
+POLICE_EVERY_S = 0.1  # how often running handlers are checked against their timeouts
+
 
 @dataclass(frozen=True)
 class WorkerOptions:
@@ -80,6 +82,7 @@ class WorkerShell:
         # something else, or two intervals pass, they are not answered again.
         self._hello_echo_until = 0.0
         self._rejoining = False
+        self._next_police = 0.0
         self._replacing = False  # a handler ignored its cancel/timeout: drain and exit for a fresh process
         self.poller = zmq.Poller()
 
@@ -319,6 +322,9 @@ class WorkerShell:
 
     def _police_runs(self, now: float) -> None:
         """A sync handler that ignored its cancel or timeout: report it, then replace this process."""
+        if now < self._next_police:
+            return  # a few times a second is precise enough, and spares a busy loop the scan
+        self._next_police = now + POLICE_EVERY_S
         for outcome in self.runner.overdue(now):
             self.outcomes.put(outcome)
             if self._replacing:
