@@ -20,7 +20,8 @@ import zmq
 from shoal import protocol as P
 from shoal import workflow
 from shoal.conf import load_settings
-from shoal.worker.runner import Runner
+from shoal.worker.outbox import Outbox
+from shoal.worker.runner import Outcome, Runner
 from shoal.worker.shell import WorkerOptions, WorkerShell
 
 from conftest import DEFAULT_TOML, Cluster, lines, wait_for
@@ -228,3 +229,20 @@ def test_deferred_results_are_kept_and_sent_again_until_stored(tmp_path: Path, c
         shell.stop_now()
         thread.join(10)
         wire.close()
+
+
+def _done(job_id: bytes, token: int = 1) -> Outcome:
+    return Outcome(job_id, token, True, value=P.pack("v"), workflow="w")
+
+
+def test_a_held_result_outlives_the_resend_horizon_and_is_let_go_only_after_a_quiet_resend() -> None:
+    box = Outbox(horizon_s=10, quiet_s=2)
+    box.sent([_done(b"a"), Outcome(b"f", 1, False, kind="error", workflow="w")], now=0)
+    assert box.defer({"results": [[b"a", 1], [b"f", 1], [b"x", 1]], "retry_ms": 500}, now=1) == [_done(b"a")]
+    assert list(box.held) == [b"a"]                      # a failure or an unknown job is never held
+    assert box.due(now=1.4) == [] and box.due(now=1.5) == [_done(b"a")]
+    assert box.released(now=3.4) == []
+    assert box.defer({"results": [[b"a", 1]], "retry_ms": 500}, now=3.4) == []  # warned once already
+    assert [o.job_id for o in box.to_resend(now=100)] == [b"a"]                # past the horizon, still held
+    assert box.released(now=101) == [] and box.released(now=102) == [_done(b"a")]
+    assert box.held == {}
