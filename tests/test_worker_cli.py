@@ -53,7 +53,8 @@ def test_the_worker_says_what_it_serves_and_logs_each_job(cluster: Cluster) -> N
     assert client.wait(client.enqueue("echo", {"n": 1}), timeout=20).status == "completed"
     assert client.wait(client.enqueue("always-fails", {}), timeout=20).status == "dead"
     out = wait_for(lambda: (o := worker.output()).count("failed in") == 2 and o, what="the failure lines")
-    assert "serving group 'email': " in out and "media: " in out
+    assert "serving group 'email' in testapp: always-fails, async-echo" in out
+    assert "found group 'media' in testapp: block, " in out
     assert "(echo) received, attempt 1" in out and "(echo) succeeded in " in out
     assert "(always-fails) received, attempt 2" in out and "RuntimeError: always" in out
 

@@ -47,13 +47,14 @@ def _workflows_for(modules: list[str], group: str) -> dict[str, Workflow]:
     """The group's workflows; says what the app holds per group, and refuses a group it lacks."""
     found = import_workflows(modules)
     groups = by_group(found)
-    shown = "; ".join(f"{g}: {', '.join(names)}" for g, names in groups.items()) or "none"
     apps = ",".join(modules)
     if group not in groups:
+        shown = "; ".join(f"{g}: {', '.join(names)}" for g, names in groups.items()) or "none"
         raise ConfigError(f"no workflow in --app {apps} is for group {group!r} (found {shown}); "
                           f"start the worker with --group set to one of those groups, or declare "
                           f"@workflow(..., worker={group!r})")
-    log.info("app %s has workflows for %s; serving group %r: %s", apps, shown, group, ", ".join(groups[group]))
+    for name, names in groups.items():
+        log.info("%s group %r in %s: %s", "serving" if name == group else "found", name, apps, ", ".join(names))
     return select(found, group)
 
 
