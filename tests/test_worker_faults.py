@@ -246,3 +246,16 @@ def test_a_held_result_outlives_the_resend_horizon_and_is_let_go_only_after_a_qu
     assert [o.job_id for o in box.to_resend(now=100)] == [b"a"]                # past the horizon, still held
     assert box.released(now=101) == [] and box.released(now=102) == [_done(b"a")]
     assert box.held == {}
+
+
+def test_cancelling_a_running_async_handler_ends_its_run_at_once(cluster_factory, tmp_path: Path) -> None:
+    c: Cluster = cluster_factory(DEFAULT_TOML + STUCK_GROUP)
+    c.start_broker()
+    worker = c.start_worker("stuck", 2, app="stuckapp")
+    client = c.client(timeout=30)
+    job_id = client.enqueue("async-sleeps", {})
+    wait_for(lambda: lines(tmp_path / "async.log"), what="the async handler to start")
+    client.cancel(job_id)
+    assert client.wait(job_id, timeout=20).status == "cancelled"
+    echoed = client.wait(client.enqueue("stuck-echo", {}), timeout=20)
+    assert echoed.value["pid"] == worker.pid  # an async run is cancelled in place: no replacement

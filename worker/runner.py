@@ -131,10 +131,10 @@ class Runner:
             if run is None:
                 return
             run.step.cancel()
-            if run.is_async:
-                run.future.cancel()
-            elif not run.stop_kind:
+            if not run.is_async and not run.stop_kind:
                 run.stop_kind, run.stop_at = KIND_CANCELLED, time.monotonic()
+        if run.is_async:
+            run.future.cancel()  # outside the lock: its done-callbacks (ours takes the lock) run right here
 
     def overdue(self, now: float) -> list[Outcome]:
         """Police sync runs: ask those past their timeout to stop (``step.cancelled``), and give up on

@@ -52,3 +52,10 @@ async def async_past_timeout(payload, step):
 @workflow("stuck-echo", worker="stuck")
 def stuck_echo(payload, step):
     return {"payload": payload, "pid": os.getpid()}
+
+
+@workflow("async-sleeps", worker="stuck", retries=0)
+async def async_sleeps(payload, step):
+    _mark("async.log", f"start {os.getpid()}")
+    await asyncio.sleep(60)
+    return "woke"
