@@ -265,6 +265,7 @@ GROUP_KEYS: dict[str, Key] = {
     "idle_timeout": Key("idle_timeout_s", duration(positive=False)),
     "lease": Key("lease_s", duration(positive=True)),
     "grace": Key("grace_s", duration(positive=False)),
+    "timeout": Key("timeout_s", duration(positive=False)),
     "nice": Key("nice", integer(-20, 19), _int_text),
     "max_jobs": Key("max_jobs", integer(0), _int_text),
     "max_memory": Key("max_memory_mb", size_mib()),

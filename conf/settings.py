@@ -23,6 +23,7 @@ class GroupSettings:
     idle_timeout_s: float = 60.0
     lease_s: float = 10.0              # a worker silent this long loses its leases
     grace_s: float = 30.0              # drain time on SIGTERM
+    timeout_s: float = 0.0             # a run past this fails with kind `timeout` (0 = no limit)
     nice: int = 0
     max_jobs: int = 0                  # recycle a worker after this many jobs (0 = never)
     max_memory_mb: int = 0             # recycle a worker above this RSS (0 = never)

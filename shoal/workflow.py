@@ -25,7 +25,7 @@ class Workflow:
     fn: Callable[..., Any]
     group: str = DEFAULT_GROUP
     retries: int | None = None       # None: the group's `retries` setting
-    timeout_s: float | None = None   # enforced for async handlers (a thread cannot be killed)
+    timeout_s: float | None = None   # None: the group's `timeout` setting; 0 = no limit
 
     @cached_property
     def is_async(self) -> bool:
@@ -50,9 +50,13 @@ def workflow(name: str | None = None, *, worker: str = DEFAULT_GROUP, retries: i
 
     ``@workflow("send-email", worker="email", retries=5)`` on ``def handler(payload, step)``
     or ``async def``. Raising ``shoal.Permanent`` skips the remaining retries.
+    ``timeout`` (seconds; 0 = none) beats the group's ``timeout`` setting: a run past it is
+    cancelled (``step.cancelled`` for sync handlers) and fails with kind ``timeout``.
     """
     if retries is not None and retries < 0:
         raise ValueError("retries must be >= 0")
+    if timeout is not None and not timeout >= 0:
+        raise ValueError("timeout must be a number of seconds >= 0 (0 = no limit)")
 
     def wrap(fn: Callable[..., Any]) -> Workflow:
         return Workflow(name=name or fn.__name__.replace("_", "-"), fn=fn, group=worker,
@@ -68,17 +72,37 @@ def workflows_in(module: ModuleType) -> list[Workflow]:
 
 def load_workflows(modules: Iterable[str], group: str | None = None) -> dict[str, Workflow]:
     """Import app modules and return their workflows (only ``group``'s when given), by name."""
-    found: dict[str, Workflow] = {}
+    return select(import_workflows(modules), group)
+
+
+def import_workflows(modules: Iterable[str]) -> list[tuple[str, Workflow]]:
+    """Import app modules; every workflow they define, with the module it was found in."""
+    found: list[tuple[str, Workflow]] = []
     for module_name in modules:
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:
             raise ConfigError(f"cannot import app module {module_name!r}: {exc}") from exc
-        for wf in workflows_in(module):
-            if group is not None and wf.group != group:
-                continue
-            other = found.get(wf.name)
-            if other is not None and other.fn is not wf.fn:
-                raise ConfigError(f"two workflows are named {wf.name!r} (in {module_name})")
-            found[wf.name] = wf
+        found.extend((module_name, wf) for wf in workflows_in(module))
     return found
+
+
+def select(found: list[tuple[str, Workflow]], group: str | None) -> dict[str, Workflow]:
+    """The workflows of ``group`` (all when None) by name; two different ones with one name are an error."""
+    chosen: dict[str, Workflow] = {}
+    for module_name, wf in found:
+        if group is not None and wf.group != group:
+            continue
+        other = chosen.get(wf.name)
+        if other is not None and other.fn is not wf.fn:
+            raise ConfigError(f"two workflows are named {wf.name!r} (in {module_name})")
+        chosen[wf.name] = wf
+    return chosen
+
+
+def by_group(found: list[tuple[str, Workflow]]) -> dict[str, list[str]]:
+    """Workflow names per group, sorted: what a worker says it found."""
+    groups: dict[str, set[str]] = {}
+    for _, wf in found:
+        groups.setdefault(wf.group, set()).add(wf.name)
+    return {group: sorted(names) for group, names in sorted(groups.items())}

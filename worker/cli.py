@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.concurrency is not None and args.concurrency < 1:
         print("worker: --concurrency must be at least 1", file=sys.stderr)
         return 2
+    _import_from_cwd()
     try:
         endpoint = args.connect or os.environ.get("SHOAL_BROKER")
         if endpoint:  # a malformed one would only fail inside zmq's connect, as a traceback
@@ -46,17 +47,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"worker: {exc}", file=sys.stderr)
         return 2
 
-    interrupts = 0
+    signals = 0
 
     _apply_nice(shell.options.nice)
 
     def on_signal(signum: int, frame: object) -> None:
         # Runs between bytecodes of the main thread, maybe while it holds a lock: take none here.
-        nonlocal interrupts
-        if signum == signal.SIGINT:
-            interrupts += 1
-            if interrupts > 1:
-                os._exit(1)  # second Ctrl-C: leave now; the broker redelivers in-flight jobs
+        # The first SIGTERM or Ctrl-C drains; a second one of either leaves now (the broker
+        # redelivers what was in flight), as `kill` twice or Ctrl-C twice is meant to.
+        nonlocal signals
+        signals += 1
+        if signals > 1:
+            os._exit(1)
         shell.drain_from_signal()
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -69,6 +71,15 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def _import_from_cwd() -> None:
+    """``worker --app myapp`` finds ``myapp.py`` in the current directory, as ``python -m`` (and so
+    the workers a broker starts) and Celery, RQ and Dramatiq do; a console script's sys.path
+    does not hold it."""
+    cwd = os.getcwd()
+    if "" not in sys.path and cwd not in sys.path:
+        sys.path.insert(0, cwd)
 
 
 def _apply_nice(nice: int) -> None:

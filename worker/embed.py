@@ -1,16 +1,19 @@
 """Building a worker from settings, and running one inside an application's own process."""
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from typing import Mapping
 
 from shoal.conf.settings import DEFAULT_GROUP
 from shoal.errors import ConfigError
-from shoal.workflow import load_workflows
+from shoal.workflow import Workflow, by_group, import_workflows, select
 
 from .runner import Runner
 from .shell import WorkerOptions, WorkerShell
+
+log = logging.getLogger("shoal.worker")
 
 
 def build_worker(*, group: str | None = None, app: str | list[str] | None = None, endpoint: str | None = None,
@@ -27,7 +30,7 @@ def build_worker(*, group: str | None = None, app: str | list[str] | None = None
     modules = [m.strip() for item in modules for m in item.split(",") if m.strip()]
     if not modules:
         raise ConfigError(f"no app module for group {name!r}: pass --app MODULE or set `app` in shoal.toml")
-    workflows = load_workflows(modules, group=name)
+    workflows = _workflows_for(modules, name)
     options = WorkerOptions(
         endpoint=endpoint or env.get("SHOAL_BROKER") or settings.broker.bind,
         group=name, concurrency=concurrency or gs.concurrency, server=settings.server,
@@ -35,8 +38,24 @@ def build_worker(*, group: str | None = None, app: str | list[str] | None = None
         max_jobs=gs.max_jobs, max_memory_mb=gs.max_memory_mb, max_step_bytes=settings.broker.max_step_bytes,
         nice=gs.nice,
     )
-    runner = Runner(workflows, name, options.concurrency, max_step_bytes=options.max_step_bytes)
+    runner = Runner(workflows, name, options.concurrency, max_step_bytes=options.max_step_bytes,
+                    timeout_s=gs.timeout_s)
     return WorkerShell(options, runner)
+
+
+def _workflows_for(modules: list[str], group: str) -> dict[str, Workflow]:
+    """The group's workflows; says what the app holds per group, and refuses a group it lacks."""
+    found = import_workflows(modules)
+    groups = by_group(found)
+    apps = ",".join(modules)
+    if group not in groups:
+        shown = "; ".join(f"{g}: {', '.join(names)}" for g, names in groups.items()) or "none"
+        raise ConfigError(f"no workflow in --app {apps} is for group {group!r} (found {shown}); "
+                          f"start the worker with --group set to one of those groups, or declare "
+                          f"@workflow(..., worker={group!r})")
+    for name, names in groups.items():
+        log.info("%s group %r in %s: %s", "serving" if name == group else "found", name, apps, ", ".join(names))
+    return select(found, group)
 
 
 class WorkerHandle:

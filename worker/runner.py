@@ -10,7 +10,7 @@ import threading
 import time
 import traceback
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from shoal import jobs as J
@@ -23,6 +23,12 @@ from .steps import AsyncStep, Cancelled, Channel, LeaseLost, Step, Suspend
 KIND_SUSPEND = "suspend"        # not a failure: the run gave its slot back (sleep / wait)
 KIND_LEASE_LOST = "lease_lost"  # the job was redelivered elsewhere: report nothing
 KIND_CANCELLED = "cancelled"    # stopped because the job was cancelled
+# A sync handler asked to stop (cancel or timeout) gets this long to notice step.cancelled or
+# to return from what it is waiting on. Long enough for a loop that checks once a second or a
+# network call with a sane timeout; short enough that a wedged thread does not hold its slot
+# (and the job) for long. Past it the run is reported and the worker replaces itself.
+STUCK_GRACE_S = 5.0
+NO_DEADLINE = float("inf")
 
 
 @dataclass(frozen=True)
@@ -38,20 +44,38 @@ class Outcome:
     traceback: str | None = None
     duration_ms: int = 0
     suspend: Suspend | None = None
+    workflow: str = ""
+
+
+@dataclass
+class _Run:
+    """One job being run: its step, its future, and whether it was asked to stop."""
+
+    step: Step
+    future: "Future[Any]"
+    is_async: bool
+    token: int
+    deadline: float = NO_DEADLINE    # monotonic; sync runs are asked to stop here
+    timeout_s: float = 0.0
+    stop_kind: str = ""              # KIND_TIMEOUT or KIND_CANCELLED once asked to stop
+    stop_at: float = NO_DEADLINE
 
 
 class Runner:
     """Executes jobs of one group's workflows, ``concurrency`` at a time."""
 
     def __init__(self, workflows: dict[str, Workflow], group: str, concurrency: int,
-                 channel: Channel | None = None, max_step_bytes: int = 1024 * 1024) -> None:
+                 channel: Channel | None = None, max_step_bytes: int = 1024 * 1024,
+                 timeout_s: float = 0.0, stuck_grace_s: float = STUCK_GRACE_S) -> None:
         self.workflows = workflows
+        self.timeout_s = timeout_s          # the group's `timeout` (0 = none); a workflow's own beats it
+        self.stuck_grace_s = stuck_grace_s
         self.channel = channel
         self.max_step_bytes = max_step_bytes
         self.group = group
         self.concurrency = concurrency
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=f"shoal-{group}")
-        self._running: dict[bytes, tuple[Step, Future[Any]]] = {}   # job id -> its step and future
+        self._running: dict[bytes, _Run] = {}
         self._running_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
@@ -69,37 +93,66 @@ class Runner:
         wf = self.workflows.get(job["wf"])
         if wf is None:
             names = ", ".join(sorted(self.workflows)) or "none"
-            done(Outcome(job_id, token, False, kind=J.KIND_UNKNOWN_WORKFLOW,
+            done(Outcome(job_id, token, False, kind=J.KIND_UNKNOWN_WORKFLOW, workflow=job["wf"],
                          error=f"workflow {job['wf']!r} is not registered in group {self.group!r} "
                                f"(this worker has: {names})"))
             return
-        def finished(f: "Future[Outcome]") -> None:
-            with self._running_lock:
-                self._running.pop(job_id, None)
-            done(_result_of(f, job_id, token))
-
+        limit = self.timeout_of(wf)
         step: Step
-        fut: Future[Any]
         with self._running_lock:
             if wf.is_async:
                 step = AsyncStep(job, self.group, self.channel, self.max_step_bytes)
                 assert self._loop is not None
-                fut = asyncio.run_coroutine_threadsafe(self._run_async(wf, job, step), self._loop)
+                fut = asyncio.run_coroutine_threadsafe(self._run_async(wf, job, step, limit), self._loop)
+                run = _Run(step, fut, True, token, timeout_s=limit)
             else:
                 step = Step(job, self.group, self.channel, self.max_step_bytes)
                 fut = self._pool.submit(self._run_sync, wf, job, step)
-            self._running[job_id] = (step, fut)
+                run = _Run(step, fut, False, token, deadline=time.monotonic() + limit if limit else NO_DEADLINE,
+                           timeout_s=limit)
+            self._running[job_id] = run
+
+        def finished(f: "Future[Outcome]") -> None:
+            with self._running_lock:
+                if self._running.get(job_id) is run:
+                    del self._running[job_id]
+            done(_stopped_as_asked(run, _result_of(f, job_id, token), wf.name))
+
         fut.add_done_callback(finished)
+
+    def timeout_of(self, wf: Workflow) -> float:
+        """Seconds a run of ``wf`` may take (0 = no limit): the decorator's value beats the group's."""
+        return self.timeout_s if wf.timeout_s is None else wf.timeout_s
 
     def cancel(self, job_id: bytes) -> None:
         """The broker cancelled a running job: sync handlers see ``step.cancelled``; async ones are cancelled."""
         with self._running_lock:
-            entry = self._running.get(job_id)
-        if entry is not None:
-            step, fut = entry
-            step.cancel()
-            if isinstance(step, AsyncStep):
-                fut.cancel()
+            run = self._running.get(job_id)
+            if run is None:
+                return
+            run.step.cancel()
+            if not run.is_async and not run.stop_kind:
+                run.stop_kind, run.stop_at = KIND_CANCELLED, time.monotonic()
+        if run.is_async:
+            run.future.cancel()  # outside the lock: its done-callbacks (ours takes the lock) run right here
+
+    def overdue(self, now: float) -> list[Outcome]:
+        """Police sync runs: ask those past their timeout to stop (``step.cancelled``), and give up on
+        those that ignored a stop for ``stuck_grace_s``. Each given-up run's outcome is returned
+        (FAIL ``timeout`` or ``cancelled``); it no longer counts as running, though its thread
+        cannot be stopped: the caller should replace this process."""
+        stuck: list[Outcome] = []
+        with self._running_lock:
+            for job_id, run in list(self._running.items()):
+                if run.is_async:
+                    continue  # cancelled through asyncio (timeouts by wait_for)
+                if not run.stop_kind and now >= run.deadline:
+                    run.stop_kind, run.stop_at = J.KIND_TIMEOUT, now
+                    run.step.cancel()
+                elif run.stop_kind and now >= run.stop_at + self.stuck_grace_s:
+                    del self._running[job_id]
+                    stuck.append(_given_up(job_id, run, self.stuck_grace_s))
+        return stuck
 
     def _run_sync(self, wf: Workflow, job: dict[str, Any], step: Step) -> Outcome:
         started = time.perf_counter()
@@ -113,7 +166,7 @@ class Runner:
             return _ended_by(job, exc, started)
         return _success(job, value, started)
 
-    async def _run_async(self, wf: Workflow, job: dict[str, Any], step: Step) -> Outcome:
+    async def _run_async(self, wf: Workflow, job: dict[str, Any], step: Step, limit: float) -> Outcome:
         started = time.perf_counter()
         try:
             payload = unpack(job["payload"])
@@ -121,9 +174,9 @@ class Runner:
             return _failure(job, J.KIND_BAD_PAYLOAD, f"payload is not valid msgpack: {exc}", started)
         try:
             coro = wf.fn(payload, step) if wf.wants_step else wf.fn(payload)
-            value = await (asyncio.wait_for(coro, wf.timeout_s) if wf.timeout_s else coro)
+            value = await (asyncio.wait_for(coro, limit) if limit else coro)
         except asyncio.TimeoutError:
-            return _failure(job, J.KIND_ERROR, f"timed out after {wf.timeout_s}s", started)
+            return _failure(job, J.KIND_TIMEOUT, f"timed out after {limit:g}s", started)
         except (Suspend, LeaseLost, Cancelled, Exception) as exc:
             return _ended_by(job, exc, started)
         return _success(job, value, started)
@@ -137,6 +190,26 @@ class Runner:
             self._loop_thread.join(5.0)
             if not self._loop.is_running():
                 self._loop.close()
+
+
+def _stop_message(run: _Run) -> str:
+    return f"timed out after {run.timeout_s:g}s" if run.stop_kind == J.KIND_TIMEOUT else "cancelled"
+
+
+def _stopped_as_asked(run: _Run, outcome: Outcome, workflow: str) -> Outcome:
+    """A sync run that ended after its timeout failed with kind ``timeout``, whatever it returned."""
+    if run.stop_kind == J.KIND_TIMEOUT and outcome.kind != KIND_LEASE_LOST:
+        return replace(outcome, ok=False, value=b"", kind=J.KIND_TIMEOUT, error=_stop_message(run),
+                       suspend=None, workflow=workflow)
+    return replace(outcome, workflow=workflow)
+
+
+def _given_up(job_id: bytes, run: _Run, grace_s: float) -> Outcome:
+    """The outcome reported for a sync run that ignored its stop past the grace time."""
+    asked = "its timeout" if run.stop_kind == J.KIND_TIMEOUT else "a cancel"
+    return Outcome(job_id, run.token, False, kind=run.stop_kind, workflow=run.step.workflow,
+                   error=f"{_stop_message(run)}; the handler ignored {asked} for {grace_s:g}s, "
+                         "so its worker process was replaced")
 
 
 def _elapsed_ms(started: float) -> int:

@@ -8,8 +8,6 @@ so the broker keeps their leases.
 """
 from __future__ import annotations
 
-import collections
-import itertools
 import logging
 import os
 import queue
@@ -23,15 +21,16 @@ from typing import Any
 import zmq
 
 from shoal import protocol as P
-from shoal.errors import RemoteError
 from shoal.ids import id_to_str
 from shoal.logs import banner
 
-from .runner import KIND_LEASE_LOST, KIND_SUSPEND, Outcome, Runner
-
-CALL_RESEND_S = 2.0
+from .calls import Calls
+from .outbox import Outbox, encode_outcomes, log_outcome
+from .runner import KIND_CANCELLED, KIND_LEASE_LOST, Outcome, Runner
 
 log = logging.getLogger("shoal.worker")
+
+POLICE_EVERY_S = 0.1  # how often running handlers are checked against their timeouts
 
 
 @dataclass(frozen=True)
@@ -59,9 +58,7 @@ class WorkerShell:
         self.options = options
         self.runner = runner
         runner.channel = self  # durable steps reach the broker through this shell
-        self._calls: "queue.SimpleQueue[tuple[bytes, dict[str, Any], Future[dict[str, Any]]]]" = queue.SimpleQueue()
-        self._open_calls: dict[int, tuple[list[bytes], Future[dict[str, Any]], float]] = {}
-        self._rids = itertools.count(1)
+        self._calls = Calls()
         self.ctx = zmq.Context()
         self.sock: zmq.Socket | None = None
         self.inflight: dict[bytes, int] = {}     # job id -> lease token
@@ -75,9 +72,19 @@ class WorkerShell:
         self.refused: str | None = None
         self.jobs_done = 0
         self._pending_send: list[Outcome] = []   # outcomes taken while reconnecting
-        # outcomes sent lately, re-sent after a reconnect (the broker does not ack them)
-        self._recent: collections.deque[tuple[float, list[bytes]]] = collections.deque(maxlen=10_000)
+        opts = options
+        # outcomes sent lately (re-sent after a reconnect: the broker does not ack them) and
+        # results the broker deferred; a re-sent result met by two intervals of no DEFER is stored
+        self.outbox = Outbox(horizon_s=opts.heartbeat_interval_s * (opts.liveness + 2) + opts.reconnect_max_s,
+                             quiet_s=2 * opts.heartbeat_interval_s)
         self._last_sent = 0.0
+        # After a HELLO, RECONNECTs already on their way (one per message the restarted broker
+        # got from us before our HELLO) are echoes of the same restart: until the broker sends
+        # something else, or two intervals pass, they are not answered again.
+        self._hello_echo_until = 0.0
+        self._rejoining = False
+        self._next_police = 0.0
+        self._replacing = False  # a handler ignored its cancel/timeout: drain and exit for a fresh process
         self.poller = zmq.Poller()
 
     # --- control (any thread) -----------------------------------------------------
@@ -100,6 +107,8 @@ class WorkerShell:
         self._wake()
 
     def _wake(self) -> None:
+        if self._wake_w < 0:
+            return  # stopped already: nothing to wake (and the fd number may be someone else's now)
         try:
             os.write(self._wake_w, b"x")
         except BlockingIOError:
@@ -107,39 +116,14 @@ class WorkerShell:
 
     def call(self, command: bytes, body: dict[str, Any]) -> "Future[dict[str, Any]]":
         """A request from a handler thread (a step result); resolved when the broker has committed it."""
-        fut: "Future[dict[str, Any]]" = Future()
-        self._calls.put((command, body, fut))
+        fut = self._calls.put(command, body)
         self._wake()
         return fut
-
-    def _send_calls(self, now: float) -> None:
-        while True:
-            try:
-                command, body, fut = self._calls.get_nowait()
-            except queue.Empty:
-                break
-            rid = next(self._rids)
-            body["rid"] = rid
-            self._open_calls[rid] = (P.encode(command, body), fut, now)
-            self._send_frames(self._open_calls[rid][0])
-        for rid, (frames, fut, sent) in list(self._open_calls.items()):
-            if now - sent >= CALL_RESEND_S:  # the broker stores a step once; repeating is safe
-                self._open_calls[rid] = (frames, fut, now)
-                self._send_frames(frames)
 
     def _send_frames(self, frames: list[bytes]) -> None:
         assert self.sock is not None
         self.sock.send_multipart(frames)
         self._last_sent = time.monotonic()
-
-    def _on_reply(self, command: bytes, body: dict[str, Any]) -> None:
-        entry = self._open_calls.pop(body.get("rid"), None)  # type: ignore[arg-type]
-        if entry is None or entry[1].done():
-            return
-        if command == P.REPLY:
-            entry[1].set_result(body)
-        else:
-            entry[1].set_exception(RemoteError(str(body.get("code")), str(body.get("message"))))
 
     def _on_outcome(self, outcome: Outcome) -> None:
         self.outcomes.put(outcome)
@@ -156,20 +140,27 @@ class WorkerShell:
         self.poller = zmq.Poller()
         self.poller.register(self.sock, zmq.POLLIN)
         self.poller.register(self._wake_r, zmq.POLLIN)
-        self._send_hello()
         if reconnecting:
-            self._resend_recent_outcomes()
+            self._announce()
+        else:
+            self._send_hello()
+
+    def _announce(self) -> None:
+        """Say HELLO again (the broker restarted or we lost it) and re-send recent outcomes, once."""
+        self._send_hello()
+        self._resend_recent_outcomes()
+        self._hello_echo_until = time.monotonic() + 2 * self.options.heartbeat_interval_s
+        self._rejoining = True
 
     def _resend_recent_outcomes(self) -> None:
         """Outcomes sent just before the broker went silent may have died with the old socket
-        or the old broker: send them again. A restarted broker still holds those jobs as
-        running with our lease token and accepts them; one that already has them ignores
-        the repeat (its token is no longer live), so the job is not run twice."""
-        horizon = time.monotonic() - self.options.heartbeat_interval_s * (self.options.liveness + 2) - self.options.reconnect_max_s
-        while self._recent and self._recent[0][0] < horizon:
-            self._recent.popleft()
-        for _, frames in self._recent:
+        or the old broker: send them again, with every result the broker deferred. A restarted
+        broker still holds those jobs as running with our lease token and accepts them; one
+        that already has them ignores the repeat (its token is no longer live), so the job is
+        not run twice."""
+        for frames in encode_outcomes(self.outbox.to_resend(time.monotonic())):
             self._send_frames(frames)
+
     def _send_hello(self) -> None:
         slots = 0 if self._draining.is_set() else self.options.concurrency
         self._send(P.HELLO, {
@@ -189,50 +180,67 @@ class WorkerShell:
         self._connect()
         banner("shoal.worker", f"shoal worker for group {opts.group!r} connected to {opts.endpoint} "
                f"with {opts.concurrency} slots")
-        last_heard = time.monotonic()
-        backoff_s = opts.heartbeat_interval_s
-        draining_announced = False
+        self._last_heard = time.monotonic()
+        self._backoff_s = opts.heartbeat_interval_s
+        self._drain_announced = False
         try:
             while not self._stop_now.is_set():
                 events = dict(self.poller.poll(int(opts.heartbeat_interval_s * 1000)))
                 if self._wake_r in events:
                     os.read(self._wake_r, 4096)
-                if self.sock in events:
-                    if self._read_all():
-                        last_heard = time.monotonic()
-                        backoff_s = opts.heartbeat_interval_s
+                if self.sock in events and self._read_all():
+                    self._last_heard = time.monotonic()
+                    self._backoff_s = opts.heartbeat_interval_s
                 if self.refused:
                     return 2
                 if self._drain_signalled and not self._draining.is_set():
                     self.drain()
                 now = time.monotonic()
-                self._send_calls(now)
-                self._flush_outcomes()
+                self._calls.send_due(now, self._send_frames)
+                self._police_runs(now)
                 if self._draining.is_set():
-                    if not draining_announced:
-                        log.info("draining: finishing %d in-flight jobs within %.1fs; signal again to exit now",
-                                 len(self.inflight), max(0.0, self._drain_deadline - now))
-                        self._send(P.READY, {"slots": 0})
-                        draining_announced = True
-                    if not self.inflight:
-                        break
-                    if now >= self._drain_deadline:
-                        self._hand_back()
-                        break
-                if now - last_heard > opts.heartbeat_interval_s * opts.liveness:
-                    log.warning("broker at %s is silent; reconnecting in %.1fs", opts.endpoint, backoff_s)
-                    self._sleep_interruptibly(backoff_s)
-                    backoff_s = min(backoff_s * 2, opts.reconnect_max_s)
-                    self._connect()
-                    last_heard = time.monotonic()
-                elif now - self._last_sent >= opts.heartbeat_interval_s:
-                    self._send(P.HEARTBEAT, {})
+                    self._announce_drain(now)  # READY 0 before the outcomes: no new job lands meanwhile
+                self._flush_outcomes()
+                self._flush_held(now)
+                if self._draining.is_set() and self._drained(now):
+                    break
+                self._keep_alive(now)
             else:
                 return 0  # stopped at once: the broker redelivers in-flight jobs
             self._send(P.BYE, {})
             return 0
         finally:
             self.close()
+
+    def _drained(self, now: float) -> bool:
+        """While draining: True once every in-flight job finished or the grace time ran out."""
+        self._announce_drain(now)
+        if not self.inflight:
+            return True
+        if now >= self._drain_deadline:
+            self._hand_back()
+            return True
+        return False
+
+    def _announce_drain(self, now: float) -> None:
+        if not self._drain_announced:
+            log.info("draining: finishing %d in-flight jobs within %.1fs; a second SIGTERM or Ctrl-C "
+                     "exits at once (unfinished jobs are then redelivered)",
+                     len(self.inflight), max(0.0, self._drain_deadline - now))
+            self._send(P.READY, {"slots": 0})
+            self._drain_announced = True
+
+    def _keep_alive(self, now: float) -> None:
+        """Reconnect when the broker is silent past its liveness; else heartbeat when due."""
+        opts = self.options
+        if now - self._last_heard > opts.heartbeat_interval_s * opts.liveness:
+            log.warning("broker at %s is silent; reconnecting in %.1fs", opts.endpoint, self._backoff_s)
+            self._sleep_interruptibly(self._backoff_s)
+            self._backoff_s = min(self._backoff_s * 2, opts.reconnect_max_s)
+            self._connect()
+            self._last_heard = time.monotonic()
+        elif now - self._last_sent >= opts.heartbeat_interval_s:
+            self._send(P.HEARTBEAT, {})
 
     def _sleep_interruptibly(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -255,20 +263,51 @@ class WorkerShell:
             except P.ProtocolError as exc:
                 log.warning("bad message from the broker: %s", exc)
                 continue
-            if command == P.JOB:
-                self._start(body.get("jobs", []))
-            elif command == P.RECONNECT:  # a restarted broker that does not know us yet
-                self._send_hello()
-                self._resend_recent_outcomes()
-            elif command == P.CANCEL:
-                job_id = body.get("id")
-                if isinstance(job_id, bytes) and self.inflight.get(job_id) == body.get("token"):
-                    log.info("job %s was cancelled; stopping it", id_to_str(job_id))
-                    self.runner.cancel(job_id)
-            elif command == P.REPLY or (command == P.ERROR and body.get("rid") is not None):
-                self._on_reply(command, body)
-            elif command == P.ERROR:
-                self._on_error(body)
+            if command == P.RECONNECT:  # a restarted broker that does not know us (yet)
+                if time.monotonic() >= self._hello_echo_until:
+                    self._announce()
+                continue
+            self._known_again()
+            self._dispatch(command, body)
+
+    def _known_again(self) -> None:
+        """Any message but RECONNECT proves the broker knows us: the next RECONNECT is news."""
+        self._hello_echo_until = 0.0
+        if self._rejoining:
+            self._rejoining = False
+            log.info("rejoined the broker at %s with %d jobs in flight", self.options.endpoint, len(self.inflight))
+
+    def _dispatch(self, command: bytes, body: dict[str, Any]) -> None:
+        if command == P.JOB:
+            self._start(body.get("jobs", []))
+        elif command == P.CANCEL:
+            job_id = body.get("id")
+            if isinstance(job_id, bytes) and self.inflight.get(job_id) == body.get("token"):
+                log.info("job %s was cancelled; stopping it", id_to_str(job_id))
+                self.runner.cancel(job_id)
+        elif command == P.DEFER:
+            self._on_defer(body)
+        elif command == P.REPLY or (command == P.ERROR and body.get("rid") is not None):
+            self._calls.answer(command, body)
+        elif command == P.ERROR:
+            self._on_error(body)
+
+    def _on_defer(self, body: dict[str, Any]) -> None:
+        """The broker could not store these results yet: keep them (their jobs stay ours) and retry."""
+        for outcome in self.outbox.defer(body, time.monotonic()):
+            log.warning("job %s (%s): the broker cannot store its result yet (%s); keeping it and sending "
+                        "it again every %d ms until stored", id_to_str(outcome.job_id), outcome.workflow,
+                        body.get("reason") or "no reason given", body.get("retry_ms") or 1000)
+        for job_id, held in self.outbox.held.items():
+            self.inflight[job_id] = held.outcome.token  # listed in HELLO's `running`, drained like a run
+
+    def _flush_held(self, now: float) -> None:
+        for frames in encode_outcomes(self.outbox.due(now)):
+            self._send_frames(frames)
+        for outcome in self.outbox.released(now):
+            if self.inflight.get(outcome.job_id) == outcome.token:
+                del self.inflight[outcome.job_id]
+            log.info("job %s (%s): result stored after being deferred", id_to_str(outcome.job_id), outcome.workflow)
 
     def _on_error(self, body: dict[str, Any]) -> None:
         message = f"{body.get('code')}: {body.get('message')}"
@@ -279,8 +318,24 @@ class WorkerShell:
     def _start(self, jobs: list[dict[str, Any]]) -> None:
         for job in jobs:
             self.inflight[job["id"]] = job["token"]
-            log.debug("start job %s (%s) attempt %s", id_to_str(job["id"]), job["wf"], job.get("attempt"))
+            log.info("job %s (%s) received, attempt %s", id_to_str(job["id"]), job["wf"], job.get("attempt"))
             self.runner.submit(job, self._on_outcome)
+
+    def _police_runs(self, now: float) -> None:
+        """A sync handler that ignored its cancel or timeout: report it, then replace this process."""
+        if now < self._next_police:
+            return  # a few times a second is precise enough, and spares a busy loop the scan
+        self._next_police = now + POLICE_EVERY_S
+        for outcome in self.runner.overdue(now):
+            self.outcomes.put(outcome)
+            if self._replacing:
+                continue
+            self._replacing = True
+            log.warning("job %s (%s) ignored its %s for %.0fs and still holds its thread; this worker takes "
+                        "no more jobs, lets the others finish, and exits so a fresh process replaces it",
+                        id_to_str(outcome.job_id), outcome.workflow,
+                        "cancel" if outcome.kind == KIND_CANCELLED else "timeout", self.runner.stuck_grace_s)
+            self.drain()
 
     def _take_outcomes(self) -> list[Outcome]:
         taken: list[Outcome] = []
@@ -289,7 +344,7 @@ class WorkerShell:
                 outcome = self.outcomes.get_nowait()
             except queue.Empty:
                 return taken
-            if self.inflight.get(outcome.job_id) == outcome.token:
+            if self.inflight.get(outcome.job_id) == outcome.token and outcome.job_id not in self.outbox.held:
                 taken.append(outcome)
 
     def _flush_outcomes_to_memory(self) -> None:
@@ -300,24 +355,11 @@ class WorkerShell:
         self._pending_send = []
         if not outcomes:
             return
-        done = [[o.job_id, o.token, o.value, o.duration_ms] for o in outcomes if o.ok]
-        failed = [{"id": o.job_id, "token": o.token, "kind": o.kind, "error": o.error,
-                   "traceback": o.traceback, "duration_ms": o.duration_ms}
-                  for o in outcomes if not o.ok and o.kind not in (KIND_SUSPEND, KIND_LEASE_LOST)]
-        messages = []
-        if done:
-            messages.append(P.encode(P.DONE, {"results": done}))
-        if failed:
-            messages.append(P.encode(P.FAIL, {"failures": failed}))
-        for o in outcomes:
-            if o.suspend is not None:
-                messages.append(P.encode(P.SUSPEND, {"id": o.job_id, "token": o.token, "name": o.suspend.name,
-                                                     "due_ms": o.suspend.due_ms, "wait_on": o.suspend.wait_on or []}))
-        now = time.monotonic()
-        for frames in messages:
+        for frames in encode_outcomes(outcomes):
             self._send_frames(frames)
-            self._recent.append((now, frames))
+        self.outbox.sent([o for o in outcomes if o.kind != KIND_LEASE_LOST], time.monotonic())
         for o in outcomes:
+            log_outcome(o)
             self.inflight.pop(o.job_id, None)
             self.jobs_done += 1
         self._maybe_recycle()
@@ -349,7 +391,8 @@ class WorkerShell:
             self.sock.close(linger=0 if self._stop_now.is_set() else 1000)
             self.sock = None
         self.ctx.term()
-        for fd in (self._wake_r, self._wake_w):
+        fds, self._wake_w = (self._wake_r, self._wake_w), -1
+        for fd in fds:
             try:
                 os.close(fd)
             except OSError:
