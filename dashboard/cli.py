@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", metavar="FILE", help="config file (default: SHOAL_CONFIG, else ./shoal.toml)")
     parser.add_argument("--timeout", type=float, default=3.0, metavar="S",
                         help="seconds to wait for the broker to answer a page's request (default 3)")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                        help="how much the dashboard logs (default info)")
     return parser
 
 

@@ -66,6 +66,10 @@ GROUP_MEANING = {
              "counts) or to the dead letters as `worker_lost`.",
     "grace": "On SIGTERM a worker finishes in-flight jobs for this long, then hands the rest back "
              "(no attempt charged).",
+    "timeout": "Longest run of one attempt; past it the run is cancelled and the attempt fails with "
+               "kind `timeout` (retried like any failure). A sync handler that ignores it for 5 s makes "
+               "its worker hand back its other jobs and replace itself. `@workflow(timeout=...)` beats "
+               "it; 0: no limit.",
     "nice": "OS priority of the group's worker processes (-20..19), applied to their session's "
             "autogroup too, so CPU-heavy groups yield to latency-sensitive ones.",
     "max_jobs": "Recycle a worker (drain, exit, start a fresh one) after this many jobs; 0: never.",
