@@ -136,14 +136,14 @@ def test_schedule_keeps_jobs_not_yet_due() -> None:
     assert schedule.pop_due(10_000) == []
 
 
-def test_next_due_ms_is_the_soonest_due_time() -> None:
+def test_next_deadline_is_the_soonest_deadline() -> None:
     schedule = Schedule()
-    assert schedule.next_due_ms() is None
+    assert schedule.next_deadline() is None
     schedule.add(b"b", 500)
     schedule.add(b"a", 200)
-    assert schedule.next_due_ms() == 200
+    assert schedule.next_deadline() == 200
     schedule.pop_due(200)
-    assert schedule.next_due_ms() == 500
+    assert schedule.next_deadline() == 500
 
 
 def test_removed_job_is_not_due_and_not_counted_in_next_due() -> None:
@@ -152,7 +152,7 @@ def test_removed_job_is_not_due_and_not_counted_in_next_due() -> None:
     schedule.add(b"b", 200)
     assert schedule.remove(b"a") is True
     assert schedule.remove(b"a") is False
-    assert schedule.next_due_ms() == 200
+    assert schedule.next_deadline() == 200
     assert schedule.pop_due(1000) == [b"b"]
 
 
@@ -161,7 +161,7 @@ def test_adding_a_job_again_moves_its_due_time() -> None:
     schedule.add(b"a", 100)
     schedule.add(b"a", 500)
     assert len(schedule) == 1
-    assert schedule.next_due_ms() == 500
+    assert schedule.next_deadline() == 500
     assert schedule.pop_due(400) == []
     assert schedule.pop_due(500) == [b"a"]
 
