@@ -1,0 +1,84 @@
+"""pgqueuer on PostgreSQL (fsync on, its tables logged: durable as installed). The client
+enqueues through pgqueuer's synchronous driver on one psycopg connection; it waits with
+pgqueuer's CompletionWatcher (LISTEN/NOTIFY) on an event loop in a thread of its own, its
+debounce cut from 50 ms to 1 ms so the round trip is not the debounce."""
+from __future__ import annotations
+
+import asyncio
+import threading
+from datetime import timedelta
+from typing import Any, Sequence
+
+import psycopg
+from pgqueuer import PgQueuer
+from pgqueuer.adapters.drivers.psycopg import PsycopgDriver, SyncPsycopgDriver
+from pgqueuer.adapters.persistence.queries import Queries, SyncQueries
+from pgqueuer.core.completion import CompletionWatcher
+from pgqueuer.models import Job
+
+from sys_base import BIN, BROKER_URL, TIMEOUT_S, Base
+from workload import poll_until
+
+
+async def create_pgqueuer() -> PgQueuer:
+    """The worker's factory (``pgq run sys_pgqueuer:create_pgqueuer``)."""
+    conn = await psycopg.AsyncConnection.connect(BROKER_URL, autocommit=True)
+    pgq = PgQueuer(PsycopgDriver(conn))
+
+    @pgq.entrypoint("noop")
+    async def noop(job: Job) -> None:
+        return None
+
+    return pgq
+
+
+class Adapter(Base):
+    has_bulk = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, daemon=True, name="pgqueuer-waits").start()
+        self.call(self._open_watcher())
+        self.conn = psycopg.connect(BROKER_URL, autocommit=True)
+        self.queries = SyncQueries(SyncPsycopgDriver(self.conn))
+
+    def call(self, coro: Any, timeout_s: float = TIMEOUT_S) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
+
+    async def _open_watcher(self) -> None:
+        self.aconn = await psycopg.AsyncConnection.connect(BROKER_URL, autocommit=True)
+        driver = PsycopgDriver(self.aconn)
+        queries = Queries(driver)
+        if not await queries.schema_is_installed():
+            await queries.install()
+        self.watcher = CompletionWatcher(driver, queries=queries, debounce=timedelta(milliseconds=1))
+        await self.watcher.__aenter__()
+
+    def worker_args(self) -> list[str]:
+        return [str(BIN / "pgq"), "run", "sys_pgqueuer:create_pgqueuer"]
+
+    def enqueue(self, i: int) -> Any:
+        return self.queries.enqueue("noop", str(i).encode())[0]
+
+    def enqueue_bulk(self, start: int, count: int) -> list[Any]:
+        return self.queries.enqueue(["noop"] * count, [str(i).encode() for i in range(start, start + count)],
+                                    [0] * count)
+
+    def wait(self, handle: Any) -> None:
+        status = self.call(self.watcher.wait_for(handle))
+        if status != "successful":
+            raise RuntimeError(f"pgqueuer job {handle}: {status}")
+
+    def wait_all(self, handles: Sequence[Any]) -> None:
+        poll_until(lambda: sum(s.count for s in self.queries.queue_size()) == 0, "pgqueuer's queue to drain")
+
+    def reset(self) -> None:
+        self.conn.execute("delete from pgqueuer")
+
+    def close(self) -> None:
+        super().close()
+        self.call(self.watcher.__aexit__(None, None, None))
+        self.call(self.aconn.close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.conn.close()
