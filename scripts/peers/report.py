@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 BENCHMARKS = ROOT / "BENCHMARKS.md"
 BEGIN, END = "<!-- peers:begin -->", "<!-- peers:end -->"
 PACKAGES = ("shoal", "pyzmq", "lmdb", "celery", "kombu", "redis", "rq", "dramatiq", "pika", "huey", "taskito",
-            "pgqueuer", "psycopg")
+            "pgqueuer", "psycopg", "asyncpg")
 # (figure key, column title, a rate (higher is better) or a latency)
 COLUMNS = [("seq_jobs_s", "sequential enqueue, jobs/s", True),
            ("threads_jobs_s", "16 threads, one client, jobs/s", True),

@@ -80,7 +80,7 @@ VARIANTS = [
             results="redis-aof", durable=True),
     Variant("huey-redis", "Huey / Redis", "sys_huey", "redis", REDIS),
     Variant("huey-redis-aof", "Huey / Redis AOF", "sys_huey", "redis-aof", AOF, durable=True),
-    Variant("taskito-sqlite", "taskito / SQLite", "sys_taskito", None, "SQLite file as taskito ships it"),
+    Variant("taskito-sqlite", "taskito / SQLite", "sys_taskito", None, "SQLite as taskito ships it: WAL, `synchronous = NORMAL` (no fsync per commit)"),
     Variant("pgqueuer-postgres", "pgqueuer / PostgreSQL", "sys_pgqueuer", "postgres",
             "PostgreSQL `fsync = on`, `synchronous_commit = on`", durable=True),
 ]

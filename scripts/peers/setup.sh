@@ -63,7 +63,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q \
-  "celery[redis]" rq "dramatiq[redis,rabbitmq]" huey taskito "pgqueuer[psycopg]" "psycopg[binary]" \
+  "celery[redis]" rq "dramatiq[redis,rabbitmq]" huey taskito "pgqueuer[psycopg]" "psycopg[binary]" asyncpg \
   redis pika
 "$VENV/bin/python" -m pip install -q -e "$ROOT"
 "$VENV/bin/python" - <<'PY'
