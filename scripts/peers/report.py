@@ -87,6 +87,29 @@ def table(variants: list[Any], results: dict[str, dict[str, Any]], floor: dict[s
     return rows
 
 
+def summary(variants: list[Any], results: dict[str, dict[str, Any]], floor: dict[str, float]) -> list[str]:
+    """The ten-second view: per measure, Shoal, the best durable peer, the best non-durable peer."""
+    shoal = results.get("shoal", {}).get("median", {})
+    rows = ["| measure | Shoal | best durable peer | best non-durable peer |", "|---|---:|---|---|"]
+    for key, title, rate in COLUMNS:
+        best = []
+        for durable in (True, False):
+            peers = [(results[v.name]["median"][key], v.label) for v in variants
+                     if v.name != "shoal" and v.durable == durable and key in results[v.name]["median"]]
+            if not peers:
+                best.append("n/a")
+                continue
+            value, label = max(peers) if rate else min(peers)
+            ratio = ""
+            if key in shoal and value:
+                ratio = f" (Shoal {shoal[key] / value if rate else value / shoal[key]:.2f} ×)"
+            best.append(f"{label}: {_num(value, rate)}{ratio}")
+        rows.append(f"| {title} | {_num(shoal[key], rate) if key in shoal else 'n/a'} | {best[0]} | {best[1]} |")
+    of_floor = f" (Shoal {shoal['seq_jobs_s'] / floor['floor_seq_jobs_s']:.2f} × it)" if "seq_jobs_s" in shoal else ""
+    rows.append(f"| floor of a sequential durable enqueue, jobs/s | {floor['floor_seq_jobs_s']:,.0f}{of_floor} | | |")
+    return rows
+
+
 def render(variants: list[Any], results: dict[str, dict[str, Any]], floor: dict[str, float], info: dict[str, Any],
            p: dict[str, Any], repeat: int) -> str:
     """The whole section: how it was run, the table, what the columns and ratios mean, the versions."""
@@ -103,16 +126,20 @@ def render(variants: list[Any], results: dict[str, dict[str, Any]], floor: dict[
         f"{load1[2]:.2f} at the end; data under `{info['tmp']}` on `{info['disk']}` (df -hT). "
         f"Python {info['python']}.",
         "",
+        *summary(variants, results, floor),
+        "",
         *table(variants, results, floor),
         "",
-        f"Same no-op task, one client process, one worker process ({p['concurrency']} threads or slots; RQ's "
-        f"default worker forks per job, one at a time). Sequential enqueue n={p['seq_n']:,}; 16 threads × "
+        f"Same no-op task, one client process, one worker process ({p['concurrency']} threads or slots "
+        f"where it has them). Sequential enqueue n={p['seq_n']:,}; 16 threads × "
         f"{p['per_thread']:,} on one client; bulk {p['bulk_total']:,} in calls of {p['bulk_batch']:,} (n/a: no "
         f"bulk call); end to end: {p['e2e_n']:,} jobs enqueued one at a time, clock stopped when all have run; "
         f"round trip: enqueue then wait for the result, n={p['rt_samples']:,}. Enqueue phases run with no worker. "
         "In brackets: Shoal ÷ peer for rates, peer ÷ Shoal for latencies, so above 1 means Shoal is ahead. "
-        "The floor is one sequential durable enqueue with nothing but its two costs: "
-        f"Shoal's sequential enqueue is {shoal.get('seq_jobs_s', 0) / floor['floor_seq_jobs_s']:.2f} × it.",
+        "The floor is one sequential durable enqueue with nothing but its two costs: one raw pyzmq DEALER/ROUTER "
+        "round trip between two processes and one synced LMDB commit of a job record and its log entry.",
+        "",
+        *dict.fromkeys(f"- {v.label.split(' / ')[0]}: {v.note}" for v in variants if v.note),
         "",
         "Servers (Debian packages, started by the script on 127.0.0.1): "
         + ("; ".join(f"{k}: {v}" for k, v in sorted(info.get("servers", {}).items())) or "none in this run") + ".",

@@ -61,9 +61,12 @@ class Variant:
     durability: str
     results: str | None = None  # a Redis for results when the broker is not one
     durable: bool = False
+    note: str = ""  # what a reader needs to read its figures right
 
 
 REDIS = "none: Redis defaults (RDB snapshots), an acked job can be lost"
+RQ_NOTE = "its default worker forks a child per job and runs one job at a time"
+HUEY_NOTE = "`notify_result=True`: a waiting caller blocks on BLPOP instead of polling with back-off"
 AOF = "Redis `appendonly yes`, `appendfsync always`"
 RABBIT = "RabbitMQ durable queue, persistent messages, publisher confirms"
 VARIANTS = [
@@ -72,17 +75,22 @@ VARIANTS = [
     Variant("celery-redis-aof", "Celery / Redis AOF", "sys_celery", "redis-aof", AOF, durable=True),
     Variant("celery-rabbitmq", "Celery / RabbitMQ", "sys_celery", "rabbitmq", RABBIT + "; results in Redis AOF",
             results="redis-aof", durable=True),
-    Variant("rq-redis", "RQ / Redis", "sys_rq", "redis", REDIS),
-    Variant("rq-redis-aof", "RQ / Redis AOF", "sys_rq", "redis-aof", AOF, durable=True),
+    Variant("rq-redis", "RQ / Redis", "sys_rq", "redis", REDIS, note=RQ_NOTE),
+    Variant("rq-redis-aof", "RQ / Redis AOF", "sys_rq", "redis-aof", AOF, durable=True, note=RQ_NOTE),
     Variant("dramatiq-redis", "Dramatiq / Redis", "sys_dramatiq", "redis", REDIS),
     Variant("dramatiq-redis-aof", "Dramatiq / Redis AOF", "sys_dramatiq", "redis-aof", AOF, durable=True),
     Variant("dramatiq-rabbitmq", "Dramatiq / RabbitMQ", "sys_dramatiq", "rabbitmq", RABBIT + "; results in Redis AOF",
             results="redis-aof", durable=True),
-    Variant("huey-redis", "Huey / Redis", "sys_huey", "redis", REDIS),
-    Variant("huey-redis-aof", "Huey / Redis AOF", "sys_huey", "redis-aof", AOF, durable=True),
-    Variant("taskito-sqlite", "taskito / SQLite", "sys_taskito", None, "SQLite as taskito ships it: WAL, `synchronous = NORMAL` (no fsync per commit)"),
+    Variant("huey-redis", "Huey / Redis", "sys_huey", "redis", REDIS, note=HUEY_NOTE),
+    Variant("huey-redis-aof", "Huey / Redis AOF", "sys_huey", "redis-aof", AOF, durable=True, note=HUEY_NOTE),
+    Variant("taskito-sqlite", "taskito / SQLite", "sys_taskito", None,
+            "SQLite as taskito ships it: WAL, `synchronous = NORMAL` (no fsync per commit)",
+            note="its worker looks for new jobs every 50 ms (`scheduler_poll_interval_ms`, default); "
+                 "`result()` polled every 1 ms"),
     Variant("pgqueuer-postgres", "pgqueuer / PostgreSQL", "sys_pgqueuer", "postgres",
-            "PostgreSQL `fsync = on`, `synchronous_commit = on`", durable=True),
+            "PostgreSQL `fsync = on`, `synchronous_commit = on`", durable=True,
+            note="its worker buffers completions and writes them every 0.1 s (default); waits by its "
+                 "CompletionWatcher (LISTEN/NOTIFY, debounce 1 ms)"),
 ]
 
 
@@ -212,6 +220,7 @@ def main(argv: list[str]) -> int:
     floors: list[dict[str, float]] = []
     started = time.monotonic()
     signal.signal(signal.SIGTERM, _interrupted)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored (`&`)
     try:
         for n in range(repeat):
             progress(f"run {n + 1} of {repeat}")
