@@ -12,6 +12,7 @@ import json
 import signal
 import sys
 import traceback
+from pathlib import Path
 from typing import Any, NoReturn
 
 from workload import run_phases
@@ -37,8 +38,8 @@ def main(argv: list[str]) -> int:
         figures = run_phases(adapter, params, phases)
     except Exception as exc:  # reported in the table, with the line it came from
         where = traceback.extract_tb(exc.__traceback__)[-1]
-        print(json.dumps({"error": f"{type(exc).__name__}: {exc} ({where.filename.rsplit('/', 1)[-1]}:{where.lineno})"}),
-              flush=True)
+        origin = f"{Path(where.filename).name}:{where.lineno}"
+        print(json.dumps({"error": f"{type(exc).__name__}: {exc} ({origin})"}), flush=True)
         traceback.print_exc()
         return 1
     finally:

@@ -80,10 +80,12 @@ def table(variants: list[Any], results: dict[str, dict[str, Any]], floor: dict[s
             rows.append(f"| {v.label} | {durable} | {v.durability} | FAILED: {reason} |" + " |" * (len(COLUMNS) - 1))
             continue
         cells = [_cell(fig, shoal, key, rate, v.name == "shoal") for key, _, rate in COLUMNS]
-        label = v.label if res["ok"] == res["runs"] else f"{v.label} ({res['runs'] - res['ok']} of {res['runs']} runs failed)"
+        failed = res["runs"] - res["ok"]
+        label = f"{v.label} ({failed} of {res['runs']} runs failed)" if failed else v.label
         rows.append(f"| {label} | {durable} | {v.durability} | " + " | ".join(cells) + " |")
     rows.append(f"| floor: 1 raw zmq round trip + 1 synced LMDB commit | | {floor['zmq_rt_p50_ms']:.3f} + "
-                f"{floor['lmdb_commit_p50_ms']:.3f} ms p50 | {floor['floor_seq_jobs_s']:,.0f} |" + " |" * (len(COLUMNS) - 1))
+                f"{floor['lmdb_commit_p50_ms']:.3f} ms p50 | {floor['floor_seq_jobs_s']:,.0f} |"
+                + " |" * (len(COLUMNS) - 1))
     return rows
 
 

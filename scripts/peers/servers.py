@@ -59,6 +59,14 @@ def stop_group(proc: "subprocess.Popen[bytes]", timeout_s: float = 20.0) -> None
         proc.wait(10)
 
 
+def log_tail(path: Path, lines: int = 8) -> str:
+    """The last lines of a log, on one line: what a failure message ends with."""
+    try:
+        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
 class ServerError(RuntimeError):
     """A server could not be started; the message says why (and ends with its log)."""
 
@@ -93,11 +101,8 @@ class Server:
             time.sleep(0.1)
         raise ServerError(f"{self.name} not ready after {timeout_s:.0f}s: {self.tail()}")
 
-    def tail(self, lines: int = 8) -> str:
-        try:
-            return " | ".join(self.log.read_text(errors="replace").strip().splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+    def tail(self) -> str:
+        return log_tail(self.log)
 
     def stop(self) -> None:
         """SIGTERM the server's process group, SIGKILL what is left after 20 s; then its helpers."""
@@ -171,7 +176,8 @@ class RabbitMQ(Server):
         env.update({
             "RABBITMQ_NODENAME": f"peers{self.port}@localhost", "RABBITMQ_NODE_IP_ADDRESS": LOOPBACK,
             "RABBITMQ_NODE_PORT": str(self.port), "RABBITMQ_DIST_PORT": str(dist_port),
-            "RABBITMQ_CONFIG_FILE": str(conf.with_suffix("")), "RABBITMQ_CONF_ENV_FILE": str(self.dir / "rabbitmq-env.conf"),
+            "RABBITMQ_CONFIG_FILE": str(conf.with_suffix("")),  # the server adds .conf
+            "RABBITMQ_CONF_ENV_FILE": str(self.dir / "rabbitmq-env.conf"),
             "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.dir / "enabled_plugins"),
             "RABBITMQ_MNESIA_BASE": str(self.dir / "mnesia"), "RABBITMQ_LOG_BASE": str(self.dir / "log"),
             "RABBITMQ_PID_FILE": str(self.dir / "rabbitmq.pid"), "RABBITMQ_LOGS": "-",

@@ -18,8 +18,8 @@ import threading
 from pathlib import Path
 from typing import Any, Sequence
 
-from servers import spawn, stop_group
-from workload import wait_each
+from servers import log_tail, spawn, stop_group
+from workload import BenchClient, wait_each
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent  # the peers venv's console scripts (celery, rq, dramatiq, ...)
@@ -47,6 +47,9 @@ class Base:
 
     def worker_args(self) -> list[str]:
         raise NotImplementedError
+
+    def as_client(self) -> BenchClient:
+        return BenchClient(self)
 
     def start_worker(self) -> None:
         """Start the worker, then run one job through it: it takes jobs once that job has run."""
@@ -77,11 +80,8 @@ class Base:
     def after_probe(self) -> None:
         """Hook: a counter-based ``wait_all`` takes its base here."""
 
-    def worker_tail(self, lines: int = 6) -> str:
-        try:
-            return " | ".join(self.worker_log.read_text(errors="replace").strip().splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+    def worker_tail(self) -> str:
+        return log_tail(self.worker_log, 6)
 
     def stop_worker(self) -> None:
         if self.worker is not None:
@@ -91,7 +91,7 @@ class Base:
     def enqueue(self, i: int) -> Any:
         raise NotImplementedError
 
-    def enqueue_bulk(self, start: int, count: int) -> list[Any]:
+    def enqueue_bulk(self, items: list[int]) -> list[Any]:
         raise NotImplementedError(f"{type(self).__name__} has no bulk enqueue")
 
     def wait(self, handle: Any) -> None:

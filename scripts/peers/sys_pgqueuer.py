@@ -70,15 +70,14 @@ class Adapter(Base):
     def worker_args(self) -> list[str]:
         # pgqueuer's own ``supervisor.run``, with ``pgq run``'s defaults: that CLI fails to parse
         # its --log-level with the typer pip brings (AttributeError: 'str' has no 'name')
-        return [sys.executable, "-c", "import asyncio, sys_pgqueuer as m; from pgqueuer.adapters.cli import supervisor; "
-                "asyncio.run(supervisor.run(m.create_pgqueuer))"]
+        return [sys.executable, "-c", "import asyncio, sys_pgqueuer as m; "
+                "from pgqueuer.adapters.cli import supervisor; asyncio.run(supervisor.run(m.create_pgqueuer))"]
 
     def enqueue(self, i: int) -> Any:
         return self.queries.enqueue("noop", str(i).encode())[0]
 
-    def enqueue_bulk(self, start: int, count: int) -> list[Any]:
-        return self.queries.enqueue(["noop"] * count, [str(i).encode() for i in range(start, start + count)],
-                                    [0] * count)
+    def enqueue_bulk(self, items: list[int]) -> list[Any]:
+        return self.queries.enqueue(["noop"] * len(items), [str(i).encode() for i in items], [0] * len(items))
 
     def wait(self, handle: Any) -> None:
         status = self.call(self._wait(handle))

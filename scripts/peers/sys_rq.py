@@ -31,8 +31,8 @@ class Adapter(Base):
     def enqueue(self, i: int) -> Job:
         return self.queue.enqueue(noop, i)
 
-    def enqueue_bulk(self, start: int, count: int) -> list[Any]:
-        return self.queue.enqueue_many([Queue.prepare_data(noop, (i,)) for i in range(start, start + count)])
+    def enqueue_bulk(self, items: list[int]) -> list[Any]:
+        return self.queue.enqueue_many([Queue.prepare_data(noop, (i,)) for i in items])
 
     def wait(self, handle: Job) -> None:
         result = handle.latest_result(timeout=TIMEOUT_S)  # blocks on the job's result stream

@@ -26,6 +26,9 @@ class Adapter(Base):
         self.cluster.start_broker()
         self.client = self.cluster.client()
 
+    def as_client(self) -> Any:
+        return self.client  # bench.py's loops on Shoal's own Client, exactly as bench.py runs them
+
     def start_worker(self) -> None:
         assert self.cluster is not None
         self.cluster.start_worker("bench", CONCURRENCY)
@@ -39,8 +42,8 @@ class Adapter(Base):
     def enqueue(self, i: int) -> str:
         return self.client.enqueue("noop", {"i": i}, group="bench")
 
-    def enqueue_bulk(self, start: int, count: int) -> list[Any]:
-        return self.client.enqueue_many("noop", [{"i": i} for i in range(start, start + count)], group="bench")
+    def enqueue_bulk(self, items: list[int]) -> list[Any]:
+        return self.client.enqueue_many("noop", [{"i": i} for i in items], group="bench")
 
     def wait(self, handle: str) -> None:
         wait_final(self.client, handle)

@@ -28,8 +28,8 @@ class Adapter(Base):
     def enqueue(self, i: int) -> JobResult:
         return noop.delay(i)
 
-    def enqueue_bulk(self, start: int, count: int) -> list[Any]:
-        return queue.enqueue_many(noop.name, [(i,) for i in range(start, start + count)])
+    def enqueue_bulk(self, items: list[int]) -> list[Any]:
+        return queue.enqueue_many(noop.name, [(i,) for i in items])
 
     def wait(self, handle: JobResult) -> None:
         handle.result(timeout=TIMEOUT_S, poll_interval=0.001, max_poll_interval=0.001)

@@ -6,13 +6,14 @@ enqueue in batches of 1,000 (where the system has a bulk call), end to end with 
 sequential producer (enqueue N one at a time, then wait until all ran), and the enqueue
 then wait round trip. The enqueue phases run with no worker, so the worker's CPU does not
 compete with the client's on a small machine; each phase starts from an empty queue.
+The three enqueue phases are ``scripts/bench.py``'s own loops (``enqueue_one_thread``,
+``enqueue_threads``, ``enqueue_batches``), so Shoal is timed here exactly as there.
 """
 from __future__ import annotations
 
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
@@ -20,7 +21,8 @@ from typing import Any, Callable, Protocol, Sequence
 SCRIPTS = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(SCRIPTS))  # scripts/bench.py: Shoal's own benchmark helpers, reused
 
-from bench import percentile, progress, timed_ms, wait_until, zmq_roundtrip_ms  # noqa: E402
+from bench import (enqueue_batches, enqueue_one_thread, enqueue_threads, percentile, progress,  # noqa: E402
+                   timed_ms, wait_until, zmq_roundtrip_ms)
 
 
 class Adapter(Protocol):
@@ -40,8 +42,11 @@ class Adapter(Protocol):
     def enqueue(self, i: int) -> Any:
         """Enqueue the no-op task with payload ``i``; return what ``wait`` takes."""
 
-    def enqueue_bulk(self, start: int, count: int) -> list[Any]:
-        """Enqueue ``count`` no-op tasks in one bulk call."""
+    def enqueue_bulk(self, items: list[int]) -> list[Any]:
+        """Enqueue a no-op task for each of ``items`` in one bulk call."""
+
+    def as_client(self) -> Any:
+        """What ``bench.py``'s enqueue loops call ``enqueue``/``enqueue_many`` on (a ``BenchClient``)."""
 
     def wait(self, handle: Any) -> None:
         """Block until the job has run (its result is stored)."""
@@ -59,46 +64,18 @@ def wait_each(adapter: Adapter, handles: Sequence[Any]) -> None:
         adapter.wait(handle)
 
 
-def sequential(adapter: Adapter, n: int) -> float:
-    """Jobs per second of ``n`` enqueues in a row from one thread."""
-    t0 = time.perf_counter()
-    for i in range(n):
-        adapter.enqueue(i)
-    return n / (time.perf_counter() - t0)
+class BenchClient:
+    """Lets ``scripts/bench.py``'s enqueue loops drive any adapter: the same loops, the same calls
+    (Shoal's adapter hands them its real ``Client`` instead)."""
 
+    def __init__(self, adapter: Adapter) -> None:
+        self.adapter = adapter
 
-def threaded(adapter: Adapter, threads: int, per_thread: int) -> float:
-    """Jobs per second of enqueues from ``threads`` threads sharing the one client."""
-    start = threading.Barrier(threads + 1)
-    errors: list[BaseException] = []
+    def enqueue(self, workflow: str, payload: dict[str, int], group: str | None = None) -> Any:
+        return self.adapter.enqueue(payload["i"])
 
-    def run() -> None:
-        start.wait()
-        try:
-            for i in range(per_thread):
-                adapter.enqueue(i)
-        except BaseException as exc:  # raised below, after the clock stops
-            errors.append(exc)
-
-    pool = [threading.Thread(target=run) for _ in range(threads)]
-    for t in pool:
-        t.start()
-    start.wait()
-    t0 = time.perf_counter()
-    for t in pool:
-        t.join()
-    elapsed = time.perf_counter() - t0
-    if errors:
-        raise errors[0]
-    return threads * per_thread / elapsed
-
-
-def bulk(adapter: Adapter, total: int, batch: int) -> float:
-    """Jobs per second of bulk enqueues of ``batch`` jobs (client-side encoding included)."""
-    t0 = time.perf_counter()
-    for start in range(0, total, batch):
-        adapter.enqueue_bulk(start, min(batch, total - start))
-    return total / (time.perf_counter() - t0)
+    def enqueue_many(self, workflow: str, payloads: list[dict[str, int]], group: str | None = None) -> list[Any]:
+        return self.adapter.enqueue_bulk([p["i"] for p in payloads])
 
 
 def end_to_end(adapter: Adapter, n: int) -> float:
@@ -121,15 +98,15 @@ def run_phases(adapter: Adapter, p: dict[str, Any], only_phases: set[str] | None
     if wanted("seq"):
         adapter.reset()
         progress(f"  sequential enqueue x{p['seq_n']}")
-        fig["seq_jobs_s"] = sequential(adapter, p["seq_n"])
+        fig["seq_jobs_s"] = enqueue_one_thread(adapter.as_client(), p["seq_n"])
     if wanted("threads"):
         adapter.reset()
         progress(f"  {p['threads']} threads x{p['per_thread']}, one client")
-        fig["threads_jobs_s"] = threaded(adapter, p["threads"], p["per_thread"])
+        fig["threads_jobs_s"] = enqueue_threads(adapter.as_client(), p["threads"], p["per_thread"])
     if wanted("bulk") and adapter.has_bulk:
         adapter.reset()
         progress(f"  bulk enqueue {p['bulk_total']} in batches of {p['bulk_batch']}")
-        fig["bulk_jobs_s"] = bulk(adapter, p["bulk_total"], p["bulk_batch"])
+        fig["bulk_jobs_s"] = enqueue_batches(adapter.as_client(), p["bulk_total"], p["bulk_batch"])
     if wanted("e2e") or wanted("rt"):
         adapter.reset()
         adapter.start_worker()
