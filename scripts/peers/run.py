@@ -65,24 +65,30 @@ class Variant:
 
 
 REDIS = "none: Redis defaults (RDB snapshots), an acked job can be lost"
-RQ_NOTE = "its default worker forks a child per job and runs one job at a time"
-HUEY_NOTE = "`notify_result=True`: a waiting caller blocks on BLPOP instead of polling with back-off"
 AOF = "Redis `appendonly yes`, `appendfsync always`"
-RABBIT = "RabbitMQ durable queue, persistent messages, publisher confirms"
+RABBIT = "RabbitMQ durable queue, persistent messages, publisher confirms; results in Redis AOF"
+
+
+def on_redis(system: str, label: str, note: str = "") -> list[Variant]:
+    """A system on Redis as shipped, then on Redis with every write fsynced."""
+    return [Variant(f"{system}-redis", f"{label} / Redis", f"sys_{system}", "redis", REDIS, note=note),
+            Variant(f"{system}-redis-aof", f"{label} / Redis AOF", f"sys_{system}", "redis-aof", AOF, durable=True,
+                    note=note)]
+
+
+def on_rabbitmq(system: str, label: str) -> Variant:
+    return Variant(f"{system}-rabbitmq", f"{label} / RabbitMQ", f"sys_{system}", "rabbitmq", RABBIT,
+                   results="redis-aof", durable=True)
+
+
 VARIANTS = [
     Variant("shoal", "Shoal", "sys_shoal", None, "LMDB, synced commit before the ack", durable=True),
-    Variant("celery-redis", "Celery / Redis", "sys_celery", "redis", REDIS),
-    Variant("celery-redis-aof", "Celery / Redis AOF", "sys_celery", "redis-aof", AOF, durable=True),
-    Variant("celery-rabbitmq", "Celery / RabbitMQ", "sys_celery", "rabbitmq", RABBIT + "; results in Redis AOF",
-            results="redis-aof", durable=True),
-    Variant("rq-redis", "RQ / Redis", "sys_rq", "redis", REDIS, note=RQ_NOTE),
-    Variant("rq-redis-aof", "RQ / Redis AOF", "sys_rq", "redis-aof", AOF, durable=True, note=RQ_NOTE),
-    Variant("dramatiq-redis", "Dramatiq / Redis", "sys_dramatiq", "redis", REDIS),
-    Variant("dramatiq-redis-aof", "Dramatiq / Redis AOF", "sys_dramatiq", "redis-aof", AOF, durable=True),
-    Variant("dramatiq-rabbitmq", "Dramatiq / RabbitMQ", "sys_dramatiq", "rabbitmq", RABBIT + "; results in Redis AOF",
-            results="redis-aof", durable=True),
-    Variant("huey-redis", "Huey / Redis", "sys_huey", "redis", REDIS, note=HUEY_NOTE),
-    Variant("huey-redis-aof", "Huey / Redis AOF", "sys_huey", "redis-aof", AOF, durable=True, note=HUEY_NOTE),
+    *on_redis("celery", "Celery"),
+    on_rabbitmq("celery", "Celery"),
+    *on_redis("rq", "RQ", note="its default worker forks a child per job and runs one job at a time"),
+    *on_redis("dramatiq", "Dramatiq"),
+    on_rabbitmq("dramatiq", "Dramatiq"),
+    *on_redis("huey", "Huey", note="`notify_result=True`: a waiting caller blocks on BLPOP instead of polling"),
     Variant("taskito-sqlite", "taskito / SQLite", "sys_taskito", None,
             "SQLite as taskito ships it: WAL, `synchronous = NORMAL` (no fsync per commit)",
             note="its worker looks for new jobs every 50 ms (`scheduler_poll_interval_ms`, default); "
