@@ -39,8 +39,8 @@ stop_services() {
       update-rc.d "$s" disable >/dev/null 2>&1 || true
     fi
   done
-  # The package's own epmd (started by a packaged rabbitmq node) is not ours either.
-  if command -v epmd >/dev/null 2>&1; then epmd -kill >/dev/null 2>&1 || true; fi
+  # (an epmd left by a packaged node that did start is not killed here: it may not be ours;
+  # run.py never uses the default epmd port, it starts its own epmd on loopback)
 }
 
 if [ "$APT" = 1 ]; then
