@@ -179,9 +179,14 @@ class Runner:
 def select(only: str | None) -> list[Variant]:
     if not only:
         return VARIANTS
+    names = {v.name for v in VARIANTS}
     wanted = [w.strip() for w in only.split(",") if w.strip()]
-    chosen = [v for v in VARIANTS if any(v.name == w or v.name.startswith(w + "-") for w in wanted)]
-    unknown = [w for w in wanted if not any(v.name == w or v.name.startswith(w + "-") for v in VARIANTS)]
+
+    def matches(v: Variant, w: str) -> bool:  # a full name is itself; anything else is a prefix
+        return v.name == w or (w not in names and v.name.startswith(w + "-"))
+
+    chosen = [v for v in VARIANTS if any(matches(v, w) for w in wanted)]
+    unknown = [w for w in wanted if not any(matches(v, w) for v in VARIANTS)]
     if unknown:
         sys.exit(f"run.py: unknown --only {', '.join(unknown)}; names: {', '.join(v.name for v in VARIANTS)}")
     return chosen
