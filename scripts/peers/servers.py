@@ -173,6 +173,9 @@ class RabbitMQ(Server):
         conf.write_text(f"listeners.tcp.default = {LOOPBACK}:{self.port}\n")
         (self.dir / "enabled_plugins").write_text("[].\n")
         (self.dir / "rabbitmq-env.conf").write_text("")
+        # names from the hosts file only: the node never asks a DNS server anything
+        (self.dir / "inetrc").write_text('{lookup, [file]}.\n{host, {127,0,0,1}, ["localhost"]}.\n')
+        env["ERL_INETRC"] = str(self.dir / "inetrc")
         env.update({
             "RABBITMQ_NODENAME": f"peers{self.port}@localhost", "RABBITMQ_NODE_IP_ADDRESS": LOOPBACK,
             "RABBITMQ_NODE_PORT": str(self.port), "RABBITMQ_DIST_PORT": str(dist_port),
