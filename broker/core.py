@@ -598,19 +598,28 @@ class BrokerCore:
 
         Enqueues stop at half of max_size (or at min_free_disk) so that what is queued can
         finish; a handler returning big values can still outgrow that room. Past these harder
-        limits the result is refused (the job fails the attempt and is retried or buried with
-        this reason) instead of its commit failing, which would throw away the whole pass."""
+        limits the result is not stored now (the worker keeps it and sends it again, see
+        ``DEFER``) instead of its commit failing, which would throw away the whole pass."""
         need = 3 * value_bytes  # in the record, in the log entry, and page overhead
         cap = self.settings.broker.max_size_mb * 1024 * 1024
         if cap and self.storage_used + need > cap * self.RESULT_LIMIT:
             return (f"storage full: a result of {value_bytes:,} bytes does not fit in what is left of "
-                    f"max_size {cap // 2**20} MiB ({self.storage_used // 2**20} MiB used); retried later")
+                    f"max_size {cap // 2**20} MiB ({self.storage_used // 2**20} MiB used)")
         reserve = self.settings.broker.min_free_disk_mb * 1024 * 1024
         if self.storage_room - need < reserve // 2:
             return (f"storage full: a result of {value_bytes:,} bytes would leave the disk under "
-                    f"{self.store.path} below half of min_free_disk ({reserve // 2**20} MiB); retried later")
-        self.storage_used += 2 * value_bytes  # until the next measurement
-        self.storage_room -= 2 * value_bytes
+                    f"{self.store.path} below half of min_free_disk ({reserve // 2**20} MiB)")
+        self.storage_used += need  # until the next measurement
+        self.storage_room -= need
+        return None
+
+    def result_never_fits(self, value_bytes: int) -> str | None:
+        """Why a result is too big for this broker even with an empty store (a handler's fault,
+        not a passing shortage: waiting for room would wait forever), or None."""
+        cap = self.settings.broker.max_size_mb * 1024 * 1024
+        if cap and 3 * value_bytes > cap * self.RESULT_LIMIT * self.STORAGE_HEADROOM:
+            return (f"storage full: a result of {value_bytes:,} bytes can never fit under max_size "
+                    f"{cap // 2**20} MiB; return less, or store it elsewhere and return a reference")
         return None
 
     def storage_refusal(self, incoming_bytes: int) -> str | None:

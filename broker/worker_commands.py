@@ -206,6 +206,11 @@ class WorkerCommands(BrokerCore):
                 job.value = result.value
                 self.cancel_running_done(job)
                 continue
+            too_big = self.result_never_fits(len(result.value))
+            if too_big:  # no amount of waiting makes it fit: the attempt fails (retried, then dead)
+                self._settle(identity, job)
+                self._failed_attempt(job, J.KIND_STORAGE_FULL, too_big, None, duration_ms=0)
+                continue
             no_room = self.result_refusal(len(result.value))
             if no_room:  # the broker's storage trouble, not the job's: it stays running, the worker keeps it
                 deferred.append([result.id, result.token])

@@ -259,3 +259,20 @@ def test_cancelling_a_running_async_handler_ends_its_run_at_once(cluster_factory
     assert client.wait(job_id, timeout=20).status == "cancelled"
     echoed = client.wait(client.enqueue("stuck-echo", {}), timeout=20)
     assert echoed.value["pid"] == worker.pid  # an async run is cancelled in place: no replacement
+
+
+def test_outcomes_sent_while_the_broker_was_frozen_are_re_sent_however_long_the_freeze() -> None:
+    box = Outbox(horizon_s=10, quiet_s=2)
+    box.heard(100)                      # the broker answered last at 100, then froze
+    box.sent([_done(b"a")], now=100.5)
+    assert [o.job_id for o in box.to_resend(now=130)] == [b"a"]  # 30 s later, past the horizon from now
+
+
+def test_a_re_send_of_many_big_results_is_split_under_the_message_limit() -> None:
+    from shoal.worker.outbox import BATCH_BYTES, encode_outcomes
+
+    big = [Outcome(bytes([n]) * 16, 1, True, value=b"v" * (1 << 20), workflow="w") for n in range(20)]
+    messages = encode_outcomes(big)
+    assert len(messages) > 1 and all(len(m[2]) < 2 * BATCH_BYTES for m in messages)
+    sent = [r[0] for m in messages for r in P.decode(m)[1]["results"]]
+    assert sent == [o.job_id for o in big]

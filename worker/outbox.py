@@ -26,17 +26,38 @@ MAX_RECENT = 10_000
 NEVER = float("inf")
 
 
+BATCH_BYTES = 4 << 20  # a DONE or FAIL carries at most about this much: a re-send of many big
+                       # results after a reconnect must stay under the broker's message limit
+
+
+def _batches(entries: list[Any], size_of: Any) -> list[list[Any]]:
+    out: list[list[Any]] = []
+    batch: list[Any] = []
+    total = 0
+    for entry in entries:
+        size = size_of(entry)
+        if batch and total + size > BATCH_BYTES:
+            out.append(batch)
+            batch, total = [], 0
+        batch.append(entry)
+        total += size
+    if batch:
+        out.append(batch)
+    return out
+
+
 def encode_outcomes(outcomes: list[Outcome]) -> list[list[bytes]]:
-    """The messages that report ``outcomes``: one DONE, one FAIL, one SUSPEND per suspension."""
+    """The messages that report ``outcomes``: DONEs and FAILs of at most ``BATCH_BYTES`` each,
+    one SUSPEND per suspension."""
     done = [[o.job_id, o.token, o.value, o.duration_ms] for o in outcomes if o.ok]
     failed = [{"id": o.job_id, "token": o.token, "kind": o.kind, "error": o.error,
                "traceback": o.traceback, "duration_ms": o.duration_ms}
               for o in outcomes if not o.ok and o.kind not in (KIND_SUSPEND, KIND_LEASE_LOST)]
     messages = []
-    if done:
-        messages.append(P.encode(P.DONE, {"results": done}))
-    if failed:
-        messages.append(P.encode(P.FAIL, {"failures": failed}))
+    for batch in _batches(done, lambda d: len(d[2]) + 64):
+        messages.append(P.encode(P.DONE, {"results": batch}))
+    for batch in _batches(failed, lambda f: len(f["error"]) + len(f["traceback"] or "") + 128):
+        messages.append(P.encode(P.FAIL, {"failures": batch}))
     for o in outcomes:
         if o.suspend is not None:
             messages.append(P.encode(P.SUSPEND, {"id": o.job_id, "token": o.token, "name": o.suspend.name,
@@ -77,6 +98,7 @@ class Outbox:
         self._recent: collections.OrderedDict[bytes, tuple[float, Outcome]] = collections.OrderedDict()
         self.held: dict[bytes, Held] = {}
         self._warned: set[bytes] = set()  # jobs whose deferral was logged (one warning per job)
+        self._heard_at = 0.0         # when the broker was last heard from (0: not yet)
 
     def sent(self, outcomes: list[Outcome], now: float) -> None:
         """Remember outcomes just sent, for a re-send after a reconnect."""
@@ -85,8 +107,14 @@ class Outbox:
             self._recent[o.job_id] = (now, o)
         self._prune(now)
 
+    def heard(self, now: float) -> None:
+        """The broker was heard from: outcomes sent well before this it surely read."""
+        self._heard_at = now
+
     def _prune(self, now: float) -> None:
-        horizon = now - self.horizon_s
+        # Measured back from the last time the broker was heard, not from now: a broker frozen
+        # longer than the horizon (SIGSTOP 15 s) must still get what was sent just before it froze.
+        horizon = min(now, self._heard_at or now) - self.horizon_s
         while self._recent and (len(self._recent) > MAX_RECENT or next(iter(self._recent.values()))[0] < horizon):
             job_id, _ = self._recent.popitem(last=False)
             if job_id not in self.held:

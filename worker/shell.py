@@ -190,6 +190,7 @@ class WorkerShell:
                     os.read(self._wake_r, 4096)
                 if self.sock in events and self._read_all():
                     self._last_heard = time.monotonic()
+                    self.outbox.heard(self._last_heard)
                     self._backoff_s = opts.heartbeat_interval_s
                 if self.refused:
                     return 2
