@@ -3,14 +3,15 @@
     from shoal import Client, workflow, Permanent
 """
 from .errors import (
-    BrokerUnreachable, ConfigError, GroupSaturated, GroupUnhealthy, PayloadError, Permanent, ProtocolError, RemoteError, ShoalError,
-    StorageFull, UnknownJob, UnknownWorkflow, WaitTimeout,
+    BrokerUnreachable, ConfigError, GroupSaturated, GroupUnhealthy, InvalidEndpoint, PayloadError, Permanent, ProtocolError,
+    RemoteError, ShoalError, StorageFull, TooManyWaits, UnknownJob, UnknownWorkflow, WaitTimeout,
 )
 from .workflow import Workflow, workflow
 
 __all__ = [
-    "AsyncClient", "BrokerUnreachable", "Client", "ConfigError", "GroupSaturated", "GroupUnhealthy", "PayloadError", "Permanent", "ProtocolError",
-    "RemoteError", "Result", "ShoalError", "StorageFull", "UnknownJob", "UnknownWorkflow", "WaitTimeout",
+    "AsyncClient", "BrokerUnreachable", "Client", "ConfigError", "GroupSaturated", "GroupUnhealthy", "InvalidEndpoint",
+    "PayloadError", "Permanent", "ProtocolError", "RemoteError", "Result", "ShoalError", "StorageFull", "TooManyWaits",
+    "UnknownJob", "UnknownWorkflow", "WaitTimeout",
     "Workflow", "run_worker", "workflow",
 ]
 
