@@ -7,8 +7,6 @@ their replies go out only after that commit.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import signal
 import threading
 import time
@@ -27,7 +25,8 @@ from .core import Clock, Outgoing
 from .history_reader import HistoryReader
 from .metrics import MetricsServer
 from .metrics import render as render_metrics
-from .store import ReadInterrupted, Store
+from .snapshots import Snapshots
+from .store import Store
 from .supervisor import Supervisor
 
 log = logging.getLogger("shoal.broker")
@@ -84,87 +83,116 @@ class BrokerServer:
     stop_requested = False  # set by the signal handler (no locks there); the loop turns it into stop()
 
     def run(self) -> None:
-        """Serve until ``stop()`` or SIGTERM/SIGINT."""
+        """Serve until ``stop()`` or SIGTERM/SIGINT: poll, let the core decide, commit, send (zguide's ``mediate()``)."""
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         poller.register(self.history.replies, zmq.POLLIN)
-        broker, sock = self.broker, self.sock
         busy = False
-        stopping_until: float | None = None
-        last_pass = time.monotonic()
-        while True:
-            if self.stop_requested and not self._stop.is_set():
-                log.info("stopping: draining the workers this broker started")
-                self._stop.set()
-            if self._stop.is_set():
-                # Drain the workers we started while still serving, so their last results land.
-                supervisor = broker.supervisor
-                if supervisor is None or stopping_until is not None and (
-                        not supervisor.live_children() or time.monotonic() > stopping_until):
-                    break
-                if stopping_until is None:
-                    stopping_until = time.monotonic() + supervisor.drain_all()
-            timeout_ms = 0 if busy else min(int(broker.next_wakeup_s() * 1000) + 1, 1000)
-            if self._trim_to:
-                timeout_ms = min(timeout_ms, max(0, int((self._trim_at - time.monotonic()) * 1000) + 1))
-            ready = poller.poll(timeout_ms)
-            woke = time.monotonic()
-            if woke - last_pass > timeout_ms / 1000 + STALL_S:  # the loop stood still (SIGSTOP, VM pause)
-                broker.forgive_stall(woke - last_pass - timeout_ms / 1000)
-            last_pass = woke
+        self._last_pass = time.monotonic()
+        while not self._stopped():
+            ready = self._poll(poller, busy)
             if ready:
-                if len(ready) > 1 or ready[0][0] is not sock:
+                if len(ready) > 1 or ready[0][0] is not self.sock:
                     self._forward_history()
-                self._drain(broker)
-            broker.tick()
-            if self._trim_to:
-                # The log behind a snapshot is dropped a little with every commit that happens
-                # anyway, and in a commit of its own at most every TRIM_GAP_S: an enqueue that
-                # arrives during one waits for it, and back-to-back trim commits (600 of them for
-                # a 600,000-entry log) doubled the enqueue p99 (BENCHMARKS.md).
-                if broker.batch:
-                    broker.batch.trim_log_to = self._trim_to
-                elif time.monotonic() >= self._trim_at:
-                    broker.batch.trim_log_to = self._trim_to
-                    self._trim_at = time.monotonic() + TRIM_GAP_S
-            batch, outbox = broker.take()
-            history_wanted, broker.history_wanted = broker.history_wanted, []
-            if batch:
-                fault("before_commit")
+                self._drain(self.broker)
+            self.broker.tick()
+            self._trim_along()
+            busy = self._commit_and_send()
+            self._housekeeping()
+
+    _stopping_until: float | None = None
+
+    def _stopped(self) -> bool:
+        """True once asked to stop and the workers this broker started are drained (or out of time)."""
+        if self.stop_requested and not self._stop.is_set():
+            log.info("stopping: draining the workers this broker started")
+            self._stop.set()
+        if not self._stop.is_set():
+            return False
+        # Drain the workers we started while still serving, so their last results land.
+        supervisor = self.broker.supervisor
+        if supervisor is None or self._stopping_until is not None and (
+                not supervisor.live_children() or time.monotonic() > self._stopping_until):
+            return True
+        if self._stopping_until is None:
+            self._stopping_until = time.monotonic() + supervisor.drain_all()
+        return False
+
+    def _poll(self, poller: zmq.Poller, busy: bool) -> list[tuple[object, int]]:
+        """Wait for messages until the core's next timer; a loop that woke far too late stood still."""
+        timeout_ms = 0 if busy else min(int(self.broker.next_wakeup_s() * 1000) + 1, 1000)
+        if self._trim_to:
+            timeout_ms = min(timeout_ms, max(0, int((self._trim_at - time.monotonic()) * 1000) + 1))
+        ready = poller.poll(timeout_ms)
+        woke = time.monotonic()
+        if woke - self._last_pass > timeout_ms / 1000 + STALL_S:  # SIGSTOP, a VM pause
+            self.broker.forgive_stall(woke - self._last_pass - timeout_ms / 1000)
+        self._last_pass = woke
+        return ready
+
+    def _trim_along(self) -> None:
+        """The log behind a snapshot is dropped a little with every commit that happens anyway,
+        and in a commit of its own at most every TRIM_GAP_S: an enqueue that arrives during one
+        waits for it, and back-to-back trim commits (600 of them for a 600,000-entry log) doubled
+        the enqueue p99 (BENCHMARKS.md)."""
+        if not self._trim_to:
+            return
+        batch = self.broker.batch
+        if batch:
+            batch.trim_log_to = self._trim_to
+        elif time.monotonic() >= self._trim_at:
+            batch.trim_log_to = self._trim_to
+            self._trim_at = time.monotonic() + TRIM_GAP_S
+
+    def _commit_and_send(self) -> bool:
+        """Commit what the pass decided, then send its messages; True when a failed send undid
+        something that must be committed before the loop sleeps."""
+        batch, outbox = self.broker.take()
+        history_wanted, self.broker.history_wanted = self.broker.history_wanted, []
+        if batch:
+            fault("before_commit")
+        try:
+            self.store.commit(batch, self.broker.clock.wall_ms())
+        except StorageFull as exc:
+            outbox = self._after_failed_commit(outbox, str(exc))
+        for request in history_wanted:  # read after this commit: it sees every entry so far
+            self.history.submit(*request)
+        if batch:
+            fault("after_commit_before_ack")
+            if batch.steps:
+                fault("after_step_stored")
+        busy = self._send_all(outbox)
+        if any(out.job_ids for out in outbox):
+            fault("after_dispatch")
+        return busy
+
+    def _send_all(self, outbox: list[Outgoing]) -> bool:
+        busy = False
+        broker, sock = self.broker, self.sock
+        # JOBs first: the worker's leg is the longer path of an enqueue-then-wait round trip
+        for out in sorted(outbox, key=lambda o: not o.job_ids):
             try:
-                self.store.commit(batch, broker.clock.wall_ms())
-            except StorageFull as exc:
-                outbox = self._after_failed_commit(outbox, str(exc))
-                broker = self.broker
-            for request in history_wanted:  # read after this commit: it sees every entry so far
-                self.history.submit(*request)
-            if batch:
-                fault("after_commit_before_ack")
-                if batch.steps:
-                    fault("after_step_stored")
-            busy = False
-            # JOBs first: the worker's leg is the longer path of an enqueue-then-wait round trip
-            for out in sorted(outbox, key=lambda o: not o.job_ids):
-                try:
-                    sock.send_multipart([out.identity, *out.frames], zmq.NOBLOCK)
-                except zmq.Again:  # the peer's queue is full: it does not read what we send
-                    broker.undeliverable(out, not_reading=True)
-                    busy = True  # commit what that undid before sleeping
-                except zmq.ZMQError as exc:  # EHOSTUNREACH: the peer is gone
-                    log.debug("could not deliver to %s: %s", out.identity.hex(), exc)
-                    broker.undeliverable(out)
-                    busy = True
-            if any(out.job_ids for out in outbox):
-                fault("after_dispatch")
-            # housekeeping after the replies are out, so it never adds to anyone's latency
-            if broker.events:
-                broker.events_dropped += self.events.publish(broker.events)
-                broker.events = []
-            broker.events_wanted = self.events.subscribers()
-            self._trim_to = self.snapshots.due()
-            if self.metrics is not None and time.monotonic() - self._metrics_at >= 1.0:
-                self._metrics_at = time.monotonic()
-                self.metrics.text = render_metrics(broker.stats(), broker.events_dropped)
+                sock.send_multipart([out.identity, *out.frames], zmq.NOBLOCK)
+            except zmq.Again:  # the peer's queue is full: it does not read what we send
+                broker.undeliverable(out, not_reading=True)
+                busy = True
+            except zmq.ZMQError as exc:  # EHOSTUNREACH: the peer is gone
+                log.debug("could not deliver to %s: %s", out.identity.hex(), exc)
+                broker.undeliverable(out)
+                busy = True
+        return busy
+
+    def _housekeeping(self) -> None:
+        """After the replies are out, so it never adds to anyone's latency: events, snapshots, metrics."""
+        broker = self.broker
+        if broker.events:
+            broker.events_dropped += self.events.publish(broker.events)
+            broker.events = []
+        broker.events_wanted = self.events.subscribers()
+        self._trim_to = self.snapshots.due()
+        if self.metrics is not None and time.monotonic() - self._metrics_at >= 1.0:
+            self._metrics_at = time.monotonic()
+            self.metrics.text = render_metrics(broker.stats(), broker.events_dropped)
 
     def _drain(self, broker: Broker) -> None:
         """Handle what waits on the socket: everything that arrived together shares one commit,
@@ -239,115 +267,6 @@ class BrokerServer:
         if self.metrics is not None:
             self.metrics.close()
         self.store.close()
-
-
-class Snapshots:
-    """Takes snapshots in a background thread and says how far the log may be dropped.
-
-    A snapshot is a compacted copy of the environment made in one read transaction (LMDB
-    copies without blocking writers), so it is the complete state at one log seq; once it
-    is safely on disk, the log entries up to that seq are dropped a bounded chunk per pass.
-    ``broker replay`` starts from the newest snapshot and applies the log after it.
-    """
-
-    def __init__(self, store: Store, settings: Settings) -> None:
-        self.store = store
-        self.dir = os.path.join(settings.broker.data, "snapshots")
-        self.interval_s = settings.broker.snapshot_interval_s
-        self.entries = settings.broker.snapshot_entries
-        self.keep = settings.broker.snapshot_keep
-        self._thread: threading.Thread | None = None
-        self._taken_seq = latest_snapshot_seq(self.dir)
-        for name in os.listdir(self.dir) if os.path.isdir(self.dir) else []:
-            if name.startswith(".snap-partial-"):  # a snapshot cut short by a crash: never used
-                drop_directory(os.path.join(self.dir, name))
-        self._last_at = time.monotonic()
-        self._trimmed_to = 0
-        self.error: str | None = None
-        self._retry_at = 0.0  # after a failed snapshot, none before this (backs off: 1 s, 2 s, ... 5 min)
-        self._failures = 0
-
-    def due(self) -> int:
-        """Called each pass: start a snapshot when one is due; the seq to trim the log to (0: none)."""
-        if self._thread is None or not self._thread.is_alive():
-            behind = self.store.next_seq - 1 - self._taken_seq
-            if behind > 0 and time.monotonic() >= self._retry_at and (
-                    behind >= self.entries or time.monotonic() - self._last_at >= self.interval_s):
-                self._last_at = time.monotonic()
-                self._thread = threading.Thread(target=self._take, name="shoal-snapshot", daemon=True)
-                self._thread.start()
-        if self._taken_seq > self._trimmed_to:
-            if self.store.log_first_seq() in range(1, self._taken_seq + 1):
-                return self._taken_seq
-            self._trimmed_to = self._taken_seq
-        return 0
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """Wait for a snapshot in progress to stop (``Store.closing`` set) and clean up after itself."""
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-
-    def _take(self) -> None:
-        try:
-            # Linux niceness is per thread: the copy yields the CPU to the loop (and its acks).
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-        except (OSError, AttributeError):
-            pass
-        try:
-            fault("during_snapshot")
-            existing = snapshot_names(self.dir)
-            # The oldest is dropped once this one exists: write over its file instead. Only while
-            # at least one newer snapshot stays whole beside the copy being made.
-            recycle = os.path.join(self.dir, existing[0]) if self.keep >= 2 and len(existing) >= self.keep else None
-            path, seq = self.store.take_snapshot(self.dir, recycle=recycle)
-            for old in snapshot_names(self.dir)[:-self.keep]:
-                drop_directory(os.path.join(self.dir, old))
-            self._taken_seq = seq
-            self.error, self._failures = None, 0
-            log.info("snapshot at log seq %d in %s", seq, path)
-        except ReadInterrupted as exc:  # the map grew meanwhile (the next pass starts it again) or we stop
-            self._last_at = 0.0
-            log.info("snapshot stopped: %s", exc)
-        except Exception as exc:  # the log is kept, nothing is lost; say so and try again later
-            self.error = str(exc)
-            delay = min(300.0, 2.0 ** self._failures)
-            self._failures += 1
-            self._retry_at = time.monotonic() + delay
-            log.error("snapshot failed (the log is kept; next try in %.0f s): %s", delay, exc)
-
-
-def drop_directory(path: str, step: int = 8 << 20) -> None:
-    """Delete a snapshot directory, shrinking its files a few MiB at a time first: freeing
-    ~100 MiB in one unlink makes the next journal commit (which every broker fdatasync waits
-    for) take tens of ms; freeing it in steps spreads that over many small commits."""
-    try:
-        names = os.listdir(path)
-    except FileNotFoundError:
-        return
-    for name in names:
-        file = os.path.join(path, name)
-        try:
-            with open(file, "r+b") as handle:
-                size = os.fstat(handle.fileno()).st_size
-                while size > 0:
-                    size = max(0, size - step)
-                    os.ftruncate(handle.fileno(), size)
-        except OSError:
-            pass
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def snapshot_names(directory: str) -> list[str]:
-    """The ``snap-<seq>`` directories under ``directory``, oldest first (none if it is missing)."""
-    try:
-        return sorted(d for d in os.listdir(directory) if d.startswith("snap-"))
-    except FileNotFoundError:
-        return []
-
-
-def latest_snapshot_seq(directory: str) -> int:
-    """The log seq of the newest snapshot under ``directory`` (0: none)."""
-    return max((int(d[len("snap-"):]) for d in snapshot_names(directory)), default=0)
 
 
 class Events:

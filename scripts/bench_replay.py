@@ -209,6 +209,22 @@ def snapshot_toml(on: bool) -> str:
     return CONFIG_TOML.replace("[broker]\n", "[broker]\n" + settings)
 
 
+def first_snapshot_latencies(client: Any, broker: Proc, args: argparse.Namespace) -> list[float]:
+    """Enqueue latencies while the first snapshots are made: new files (nothing to recycle yet),
+    the whole log, then its trim; until the snapshots are steady."""
+    startup: list[float] = []
+    startup_start = time.time()
+    while True:
+        t0 = time.perf_counter()
+        client.enqueue("noop", {"i": -len(startup)}, group="idle")
+        startup.append((time.perf_counter() - t0) * 1000)
+        if len(startup) % 100 == 0:
+            if time.time() - startup_start > args.max_seconds:
+                raise RuntimeError(f"no steady snapshots after {args.max_seconds}s:\n{broker.output()[-3000:]}")
+            if len(snapshot_times(broker.output())) >= SNAPSHOT_KEEP + 1 and client.storage()["entries"]["log"] < 10_000:
+                return startup
+
+
 def measure_enqueues(pristine: Path, on: bool, args: argparse.Namespace, run: int) -> dict[str, Any]:
     """Single-enqueue latencies against a broker on a fresh copy of ``pristine``."""
     name = f"snap-{'on' if on else 'off'}-{run}"
@@ -232,19 +248,7 @@ def measure_enqueues(pristine: Path, on: bool, args: argparse.Namespace, run: in
         client = c.client(timeout_s=60)
         for i in range(200):  # warm-up, not timed
             client.enqueue("noop", {"i": i}, group="idle")
-        startup: list[float] = []
-        if on:  # the first snapshots: new files (nothing to recycle yet), the whole log, then its trim
-            startup_start = time.time()
-            while True:
-                t0 = time.perf_counter()
-                client.enqueue("noop", {"i": -len(startup)}, group="idle")
-                startup.append((time.perf_counter() - t0) * 1000)
-                if len(startup) % 100 == 0:
-                    if time.time() - startup_start > args.max_seconds:
-                        raise RuntimeError(f"no steady snapshots after {args.max_seconds}s:\n{broker.output()[-3000:]}")
-                    if (len(snapshot_times(broker.output())) >= SNAPSHOT_KEEP + 1
-                            and client.storage()["entries"]["log"] < 10_000):
-                        break
+        startup = first_snapshot_latencies(client, broker, args) if on else []
         latencies: list[float] = []
         t_start = time.time()
         deadline = time.monotonic() + args.max_seconds

@@ -91,41 +91,53 @@ def check_history(acked_ids: Iterable[str], client: Any, record_log_lines: Recor
     for job_id in sorted(ran - sent):
         problems.append(f"job {job_id} ran (record.log) but no client sent it")
 
-    # one job per dedup key
-    if keys:
-        by_key: dict[str, set[str]] = {}
-        for job_id, key in keys.items():
-            by_key.setdefault(key, set()).add(norm(job_id))
-        for key, holders in sorted(by_key.items()):
-            if len(holders) > 1:
-                problems.append(f"dedup key {key!r} has {len(holders)} jobs: {sorted(holders)}")
-            for job_id in holders:
-                result = results.get(job_id)
-                if result is not None and result.key != key:
-                    problems.append(f"job {job_id} was acked for key {key!r} but holds key {result.key!r}")
+    problems += _dedup_problems(keys or {}, results)
+    active = _active_problems(client, sent, problems)
+    if exact_total:
+        problems += _total_problems(client, acked, sent, active)
+    return problems
 
-    # no hanging lease, no active job nobody sent
+
+def _dedup_problems(keys: Mapping[str, str], results: Mapping[str, Any]) -> list[str]:
+    """One job per dedup key, and each acked job holds the key its enqueue carried."""
+    problems: list[str] = []
+    by_key: dict[str, set[str]] = {}
+    for job_id, key in keys.items():
+        by_key.setdefault(key, set()).add(norm(job_id))
+    for key, holders in sorted(by_key.items()):
+        if len(holders) > 1:
+            problems.append(f"dedup key {key!r} has {len(holders)} jobs: {sorted(holders)}")
+        for job_id in holders:
+            result = results.get(job_id)
+            if result is not None and result.key != key:
+                problems.append(f"job {job_id} was acked for key {key!r} but holds key {result.key!r}")
+    return problems
+
+
+def _active_problems(client: Any, sent: set[str], problems: list[str]) -> list[Any]:
+    """No hanging lease, no active job nobody sent; returns the active jobs."""
     try:
         running = client.jobs(state="running", limit=100_000)
         active = [r for r in client.jobs(limit=100_000) if r.status in ACTIVE]
     except ShoalError as exc:
         problems.append(f"could not list jobs: {type(exc).__name__}: {exc}")
-        running, active = [], []
+        return []
     for result in running:
         problems.append(f"job {norm(result.id)} is still running at the end (a lease left hanging)")
     for result in active:
         if norm(result.id) not in sent:
             problems.append(f"job {norm(result.id)} ({result.status}) exists but no client sent it")
+    return active
 
-    # nothing created twice, nothing made up: the finished counters match the jobs sent
-    if exact_total:
-        try:
-            stats = client.stats()
-        except ShoalError as exc:
-            problems.append(f"could not read stats: {type(exc).__name__}: {exc}")
-        else:
-            finished = sum(row.get("completed", 0) + row.get("dead", 0) for row in stats.values())
-            if not len(acked) <= finished + len(active) <= len(sent):
-                problems.append(f"the broker counts {finished} finished and {len(active)} active jobs, but clients "
-                                f"had {len(acked)} distinct acked and {len(sent)} sent ids")
-    return problems
+
+def _total_problems(client: Any, acked: list[str], sent: set[str], active: list[Any]) -> list[str]:
+    """Nothing created twice, nothing made up: the finished counters match the jobs sent."""
+    try:
+        stats = client.stats()
+    except ShoalError as exc:
+        return [f"could not read stats: {type(exc).__name__}: {exc}"]
+    finished = sum(row.get("completed", 0) + row.get("dead", 0) for row in stats.values())
+    if not len(acked) <= finished + len(active) <= len(sent):
+        return [f"the broker counts {finished} finished and {len(active)} active jobs, but clients "
+                f"had {len(acked)} distinct acked and {len(sent)} sent ids"]
+    return []

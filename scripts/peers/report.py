@@ -116,7 +116,6 @@ def render(variants: list[Any], results: dict[str, dict[str, Any]], floor: dict[
            p: dict[str, Any], repeat: int) -> str:
     """The whole section: how it was run, the table, what the columns and ratios mean, the versions."""
     load0, load1 = info["loadavg_start"], info["loadavg_end"]
-    shoal = results.get("shoal", {}).get("median", {})
     failures = [f"- {v.label}: " + "; ".join(sorted(set(results[v.name]["errors"])))
                 for v in variants if results[v.name]["errors"]]
     lines = [
