@@ -19,9 +19,18 @@ from .client_commands import ClientCommands
 class HistoryCommands(ClientCommands):
     """The HISTORY command."""
 
+    MAX_HISTORY_READS = 16  # scans queued or running at once, all peers together
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.history_wanted: list[tuple[bytes, int, bytes]] = []  # (identity, rid, job id), this pass
+        self.history_reading: dict[bytes, int] = {}  # peer -> scans of its queued or running (at most 1)
+
+    def history_answered(self, identity: bytes) -> None:
+        """The reader thread answered one of this peer's HISTORY requests."""
+        left = self.history_reading.pop(identity, 0) - 1
+        if left > 0:
+            self.history_reading[identity] = left
 
     def handlers(self) -> dict[bytes, Callable[[bytes, dict[str, Any]], None]]:
         table = super().handlers()
@@ -29,4 +38,16 @@ class HistoryCommands(ClientCommands):
         return table
 
     def _on_history(self, identity: bytes, body: dict[str, Any]) -> None:
-        self.history_wanted.append((identity, field(body, "rid", int), P.job_id_field(body)))
+        rid, job_id = field(body, "rid", int), P.job_id_field(body)
+        # A scan reads the whole log: one per peer at a time, a few in all, so no peer can keep
+        # the reader (and the GIL it shares with the loop) busy by asking again and again.
+        if identity in self.history_reading:
+            self.error(identity, rid, P.E_BUSY, "a history read for this connection is still running; "
+                       "ask again when it has answered")
+            return
+        if sum(self.history_reading.values()) >= self.MAX_HISTORY_READS:
+            self.error(identity, rid, P.E_BUSY, f"{self.MAX_HISTORY_READS} history reads are queued; "
+                       "try again in a moment")
+            return
+        self.history_reading[identity] = 1
+        self.history_wanted.append((identity, rid, job_id))

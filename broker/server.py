@@ -216,6 +216,7 @@ class BrokerServer:
                 identity, *frames = self.history.replies.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
+            self.broker.history_answered(identity)
             try:
                 self.sock.send_multipart([identity, *frames], zmq.NOBLOCK)
             except zmq.ZMQError as exc:  # the client went away meanwhile
@@ -245,6 +246,7 @@ class BrokerServer:
         self.broker.load()
         self.broker.supervisor, self.broker.events_endpoint = old.supervisor, old.events_endpoint
         self.broker.send_hwm, self.broker.replies_dropped = old.send_hwm, old.replies_dropped
+        self.broker.history_reading = old.history_reading  # their scans still run and answer
         self.broker.storage_full = True
         for job_id, identity, rid in waits:
             if job_id in self.broker.jobs:

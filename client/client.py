@@ -6,13 +6,15 @@ replies through ``_Requests``.
 """
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any, Iterable, Iterator
 
 import zmq
 
 from shoal import protocol as P
 from shoal.endpoints import resolve_endpoint
-from shoal.errors import BrokerUnreachable, PayloadError, WaitTimeout
+from shoal.errors import BrokerUnreachable, PayloadError, RemoteError, WaitTimeout
 from shoal.ids import id_from_str, id_to_str, new_job_id
 from shoal.workflow import Workflow
 
@@ -220,9 +222,21 @@ class Client:
         return StepInfo.all_from(body["steps"])
 
     def history(self, job_id: str) -> list[HistoryEntry]:
-        """Every logged transition of a job, oldest first (kept after the job itself expires)."""
-        body = self._call(P.HISTORY, {"id": id_from_str(job_id)})
-        return [HistoryEntry.from_row(row) for row in body["entries"]]
+        """Every logged transition of a job, oldest first (kept after the job itself expires).
+
+        The broker reads the whole log for it, one read per connection at a time: while one of
+        this client's is running (another thread's), this one waits its turn, up to the timeout."""
+        deadline = time.monotonic() + self._r.timeout
+        pause = 0.02
+        while True:
+            try:
+                body = self._call(P.HISTORY, {"id": id_from_str(job_id)})
+                return [HistoryEntry.from_row(row) for row in body["entries"]]
+            except RemoteError as exc:
+                if exc.code != P.E_BUSY or time.monotonic() + pause > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(0.5, pause * 2)
 
     def storage(self) -> dict[str, Any]:
         """Sizes of the broker's state, log and snapshots (bytes), and whether it refuses enqueues."""
@@ -336,9 +350,18 @@ class AsyncClient:
         return StepInfo.all_from((await self._send(P.STEPS, {"id": id_from_str(job_id)}))["steps"])
 
     async def history(self, job_id: str) -> list[HistoryEntry]:
-        """Every logged transition of a job, oldest first."""
-        body = await self._send(P.HISTORY, {"id": id_from_str(job_id)})
-        return [HistoryEntry.from_row(row) for row in body["entries"]]
+        """Every logged transition of a job, oldest first (waits its turn like ``Client.history``)."""
+        deadline = time.monotonic() + self._r.timeout
+        pause = 0.02
+        while True:
+            try:
+                body = await self._send(P.HISTORY, {"id": id_from_str(job_id)})
+                return [HistoryEntry.from_row(row) for row in body["entries"]]
+            except RemoteError as exc:
+                if exc.code != P.E_BUSY or time.monotonic() + pause > deadline:
+                    raise
+            await asyncio.sleep(pause)
+            pause = min(0.5, pause * 2)
 
     async def stats(self) -> Stats:
         """Per-group counters."""

@@ -269,3 +269,13 @@ def test_a_broker_that_stood_still_does_not_declare_its_workers_lost(h: Harness)
     assert h.state(job_id) == J.RUNNING and h.broker.workers.get(WORKER) is not None
     h.done(job)
     assert h.state(job_id) == J.COMPLETED and h.record(job_id)["attempts"] == 1
+
+
+def test_a_peer_gets_one_history_scan_at_a_time(h: Harness) -> None:
+    [job_id] = h.new_jobs(1)
+    assert h.send(CLIENT, P.HISTORY, {"rid": 1, "id": job_id}) == []  # handed to the reader
+    [err] = errors(h.send(CLIENT, P.HISTORY, {"rid": 2, "id": job_id}), CLIENT)
+    assert err["code"] == P.E_BUSY and err["rid"] == 2
+    assert h.send(OTHER_WORKER, P.HISTORY, {"rid": 3, "id": job_id}) == []  # another peer may
+    h.broker.history_answered(CLIENT)
+    assert h.send(CLIENT, P.HISTORY, {"rid": 4, "id": job_id}) == []
