@@ -42,6 +42,10 @@ class VirtualClock(StepClock):
             raise ValueError(f"time only moves forward; cannot advance by {seconds}")
         self._mono_s += seconds
 
+    def advance_to(self, mono_s: float) -> None:
+        """Move to the monotonic time ``mono_s`` exactly (a deadline is then due, not a hair short)."""
+        self._mono_s = max(self._mono_s, mono_s)
+
     def pause(self, seconds: float) -> None:
         """The pause between in-step retries takes no virtual time (the run is one instant)."""
 
