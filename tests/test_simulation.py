@@ -5,6 +5,8 @@ rules (backoff, dedup, priority, rate limits, leases, fan-in, cron) are the brok
 """
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -319,3 +321,11 @@ def test_virtual_time_starts_where_asked_and_advance_never_goes_back() -> None:
         with pytest.raises(ValueError):
             sim.advance(-1)
         assert sim.now == 1_800_000_002.5
+
+
+def test_the_example_test_suite_passes() -> None:
+    root = Path(__file__).resolve().parent.parent
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "examples/test_myapp.py"],
+                         cwd=root, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "5 passed" in run.stdout
