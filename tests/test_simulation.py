@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
-from shoal import Permanent, WaitTimeout, workflow
+from shoal import GroupSaturated, Permanent, UnknownJob, WaitTimeout, workflow
 from shoal.conf.settings import GroupSettings, Settings
+from shoal.ids import id_to_str, new_job_id
 from shoal.testing import Simulation
 
 
@@ -321,6 +322,35 @@ def test_virtual_time_starts_where_asked_and_advance_never_goes_back() -> None:
         with pytest.raises(ValueError):
             sim.advance(-1)
         assert sim.now == 1_800_000_002.5
+
+
+def test_the_client_raises_the_errors_a_real_broker_causes() -> None:
+    @workflow("work")
+    def work(payload: int) -> int:
+        return payload
+
+    settings = Settings(defaults=GroupSettings(max_pending=1))
+    with Simulation(work, config=settings, concurrency=1) as sim:
+        sim.client.enqueue("work", 1)  # running
+        sim.client.enqueue("work", 2)  # pending: the group is at its max_pending
+        with pytest.raises(GroupSaturated):
+            sim.client.enqueue("work", 3)
+        with pytest.raises(UnknownJob):
+            sim.client.cancel(id_to_str(new_job_id()))
+        sim.run_until_idle()
+        assert sim.client.stats()["default"]["completed"] == 2
+
+
+def test_a_job_no_worker_can_take_waits_unrouted_while_time_moves() -> None:
+    @workflow("work")
+    def work(payload: None) -> None:
+        return None
+
+    with Simulation(work) as sim:
+        job_id = sim.client.enqueue("not-deployed-yet")
+        sim.advance(7 * 24 * 3600)
+        assert sim.client.get(job_id).status == "pending"  # type: ignore[union-attr]
+        assert sim.client.stats().unrouted == {"not-deployed-yet": 1}
 
 
 def test_the_example_test_suite_passes() -> None:
