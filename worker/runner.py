@@ -165,10 +165,9 @@ class Runner:
 def run_sync(wf: Workflow, job: dict[str, Any], step: Step) -> Outcome:
     """Run a sync handler to its end on this thread (the pool's, or the simulation's)."""
     started = time.perf_counter()
-    try:
-        payload = unpack(job["payload"])
-    except Exception as exc:
-        return _failure(job, J.KIND_BAD_PAYLOAD, f"payload is not valid msgpack: {exc}", started)
+    payload, bad = _decoded(job, started)
+    if bad is not None:
+        return bad
     try:
         value = wf.fn(payload, step) if wf.wants_step else wf.fn(payload)
     except (Suspend, LeaseLost, Cancelled, Exception) as exc:
@@ -179,10 +178,9 @@ def run_sync(wf: Workflow, job: dict[str, Any], step: Step) -> Outcome:
 async def run_async(wf: Workflow, job: dict[str, Any], step: Step, limit: float) -> Outcome:
     """Run an ``async def`` handler to its end (``limit`` seconds at most; 0 = no limit)."""
     started = time.perf_counter()
-    try:
-        payload = unpack(job["payload"])
-    except Exception as exc:
-        return _failure(job, J.KIND_BAD_PAYLOAD, f"payload is not valid msgpack: {exc}", started)
+    payload, bad = _decoded(job, started)
+    if bad is not None:
+        return bad
     try:
         coro = wf.fn(payload, step) if wf.wants_step else wf.fn(payload)
         value = await (asyncio.wait_for(coro, limit) if limit else coro)
@@ -191,6 +189,14 @@ async def run_async(wf: Workflow, job: dict[str, Any], step: Step, limit: float)
     except (Suspend, LeaseLost, Cancelled, Exception) as exc:
         return _ended_by(job, exc, started)
     return _success(job, value, started)
+
+
+def _decoded(job: dict[str, Any], started: float) -> tuple[Any, Outcome | None]:
+    """The job's payload, or the failure of a payload that is not msgpack."""
+    try:
+        return unpack(job["payload"]), None
+    except Exception as exc:
+        return None, _failure(job, J.KIND_BAD_PAYLOAD, f"payload is not valid msgpack: {exc}", started)
 
 
 def unknown_workflow(job: dict[str, Any], group: str, workflows: dict[str, Workflow]) -> Outcome:
