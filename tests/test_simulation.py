@@ -167,6 +167,24 @@ def test_cancel_of_a_pending_job_means_it_never_runs() -> None:
         assert calls.counts == {}
 
 
+def test_cancel_of_a_job_already_handed_to_a_worker_stops_it_at_its_first_step() -> None:
+    calls = Calls()
+
+    @workflow("long")
+    def long(payload: None, step: Any) -> None:
+        calls.hit("handler")
+        step.run("work", lambda: calls.hit("work"))
+
+    with Simulation(long) as sim:
+        job_id = sim.client.enqueue("long")
+        assert sim.client.get(job_id).status == "running"  # type: ignore[union-attr]  # leased, not started
+        answer = sim.client.cancel(job_id)
+        assert answer.state == "running" and "told to stop" in answer.message
+        sim.run_until_idle()
+        assert sim.client.get(job_id).status == "cancelled"  # type: ignore[union-attr]
+        assert calls.counts == {"handler": 1}
+
+
 def test_a_killed_worker_costs_an_attempt_and_the_job_completes_on_the_next_worker() -> None:
     calls = Calls()
 
