@@ -16,6 +16,7 @@ from shoal import GroupSaturated, Permanent, UnknownJob, WaitTimeout, workflow
 from shoal.conf.settings import GroupSettings, Settings
 from shoal.ids import id_to_str, new_job_id
 from shoal.testing import Simulation
+from shoal.worker.steps import StepTimeout
 
 
 class Calls:
@@ -150,6 +151,24 @@ def test_fan_out_and_fan_in_with_enqueue_many_and_wait() -> None:
         sim.run_until_idle()  # the children run and the parent resumes, all without time moving
         result = sim.client.get(job_id)
         assert result is not None and result.status == "completed" and result.value == 14
+
+
+def test_a_step_wait_times_out_in_virtual_time() -> None:
+    @workflow("parent")
+    def parent(payload: None, step: Any) -> str:
+        child = step.enqueue("child", "not-deployed")  # no worker has it: it never finishes
+        try:
+            step.wait("child-done", child, timeout=60)
+        except StepTimeout:
+            return "gave up"
+        return "finished"
+
+    with Simulation(parent) as sim:
+        job_id = sim.client.enqueue("parent")
+        sim.advance(59)
+        assert sim.client.get(job_id).status == "scheduled"  # type: ignore[union-attr]
+        result = sim.client.wait(job_id, timeout=2)
+        assert result.status == "completed" and result.value == "gave up"
 
 
 def test_cancel_of_a_pending_job_means_it_never_runs() -> None:
