@@ -46,6 +46,7 @@ class Simulation:
     def __init__(self, *apps: App, config: str | os.PathLike[str] | Settings | None = None,
                  concurrency: int | None = None, start: float | datetime | None = None,
                  timeout: float = 10.0) -> None:
+        self._groups = _workflows_by_group(apps)  # first: a bad app fails before anything is opened
         self.settings = _settings(config)
         self.clock = VirtualClock(start)
         self.store = MemoryStore()
@@ -57,7 +58,6 @@ class Simulation:
         self._loop = asyncio.new_event_loop()  # async handlers run to completion here, one at a time
         self._concurrency = concurrency
         self._pids = itertools.count(1)
-        self._groups = _workflows_by_group(apps)
         self._workers: dict[str, SimWorker] = {}    # group -> its live worker
         self._by_identity: dict[bytes, SimWorker] = {}
         self._gone: dict[bytes, str] = {}           # identity of a killed worker -> CRASH or SILENT

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from shoal import GroupSaturated, Permanent, UnknownJob, WaitTimeout, workflow
+from shoal import ConfigError, GroupSaturated, Permanent, UnknownJob, WaitTimeout, workflow
 from shoal.conf.settings import GroupSettings, Settings
 from shoal.ids import id_to_str, new_job_id
 from shoal.testing import Simulation
@@ -396,3 +396,10 @@ def test_the_example_test_suite_passes() -> None:
                          cwd=root, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "5 passed" in run.stdout
+
+
+def test_a_simulation_without_workflows_is_refused_with_a_clear_error() -> None:
+    with pytest.raises(ConfigError, match="no @workflow"):
+        Simulation(pytest)
+    with pytest.raises(TypeError, match="modules, module names or @workflow"):
+        Simulation(42)  # type: ignore[arg-type]
