@@ -25,7 +25,7 @@ def _mypy(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.timeout(300)
 def test_every_package_type_checks() -> None:
-    result = _mypy("shoal", "broker", "worker", "client", "conf", "dashboard")
+    result = _mypy("shoal", "broker", "worker", "client", "conf", "dashboard", "testing")
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -92,10 +92,7 @@ class Runner:
         job_id, token = job["id"], job["token"]
         wf = self.workflows.get(job["wf"])
         if wf is None:
-            names = ", ".join(sorted(self.workflows)) or "none"
-            done(Outcome(job_id, token, False, kind=J.KIND_UNKNOWN_WORKFLOW, workflow=job["wf"],
-                         error=f"workflow {job['wf']!r} is not registered in group {self.group!r} "
-                               f"(this worker has: {names})"))
+            done(unknown_workflow(job, self.group, self.workflows))
             return
         limit = self.timeout_of(wf)
         step: Step
@@ -103,11 +100,11 @@ class Runner:
             if wf.is_async:
                 step = AsyncStep(job, self.group, self.channel, self.max_step_bytes)
                 assert self._loop is not None
-                fut = asyncio.run_coroutine_threadsafe(self._run_async(wf, job, step, limit), self._loop)
+                fut = asyncio.run_coroutine_threadsafe(run_async(wf, job, step, limit), self._loop)
                 run = _Run(step, fut, True, token, timeout_s=limit)
             else:
                 step = Step(job, self.group, self.channel, self.max_step_bytes)
-                fut = self._pool.submit(self._run_sync, wf, job, step)
+                fut = self._pool.submit(run_sync, wf, job, step)
                 run = _Run(step, fut, False, token, deadline=time.monotonic() + limit if limit else NO_DEADLINE,
                            timeout_s=limit)
             self._running[job_id] = run
@@ -154,33 +151,6 @@ class Runner:
                     stuck.append(_given_up(job_id, run, self.stuck_grace_s))
         return stuck
 
-    def _run_sync(self, wf: Workflow, job: dict[str, Any], step: Step) -> Outcome:
-        started = time.perf_counter()
-        try:
-            payload = unpack(job["payload"])
-        except Exception as exc:
-            return _failure(job, J.KIND_BAD_PAYLOAD, f"payload is not valid msgpack: {exc}", started)
-        try:
-            value = wf.fn(payload, step) if wf.wants_step else wf.fn(payload)
-        except (Suspend, LeaseLost, Cancelled, Exception) as exc:
-            return _ended_by(job, exc, started)
-        return _success(job, value, started)
-
-    async def _run_async(self, wf: Workflow, job: dict[str, Any], step: Step, limit: float) -> Outcome:
-        started = time.perf_counter()
-        try:
-            payload = unpack(job["payload"])
-        except Exception as exc:
-            return _failure(job, J.KIND_BAD_PAYLOAD, f"payload is not valid msgpack: {exc}", started)
-        try:
-            coro = wf.fn(payload, step) if wf.wants_step else wf.fn(payload)
-            value = await (asyncio.wait_for(coro, limit) if limit else coro)
-        except asyncio.TimeoutError:
-            return _failure(job, J.KIND_TIMEOUT, f"timed out after {limit:g}s", started)
-        except (Suspend, LeaseLost, Cancelled, Exception) as exc:
-            return _ended_by(job, exc, started)
-        return _success(job, value, started)
-
     def shutdown(self, wait: bool) -> None:
         """Stop the pool and the loop; ``wait=False`` abandons running handlers."""
         self._pool.shutdown(wait=wait, cancel_futures=True)
@@ -190,6 +160,50 @@ class Runner:
             self._loop_thread.join(5.0)
             if not self._loop.is_running():
                 self._loop.close()
+
+
+def run_sync(wf: Workflow, job: dict[str, Any], step: Step) -> Outcome:
+    """Run a sync handler to its end on this thread (the pool's, or the simulation's)."""
+    started = time.perf_counter()
+    payload, bad = _decoded(job, started)
+    if bad is not None:
+        return bad
+    try:
+        value = wf.fn(payload, step) if wf.wants_step else wf.fn(payload)
+    except (Suspend, LeaseLost, Cancelled, Exception) as exc:
+        return _ended_by(job, exc, started)
+    return _success(job, value, started)
+
+
+async def run_async(wf: Workflow, job: dict[str, Any], step: Step, limit: float) -> Outcome:
+    """Run an ``async def`` handler to its end (``limit`` seconds at most; 0 = no limit)."""
+    started = time.perf_counter()
+    payload, bad = _decoded(job, started)
+    if bad is not None:
+        return bad
+    try:
+        coro = wf.fn(payload, step) if wf.wants_step else wf.fn(payload)
+        value = await (asyncio.wait_for(coro, limit) if limit else coro)
+    except asyncio.TimeoutError:
+        return _failure(job, J.KIND_TIMEOUT, f"timed out after {limit:g}s", started)
+    except (Suspend, LeaseLost, Cancelled, Exception) as exc:
+        return _ended_by(job, exc, started)
+    return _success(job, value, started)
+
+
+def _decoded(job: dict[str, Any], started: float) -> tuple[Any, Outcome | None]:
+    """The job's payload, or the failure of a payload that is not msgpack."""
+    try:
+        return unpack(job["payload"]), None
+    except Exception as exc:
+        return None, _failure(job, J.KIND_BAD_PAYLOAD, f"payload is not valid msgpack: {exc}", started)
+
+
+def unknown_workflow(job: dict[str, Any], group: str, workflows: dict[str, Workflow]) -> Outcome:
+    """The outcome of a job whose workflow this worker does not have."""
+    names = ", ".join(sorted(workflows)) or "none"
+    return Outcome(job["id"], job["token"], False, kind=J.KIND_UNKNOWN_WORKFLOW, workflow=job["wf"],
+                   error=f"workflow {job['wf']!r} is not registered in group {group!r} (this worker has: {names})")
 
 
 def _stop_message(run: _Run) -> str:

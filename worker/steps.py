@@ -61,8 +61,26 @@ class Channel(Protocol):
     def call(self, command: bytes, body: dict[str, Any]) -> "Future[dict[str, Any]]": ...
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
+class StepClock:
+    """The time steps see: wall time for due times, and the pause between in-step retries.
+
+    The worker uses this real one; ``shoal.testing`` injects a virtual clock so that
+    ``step.sleep`` and ``step.wait`` deadlines follow simulated time."""
+
+    def wall_ms(self) -> int:
+        """Unix time in milliseconds."""
+        return time.time_ns() // 1_000_000
+
+    def pause(self, seconds: float) -> None:
+        """Wait between tries of a sync ``step.run``."""
+        time.sleep(seconds)
+
+    async def apause(self, seconds: float) -> None:
+        """Wait between tries of an async ``step.run``."""
+        await asyncio.sleep(seconds)
+
+
+REAL_CLOCK = StepClock()
 
 
 def child_job_id(parent: bytes, step_name: str, index: int = 0) -> bytes:
@@ -73,7 +91,8 @@ def child_job_id(parent: bytes, step_name: str, index: int = 0) -> bytes:
 class Step:
     """The step API for sync handlers; also says which run this is."""
 
-    def __init__(self, job: dict[str, Any], group: str, channel: Channel | None, max_step_bytes: int) -> None:
+    def __init__(self, job: dict[str, Any], group: str, channel: Channel | None, max_step_bytes: int,
+                 clock: StepClock = REAL_CLOCK) -> None:
         self.job_id: bytes = job["id"]
         self.workflow: str = job["wf"]
         self.group = group
@@ -84,6 +103,7 @@ class Step:
         self._channel = channel
         self._max_bytes = max_step_bytes
         self._cancelled = threading.Event()
+        self._clock = clock
 
     @property
     def cancelled(self) -> bool:
@@ -168,8 +188,8 @@ class Step:
                     raise ChildFailed(f"child job {id_to_str(child_id)} of step {name!r} ended {state}: {error}")
                 values.append(None if value is None else P.unpack(value))
             return values[0] if single else values
-        deadline = (record or {}).get("deadline_ms") or (_now_ms() + int(timeout * 1000) if timeout else 0)
-        if deadline and _now_ms() >= deadline:
+        deadline = (record or {}).get("deadline_ms") or (self._clock.wall_ms() + int(timeout * 1000) if timeout else 0)
+        if deadline and self._clock.wall_ms() >= deadline:
             raise StepTimeout(f"step {name!r}: children not all final within the timeout")
         raise Suspend(name, deadline, wait_on=ids)
 
@@ -180,7 +200,7 @@ class Step:
     def _sleep_check(self, name: str, wake_ms: int) -> None:
         record = self._claim(name)
         wake_ms = int(record["wake_ms"]) if record and "wake_ms" in record else wake_ms
-        if _now_ms() < wake_ms:
+        if self._clock.wall_ms() < wake_ms:
             raise Suspend(name, wake_ms)
 
     # --- the sync API ------------------------------------------------------------------
@@ -202,7 +222,7 @@ class Step:
             except Exception:
                 if attempt > retries:
                     raise
-                time.sleep(min(backoff * 2 ** (attempt - 1), 30.0))
+                self._clock.pause(min(backoff * 2 ** (attempt - 1), 30.0))
         packed = self._encode(name, value)
         stored = self._reply(self._request(self._body(
             name, {"value": packed, "attempts": attempt, "duration_ms": int((time.perf_counter() - started) * 1000)},
@@ -212,7 +232,7 @@ class Step:
 
     def sleep(self, name: str, seconds: float) -> None:
         """Durable sleep: the slot is given back and the run resumes here after ``seconds``."""
-        self._sleep_check(name, _now_ms() + int(seconds * 1000))
+        self._sleep_check(name, self._clock.wall_ms() + int(seconds * 1000))
 
     def sleep_until(self, name: str, when: datetime | float) -> None:
         """Durable sleep until a datetime (or Unix time in seconds)."""
@@ -261,7 +281,7 @@ class AsyncStep(Step):
             except Exception:
                 if attempt > retries:
                     raise
-                await asyncio.sleep(min(backoff * 2 ** (attempt - 1), 30.0))
+                await self._clock.apause(min(backoff * 2 ** (attempt - 1), 30.0))
         packed = self._encode(name, value)
         stored = await self._areply(self._body(
             name, {"value": packed, "attempts": attempt, "duration_ms": int((time.perf_counter() - started) * 1000)},
@@ -278,7 +298,7 @@ class AsyncStep(Step):
             raise
 
     async def sleep(self, name: str, seconds: float) -> None:  # type: ignore[override]
-        self._sleep_check(name, _now_ms() + int(seconds * 1000))
+        self._sleep_check(name, self._clock.wall_ms() + int(seconds * 1000))
 
     async def sleep_until(self, name: str, when: datetime | float) -> None:  # type: ignore[override]
         self._sleep_check(name, self._wake_ms(when))
