@@ -210,7 +210,8 @@ class ClientCommands(BrokerCore):
         rid = field(body, "rid", int)
         self.reply(identity, rid, groups=self.stats(), unrouted={k: len(v) for k, v in self.unrouted.items() if v},
                    events=self.events_endpoint, events_dropped=self.events_dropped,
-                   replies_dropped=self.replies_dropped)
+                   replies_dropped=self.replies_dropped, frames_dropped=self.strikes.dropped,
+                   quarantined=len(self.strikes.quarantined))
 
     def stats(self) -> dict[str, dict[str, Any]]:
         """Per-group counters, from counts kept as jobs change (no walk over the jobs: cheap to poll)."""

@@ -20,7 +20,7 @@ from shoal.errors import ProtocolError
 from shoal.ids import id_to_str
 
 from .queues import ReadyQueue, Schedule
-from .quiet import QuietLog
+from .quiet import QuietLog, Strikes
 from .batch import Batch
 from .contract import CoreStore
 from .supervisor import Demand, Supervisor
@@ -93,6 +93,7 @@ class BrokerCore:
         self.superseded: dict[bytes, tuple[WorkerInfo, float]] = {}  # old connection of a reconnected worker
         self.asked_hello: dict[bytes, float] = {}    # unknown peer -> when it was last sent RECONNECT (mono)
         self.quiet = QuietLog(log)
+        self.strikes = Strikes()
         self._handlers: dict[bytes, Callable[[bytes, dict[str, Any]], None]] = self.handlers()
 
     def handlers(self) -> dict[bytes, Callable[[bytes, dict[str, Any]], None]]:
@@ -226,6 +227,8 @@ class BrokerCore:
     # --- entry points ----------------------------------------------------------
     def handle(self, identity: bytes, frames: list[bytes]) -> None:
         """Act on one message from a client or worker. A bad one gets an error reply."""
+        if self.strikes.quarantined and self.strikes.blocked(identity, self.clock.mono()):
+            return  # a peer that floods the broker with bad frames is not read for a while
         rid = None
         decoded = False
         try:
@@ -241,6 +244,10 @@ class BrokerCore:
             code = getattr(exc, "code", P.E_BAD_REQUEST if decoded else P.E_PROTOCOL)
             self.quiet.warning("bad messages", "bad message from %s: %s", identity.hex(), exc.reason)
             self.error(identity, rid, code, exc.reason, size=getattr(exc, "size", None))
+            if self.strikes.strike(identity, self.clock.mono()):
+                log.warning("peer %s sent over %d bad messages in %.0f s: its messages are dropped unread for "
+                            "%.0f s", identity.hex(), self.strikes.limit, self.strikes.window_s,
+                            self.strikes.quarantine_s)
         except Exception:  # a bug of ours must not take the broker down for everyone
             log.exception("internal error handling a message from %s", identity.hex())
             self.error(identity, rid, P.E_INTERNAL, "internal broker error (logged); the request was not applied")

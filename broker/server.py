@@ -33,7 +33,7 @@ log = logging.getLogger("shoal.broker")
 MAX_DRAIN = 4096
 PEER_HWM = 10_000  # replies queued per peer before it counts as not reading
 PEER_RCVHWM = 1_000  # messages read ahead per peer; past it TCP holds the peer back
-PASS_BUDGET_S = 0.005  # a pass stops handling after this long, commits and sends
+PASS_BUDGET_S = 0.003  # a pass stops handling after this long, commits and sends
 STALL_S = 2.0  # the loop late by this much stood still: its workers' silence was not theirs
 TRIM_GAP_S = 0.02  # at most this often a commit just to drop log entries behind a snapshot
 
@@ -206,7 +206,7 @@ class BrokerServer:
             except zmq.Again:
                 return
             broker.handle(frames[0], frames[1:])
-            if n & 31 == 31 and time.monotonic() - started > PASS_BUDGET_S:
+            if n & 3 == 3 and time.monotonic() - started > PASS_BUDGET_S:
                 return
 
     def _forward_history(self) -> None:

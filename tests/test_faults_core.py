@@ -205,7 +205,7 @@ def test_bad_message_warnings_are_said_once_per_interval(h: Harness, caplog: pyt
     with caplog.at_level(logging.WARNING, logger="shoal.broker"):
         for _ in range(200):
             h.send(CLIENT, P.ENQUEUE, {"rid": 1, "jobs": "nope"})
-    assert len([r for r in caplog.records if "bad message" in r.getMessage()]) == 1
+    assert len([r for r in caplog.records if "bad message from" in r.getMessage()]) == 1
 
 
 # --- re-sent results after a restart are matched quietly --------------------------------------
@@ -279,3 +279,16 @@ def test_a_peer_gets_one_history_scan_at_a_time(h: Harness) -> None:
     assert h.send(OTHER_WORKER, P.HISTORY, {"rid": 3, "id": job_id}) == []  # another peer may
     h.broker.history_answered(CLIENT)
     assert h.send(CLIENT, P.HISTORY, {"rid": 4, "id": job_id}) == []
+
+
+def test_a_peer_flooding_bad_frames_is_dropped_unread_for_a_while(h: Harness) -> None:
+    bad = [P.VERSION, P.ENQUEUE, P.pack({"rid": 1, "jobs": "nope"})]
+    answered = 0
+    for _ in range(150):
+        h.broker.handle(b"flooder", bad)
+        answered += len([o for o in h.broker.take()[1] if o.identity == b"flooder"])
+    assert answered == h.broker.strikes.limit + 1  # refused one by one, then put aside
+    assert h.request(P.STATS, {})["frames_dropped"] == 150 - answered  # counted; others are served
+    h.clock.advance(6)
+    h.broker.handle(b"flooder", bad)
+    assert [o.identity for o in h.broker.take()[1]] == [b"flooder"]  # heard again after the quarantine

@@ -24,6 +24,7 @@ def test_the_core_refuses_thousands_of_hostile_frames_without_an_internal_error(
     try:
         h.hello(slots=2)
         h.new_jobs(3)
+        h.broker.strikes.limit = 10**9  # every frame reaches the checks (no peer is put aside)
         rng = random.Random(7)
         with caplog.at_level(logging.ERROR, logger="shoal.broker"):
             for n in range(3000):
