@@ -52,6 +52,18 @@ def fill(path: Path) -> int:
     return written
 
 
+def two_blocked_jobs(cluster: Cluster) -> tuple[Client, list[str]]:
+    """Start the broker and a media worker running two ``block`` jobs (released by the file
+    ``release``); the client and the two job ids."""
+    cluster.start_broker()
+    client = cluster.client(timeout=30)
+    cluster.start_worker("media", 2)
+    running = [client.enqueue("block", {"i": i}, group="media") for i in range(2)]
+    wait_for(lambda: (cluster.tmp / "block.log").exists()
+             and (cluster.tmp / "block.log").read_text().count("start") == 2, what="two jobs running")
+    return client, running
+
+
 def recover_and_finish(cluster: Cluster, client: Client, accepted: list[str]) -> None:
     """Space came back: an enqueue is accepted again (no restart), a worker finishes every
     acknowledged job and nothing else, and the data still is what its log rebuilds."""
@@ -73,12 +85,7 @@ def test_a_nearly_full_disk_refuses_enqueues_while_running_jobs_finish_and_recov
     ballast = small_disk / "ballast"
     with open(ballast, "wb") as fh:  # room that comes back when this file goes
         fh.write(bytes(12 << 20))
-    cluster.start_broker()
-    client = cluster.client(timeout=30)
-    cluster.start_worker("media", 2)
-    running = [client.enqueue("block", {"i": i}, group="media") for i in range(2)]
-    wait_for(lambda: (cluster.tmp / "block.log").exists()
-             and (cluster.tmp / "block.log").read_text().count("start") == 2, what="two jobs running")
+    client, running = two_blocked_jobs(cluster)
 
     accepted: list[str] = []
     with pytest.raises(StorageFull) as err:
@@ -156,12 +163,7 @@ def test_a_broker_started_on_a_full_disk_refuses_enqueues_from_the_first(small_d
 
 def test_results_that_cannot_be_stored_wait_on_the_worker_and_cost_no_attempt(small_disk, cluster_factory) -> None:
     cluster = cluster_factory(DEFAULT_TOML.replace("[broker]\n", NO_SNAPSHOTS + 'min_free_disk = "16MiB"\n'))
-    cluster.start_broker()
-    client = cluster.client(timeout=30)
-    cluster.start_worker("media", 2)
-    running = [client.enqueue("block", {"i": i}, group="media") for i in range(2)]
-    wait_for(lambda: (cluster.tmp / "block.log").exists()
-             and (cluster.tmp / "block.log").read_text().count("start") == 2, what="two jobs running")
+    client, running = two_blocked_jobs(cluster)
     ballast = small_disk / "ballast"
     fill(ballast)
     os.truncate(ballast, max(0, ballast.stat().st_size - (4 << 20)))  # 4 MiB free: under half the reserve
