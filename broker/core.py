@@ -21,6 +21,7 @@ from shoal.ids import id_to_str
 
 from .queues import ReadyQueue, Schedule
 from .quiet import QuietLog, Strikes
+from .roles import Principal, refusal
 from .batch import Batch
 from .contract import CoreStore
 from .supervisor import Demand, Supervisor
@@ -225,8 +226,9 @@ class BrokerCore:
         return batch, outbox
 
     # --- entry points ----------------------------------------------------------
-    def handle(self, identity: bytes, frames: list[bytes]) -> None:
-        """Act on one message from a client or worker. A bad one gets an error reply."""
+    def handle(self, identity: bytes, frames: list[bytes], principal: Principal | None = None) -> None:
+        """Act on one message from a client or worker. A bad one gets an error reply, and so
+        does one its sender's key may not send (``principal`` is None with security off)."""
         if self.strikes.quarantined and self.strikes.blocked(identity, self.clock.mono()):
             return  # a peer that floods the broker with bad frames is not read for a while
         rid = None
@@ -238,6 +240,10 @@ class BrokerCore:
             handler = self._handlers.get(command)
             if handler is None:
                 raise ProtocolError(f"{command.decode()} is not a command the broker accepts", command)
+            why = refusal(principal, command, body)
+            if why is not None:
+                self._forbid(identity, rid, principal, why)
+                return
             handler(identity, body)
         except ProtocolError as exc:
             # a well-formed message whose content a handler refused is a bad request
@@ -251,6 +257,13 @@ class BrokerCore:
         except Exception:  # a bug of ours must not take the broker down for everyone
             log.exception("internal error handling a message from %s", identity.hex())
             self.error(identity, rid, P.E_INTERNAL, "internal broker error (logged); the request was not applied")
+
+    def _forbid(self, identity: bytes, rid: Any, principal: Principal | None, why: str) -> None:
+        """Refuse a command the sender's key may not send: a clear error to it, a line naming the key."""
+        name = principal.name if principal is not None else "?"
+        self.quiet.warning(f"forbidden {name}", "refused %s: %s", identity.hex(), why)
+        self.error(identity, rid, P.E_FORBIDDEN, why)
+        self.strikes.strike(identity, self.clock.mono())
 
     def forgive_stall(self, gap_s: float) -> None:
         """The loop itself stood still ``gap_s`` seconds (SIGSTOP, a swapped-out VM; the shell

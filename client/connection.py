@@ -24,7 +24,7 @@ import zmq
 
 from shoal import protocol as P
 from shoal.errors import (
-    BrokerUnreachable, GroupSaturated, GroupUnhealthy, PayloadError, RemoteError, StorageFull, TooManyWaits,
+    BrokerUnreachable, Forbidden, GroupSaturated, GroupUnhealthy, PayloadError, RemoteError, StorageFull, TooManyWaits,
     UnknownJob, WaitTimeout,
 )
 
@@ -265,4 +265,6 @@ def remote_error(body: dict[str, Any]) -> Exception:
         return PayloadError(message)
     if code == P.E_TOO_MANY_WAITS:
         return TooManyWaits(message)
+    if code == P.E_FORBIDDEN:
+        return Forbidden(message)
     return RemoteError(code, message)

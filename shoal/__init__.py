@@ -3,13 +3,13 @@
     from shoal import Client, workflow, Permanent
 """
 from .errors import (
-    BrokerUnreachable, ConfigError, GroupSaturated, GroupUnhealthy, InvalidEndpoint, PayloadError, Permanent, ProtocolError,
+    BrokerUnreachable, ConfigError, Forbidden, GroupSaturated, GroupUnhealthy, InvalidEndpoint, PayloadError, Permanent, ProtocolError,
     RemoteError, ShoalError, StorageFull, TooManyWaits, UnknownJob, UnknownWorkflow, WaitTimeout,
 )
 from .workflow import Workflow, workflow
 
 __all__ = [
-    "AsyncClient", "BrokerUnreachable", "Client", "ConfigError", "GroupSaturated", "GroupUnhealthy", "InvalidEndpoint",
+    "AsyncClient", "BrokerUnreachable", "Client", "ConfigError", "Forbidden", "GroupSaturated", "GroupUnhealthy", "InvalidEndpoint",
     "PayloadError", "Permanent", "ProtocolError", "RemoteError", "Result", "ShoalError", "StorageFull", "TooManyWaits",
     "UnknownJob", "UnknownWorkflow", "WaitTimeout",
     "Workflow", "run_worker", "workflow",

@@ -85,3 +85,11 @@ class GroupSaturated(ShoalError):
     def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class Forbidden(RemoteError):
+    """The broker refused the request: this connection's key may not send it (an admin command
+    with a client key, a worker command with a client key, HELLO for a group the key is not listed for)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("forbidden", message)

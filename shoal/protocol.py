@@ -73,6 +73,7 @@ E_GROUP_UNHEALTHY = "group_unhealthy"
 E_STALE_LEASE = "stale_lease"
 E_SATURATED = "saturated"
 E_BUSY = "busy"  # the broker is doing this peer's previous request of the kind (HISTORY); ask again
+E_FORBIDDEN = "forbidden"  # the sender's key may not send this command (or serve this group)
 E_TOO_MANY_WAITS = "too_many_waits"  # a client has too many WAITs outstanding (limit in the message)
 
 

@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 STRICT = ["shoal/jobs.py", "shoal/protocol.py", "shoal/messages.py", "broker/queues.py", "broker/core.py",
-          "broker/workers.py", "broker/quiet.py", "broker/batch.py", "broker/contract.py", "broker/memstore.py",
+          "broker/workers.py", "broker/quiet.py", "broker/batch.py", "broker/contract.py", "broker/memstore.py", "broker/roles.py",
           "broker/worker_commands.py", "broker/client_commands.py", "broker/step_commands.py",
           "broker/control_commands.py"]
 
