@@ -1,0 +1,82 @@
+"""A data directory written by the broker before core v2 opens, replays and serves on today's code.
+
+The fixture (tests/fixtures/data-v1.tar.gz, made by tests/fixtures/make_data_v1.py at the commit
+named in tests/fixtures/README.md) holds jobs in every state: completed with results, dead,
+pending in a group nobody served, scheduled an hour ahead, one holding a dedup key, one with
+stored steps, and a cron mark. Nothing here may change when the core or the store is rebuilt.
+"""
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import DEFAULT_TOML
+
+pytestmark = pytest.mark.timeout(90)
+
+FIXTURE = Path(__file__).parent / "fixtures" / "data-v1.tar.gz"
+# retention far beyond the fixture's age, so its finished jobs are still there whenever this runs
+TOML = DEFAULT_TOML.replace("[workflows]\n", '[workflows]\nretention = "36500d"\n') + (
+    '\n[cron.tick]\nworkflow = "cron-mark"\nschedule = "* * * * * *"\ncatch_up = "none"\n')
+
+
+def _unpack(tmp: Path) -> dict[str, Any]:
+    with tarfile.open(FIXTURE) as tar:
+        tar.extractall(tmp, filter="data")
+    return json.loads((tmp / "expect.json").read_text())
+
+
+@pytest.fixture
+def old(cluster_factory: Any, tmp_path: Path) -> tuple[Any, dict[str, Any]]:
+    expect = _unpack(tmp_path)
+    return cluster_factory(TOML), expect
+
+
+def test_the_old_log_rebuilds_exactly_the_old_state(old: tuple[Any, dict[str, Any]]) -> None:
+    cluster, _ = old
+    verified = cluster.replay("--verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_every_old_job_is_there_in_its_state(old: tuple[Any, dict[str, Any]]) -> None:
+    cluster, expect = old
+    cluster.start_broker()
+    client = cluster.client()
+    for job_id in expect["completed"]:
+        result = client.get(job_id)
+        assert result is not None and result.status == "completed" and result.value["group"] == "email"
+    dead = {r.id for r in client.dead_letters()}
+    assert set(expect["dead"]) <= dead
+    for job_id in expect["pending"]:
+        assert client.get(job_id).status == "pending"
+    assert client.get(expect["scheduled"]).status in ("scheduled", "pending")  # pending once its hour is past
+    steps = {s.name: s.status for s in client.steps(expect["steps"])}
+    assert steps == {"before": "done", "nap": "done", "after": "done"}
+    assert client.get(expect["steps"]).status == "completed"
+    # the key is still held by the old job: a new enqueue with it is that job
+    again = client.enqueue("media-echo", {"k": 2}, key=expect["key"])
+    assert str(again) == expect["keyed"] and again.deduplicated
+    assert any(e["name"] == "tick" and e.get("last_ms") for e in client.cron())
+
+
+def test_old_jobs_run_to_completion_and_dead_ones_requeue(old: tuple[Any, dict[str, Any]]) -> None:
+    cluster, expect = old
+    cluster.start_broker()
+    cluster.start_worker("media")
+    cluster.start_worker("email")
+    client = cluster.client()
+    for job_id in [*expect["pending"], expect["keyed"]]:
+        assert client.wait(job_id, timeout=30).status == "completed"
+    permanent = expect["dead"][1]
+    assert client.requeue(permanent)
+    before = client.get(permanent).finished_ms
+    again = client.wait(permanent, timeout=30)  # it ran once more on the new code and failed for good again
+    assert again.status == "dead" and again.error_kind == "permanent" and again.finished_ms > before
+    fresh = client.enqueue("echo", {"new": True})
+    assert client.wait(fresh, timeout=30).value["payload"] == {"new": True}
+    verified = cluster.stop_and_verify()
+    assert verified.returncode == 0
