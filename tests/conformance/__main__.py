@@ -25,8 +25,8 @@ def run_scenario(sc: Scenario, worker_cmd: list[str], tmp: Path) -> None:
         harness.start_broker()
         try:
             sc.run(harness)
-        except ScenarioFailed as exc:
-            raise ScenarioFailed(f"{sc.name}: {exc}\n{harness.logs()}") from None
+        except Exception as exc:  # a client error (a wait that timed out) needs the logs as much
+            raise ScenarioFailed(f"{sc.name}: {type(exc).__name__}: {exc}\n{harness.logs()}") from None
     finally:
         harness.close()
 

@@ -62,3 +62,10 @@ async def conf_slow(payload):
     await asyncio.sleep(payload["seconds"])
     mark(payload, f"end {payload['tag']}")
     return {"tag": payload["tag"]}
+
+
+@workflow("conf-fanout", worker=GROUP)
+async def conf_fanout(payload, step):
+    ids = await step.enqueue_many("children", "conf-echo", [{"i": i} for i in range(payload["n"])])
+    values = await step.wait("all-done", ids)
+    return {"children": [v["echo"]["i"] for v in values]}

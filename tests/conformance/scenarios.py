@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 from .harness import GROUP, Harness, check, sigkill, wait_for
 
-CONF_WORKFLOWS = {"conf-echo", "conf-fail-once", "conf-permanent", "conf-steps", "conf-sleep", "conf-slow"}
+CONF_WORKFLOWS = {"conf-echo", "conf-fail-once", "conf-permanent", "conf-steps", "conf-sleep", "conf-slow", "conf-fanout"}
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,15 @@ def _max_running(marks: list[str]) -> int:
     return peak
 
 
+def _shape(value: Any) -> Any:
+    """``value`` with every leaf replaced by its type: 2**40 and 2.0**40 are equal, their shapes are not."""
+    if isinstance(value, dict):
+        return {k: _shape(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shape(v) for v in value]
+    return type(value).__name__
+
+
 @scenario()
 def hello_and_credit(h: Harness) -> None:
     """HELLO names the group, slots and every workflow; the broker never sends more jobs than slots."""
@@ -58,7 +67,8 @@ def job_and_result(h: Harness) -> None:
                "m": {"k": "v"}, "empty": {}}
     result = h.client.wait(h.client.enqueue("conf-echo", payload), timeout=30)
     check(result.status == "completed", f"conf-echo should complete: {result}")
-    check(result.value["echo"] == payload, f"the echo should equal the payload: {result.value!r}")
+    check(result.value["echo"] == payload and _shape(result.value["echo"]) == _shape(payload),
+          f"the echo should equal the payload, types too (an int stays an int): {result.value!r}")
     check(isinstance(result.value.get("impl"), str), f"conf-echo names its implementation: {result.value!r}")
     check(result.attempts == 1, f"one attempt: {result}")
 
@@ -112,6 +122,19 @@ def sleep_suspends_and_resumes(h: Harness) -> None:
     check(nap is not None and "wake_ms" in (nap.value or {}), f"the sleep is stored as a step: {nap}")
     check(result.value["woke_ms"] >= nap.value["wake_ms"], f"resumed after its wake time: {result.value} {nap}")
     check(result.attempts == 1, f"a sleep is not a failed attempt: {result}")
+
+
+@scenario()
+def children_enqueued_and_waited_for(h: Harness) -> None:
+    """step.enqueue_many creates children in the STEP's transaction; step.wait suspends (SUSPEND
+    with wait_on) and the run resumes with their values once every child is final."""
+    h.start_worker(concurrency=1)  # the parent must give its slot back for the children to run
+    job = h.client.enqueue("conf-fanout", {"n": 3})
+    result = h.client.wait(job, timeout=30)
+    check(result.status == "completed" and result.value == {"children": [0, 1, 2]}, f"children's values: {result}")
+    check(result.attempts == 1, f"waiting is not a failed attempt: {result}")
+    names = {s.name for s in h.client.steps(job)}
+    check({"children", "all-done"} <= names, f"both steps stored: {names}")
 
 
 @scenario()

@@ -72,3 +72,13 @@ defineWorkflow("conf-slow", {
     return { tag: payload.tag };
   },
 });
+
+defineWorkflow("conf-fanout", {
+  worker: GROUP,
+  handler: async (payload, step) => {
+    const inputs = Array.from({ length: payload.n }, (_, i) => ({ i }));
+    const ids = await step.enqueueMany("children", "conf-echo", inputs);
+    const values = await step.wait("all-done", ids);
+    return { children: values.map((v) => v.echo.i) };
+  },
+});

@@ -28,14 +28,40 @@ export const E_UNKNOWN_JOB = "unknown_job";
 
 export type Body = Record<string, unknown>;
 
-const frameEncoder = new Encoder({ useBigInt64: true, ignoreUndefined: true });
-const frameDecoder = new Decoder({ useBigInt64: true });
-const valueEncoder = new Encoder({ ignoreUndefined: true });
-const valueDecoder = new Decoder();
+// With useBigInt64 the encoder writes a bigint as a 64-bit integer but a number past 32 bits as
+// a float64 (a wall time in ms would reach Python as 1.7e12, not an int): `wide` turns such
+// numbers into bigints first. Decoding gives bigint for every 64-bit integer; `narrow` makes
+// the safe ones numbers again for user values (a lease token stays a bigint in frames).
+const encoder = new Encoder({ useBigInt64: true, ignoreUndefined: true });
+const decoder = new Decoder({ useBigInt64: true });
+
+function wide(value: unknown): unknown {
+  if (typeof value === "number") {
+    return Number.isSafeInteger(value) && (value >= 0x100000000 || value < -0x80000000) ? BigInt(value) : value;
+  }
+  if (value === null || typeof value !== "object" || value instanceof Uint8Array) return value;
+  if (Array.isArray(value)) return value.map(wide);
+  if (value instanceof Map) return new Map([...value].map(([k, v]) => [wide(k), wide(v)]));
+  if (value instanceof Date) return value;
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(value)) out[k] = wide(v);
+  return out;
+}
+
+function narrow(value: unknown): unknown {
+  if (typeof value === "bigint") {
+    return value <= BigInt(Number.MAX_SAFE_INTEGER) && value >= BigInt(Number.MIN_SAFE_INTEGER) ? Number(value) : value;
+  }
+  if (value === null || typeof value !== "object" || value instanceof Uint8Array) return value;
+  if (Array.isArray(value)) return value.map(narrow);
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(value)) out[k] = narrow(v);
+  return out;
+}
 
 /** The frames of one message. */
 export function encode(command: string, body: Body): Buffer[] {
-  return [Buffer.from(VERSION), Buffer.from(command), Buffer.from(frameEncoder.encode(body))];
+  return [Buffer.from(VERSION), Buffer.from(command), Buffer.from(encoder.encode(wide(body)))];
 }
 
 /** A message that could not be read: `reason` says why (the peer logs it and goes on). */
@@ -51,7 +77,7 @@ export function decode(frames: Uint8Array[], maxBytes = DEFAULT_MAX_MESSAGE_BYTE
   if (body.length > maxBytes) throw new ProtocolError(`message body of ${body.length} bytes is over ${maxBytes}`);
   let value: unknown;
   try {
-    value = frameDecoder.decode(body);
+    value = decoder.decode(body);
   } catch (err) {
     throw new ProtocolError(`malformed msgpack body: ${(err as Error).message}`);
   }
@@ -61,14 +87,15 @@ export function decode(frames: Uint8Array[], maxBytes = DEFAULT_MAX_MESSAGE_BYTE
   return [Buffer.from(command).toString("latin1"), value as Body];
 }
 
-/** Pack a user value (payload, result, step value) the way Python's side does (bin for bytes). */
+/** Pack a user value (payload, result, step value) the way Python's side does: bin for bytes,
+ * integers as integers (a bigint too). */
 export function packValue(value: unknown): Uint8Array {
-  return valueEncoder.encode(value === undefined ? null : value);
+  return encoder.encode(wide(value === undefined ? null : value));
 }
 
-/** Unpack a user value; bytes come back as `Uint8Array`. */
+/** Unpack a user value; bytes come back as `Uint8Array`, integers past 2^53 as `bigint`. */
 export function unpackValue(data: Uint8Array): unknown {
-  return valueDecoder.decode(data);
+  return narrow(decoder.decode(data));
 }
 
 /** A field as a number (64-bit integers arrive as bigint). */

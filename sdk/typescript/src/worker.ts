@@ -208,6 +208,7 @@ export class Worker {
     this.lastHeard = now;
     this.outbox.heard(now);
     this.backoff.reset();
+    this.reconnectAt = null; // the connection works again: no new socket needed
     try {
       [command, body] = decode(frames);
     } catch (err) {
