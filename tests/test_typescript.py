@@ -1,0 +1,88 @@
+"""The TypeScript package (sdk/typescript): its own node tests, a group served by a Python and a
+TypeScript worker at once, and a Node app that enqueues for a Python worker. The package is
+installed and compiled by the fixture when needed; a missing node is a failure, never a skip."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `tests.conformance` from any cwd
+
+from tests.conformance import IMPLEMENTATIONS, TS_SDK  # noqa: E402
+from tests.conformance.harness import Harness  # noqa: E402
+from tests.conformance.node import ensure_built, tools  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def node() -> str:
+    """The node binary, with the package installed and compiled."""
+    ensure_built()
+    return tools()[0]
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Harness:
+    h = Harness(tmp_path, IMPLEMENTATIONS["python"])
+    h.start_broker()
+    yield h  # type: ignore[misc]
+    h.close()
+
+
+def test_the_packages_own_node_tests_pass(node: str) -> None:
+    done = subprocess.run(["npm", "test"], cwd=TS_SDK, capture_output=True, text=True, timeout=120)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out
+    passed = re.search(r"^# pass (\d+)$", out, re.M)
+    assert passed and int(passed.group(1)) >= 10 and re.search(r"^# fail 0$", out, re.M), out
+
+
+def test_one_group_served_by_a_python_and_a_typescript_worker(node: str, harness: Harness) -> None:
+    harness.start_worker(concurrency=2)
+    harness.worker_cmd = IMPLEMENTATIONS["typescript"]
+    harness.start_worker(concurrency=2)
+    ids = harness.client.enqueue_many("conf-echo", [{"n": i} for i in range(20)])
+    results = [harness.client.wait(i, timeout=60) for i in ids]
+    assert all(r.status == "completed" for r in results), results
+    assert sorted(r.value["echo"]["n"] for r in results) == list(range(20))
+    impls = {r.value["impl"] for r in results}
+    assert impls == {"python", "typescript"}, f"jobs should finish on both workers, finished on {impls}"
+
+
+def test_a_node_app_enqueues_and_a_python_worker_runs_it(node: str, harness: Harness, tmp_path: Path) -> None:
+    harness.start_worker(concurrency=1)
+    script = tmp_path / "enqueue.mjs"
+    script.write_text(f"""
+import {{ Client }} from {json.dumps((TS_SDK / "dist" / "index.js").as_uri())};
+const client = new Client(process.argv[2]);
+const id = await client.enqueue("conf-echo", {{ from: "node", big: 2 ** 40 }});
+const result = await client.wait(id, 30);
+const missing = await client.get("00000000-0000-7000-8000-000000000000");
+console.log(JSON.stringify({{ id, status: result.status, value: result.value, missing }}));
+client.close();
+""")
+    done = subprocess.run([node, str(script), harness.endpoint], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["status"] == "completed" and out["missing"] is None, out
+    assert out["value"] == {"echo": {"from": "node", "big": 2 ** 40}, "impl": "python"}, out
+    seen = harness.client.get(out["id"])
+    assert seen is not None and seen.status == "completed" and seen.attempts == 1, seen
+
+
+def test_the_cli_refuses_a_bad_command_line_and_a_group_with_no_workflows(node: str, tmp_path: Path) -> None:
+    cli = str(TS_SDK / "dist" / "cli.js")
+    bad = subprocess.run([node, cli, "--app", "x.js", "--concurrency", "0"], capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "--concurrency must be an integer" in bad.stderr, bad.stderr
+    app = tmp_path / "wf.cjs"  # a CommonJS file: loaded with import() like an ES module
+    app.write_text(f"const {{ defineWorkflow }} = require({json.dumps(str(TS_SDK / 'dist' / 'index.js'))});\n"
+                   "defineWorkflow('hidden', { worker: 'media', handler: async () => 1 });\n")
+    wrong = subprocess.run([node, cli, "--app", str(app), "--group", "email"], capture_output=True, text=True, timeout=30)
+    assert wrong.returncode == 2, wrong.stderr
+    assert 'no workflow in --app' in wrong.stderr and "media: hidden" in wrong.stderr, wrong.stderr
+    missing = subprocess.run([node, cli, "--app", str(tmp_path / "nope.js")], capture_output=True, text=True, timeout=30)
+    assert missing.returncode == 2 and "no such file" in missing.stderr, missing.stderr
