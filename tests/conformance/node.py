@@ -9,8 +9,6 @@ from pathlib import Path
 
 from . import TS_SDK
 
-STAMP = TS_SDK / "dist" / ".built"
-
 
 class NodeMissing(RuntimeError):
     """node or npm is not installed."""
@@ -42,6 +40,7 @@ def ensure_built() -> None:
     if not installed.exists() or installed.stat().st_mtime < (TS_SDK / "package-lock.json").stat().st_mtime:
         _run([npm, "ci", "--no-audit", "--no-fund"], "installing the dependencies")
     sources = [*(TS_SDK / "src").rglob("*.ts"), TS_SDK / "tsconfig.json", TS_SDK / "package.json"]
-    if not STAMP.exists() or STAMP.stat().st_mtime < _newest(sources):
+    built = list((TS_SDK / "dist").rglob("*.js"))  # tsc writes every output on each build
+    expected = {TS_SDK / "dist" / p.relative_to(TS_SDK / "src").with_suffix(".js") for p in (TS_SDK / "src").rglob("*.ts")}
+    if not expected <= set(built) or min(p.stat().st_mtime for p in built) < _newest(sources):
         _run([npm, "run", "build"], "compiling the TypeScript")
-        STAMP.touch()
