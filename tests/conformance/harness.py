@@ -6,13 +6,13 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from shoal import Client
+from tests.conftest import Proc as Process
+from tests.conftest import wait_for
 
 from . import ROOT
 
@@ -31,48 +31,6 @@ grace = "{grace}s"
 
 class ScenarioFailed(AssertionError):
     """A scenario's expectation did not hold; the message says which, with the logs' tails."""
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail naming ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise ScenarioFailed(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
-
-
-class Process:
-    """A broker or worker subprocess writing to its own log file."""
-
-    def __init__(self, args: list[str], log: Path, env: dict[str, str], cwd: Path) -> None:
-        self.args, self.log = args, log
-        self._fh = open(log, "ab")
-        self.popen = subprocess.Popen(args, stdout=self._fh, stderr=subprocess.STDOUT, env=env, cwd=cwd)
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def signal(self, signum: int) -> None:
-        if self.alive():
-            self.popen.send_signal(signum)
-
-    def stop(self) -> None:
-        """SIGKILL, reap, close the log."""
-        if self.alive():
-            self.popen.kill()
-        self.popen.wait(10)
-        self._fh.close()
 
 
 class Harness:
@@ -160,13 +118,13 @@ class Harness:
 
     def logs(self) -> str:
         """The tail of every process's log, for a failure message."""
-        return "\n".join(f"--- {p.log.name} ({' '.join(p.args[:3])} ...)\n{p.output()[-2500:]}" for p in self.procs)
+        return "\n".join(f"--- {p.log_path.name} ({' '.join(p.args[:3])} ...)\n{p.output()[-2500:]}" for p in self.procs)
 
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
         for proc in self.procs:
-            proc.stop()
+            proc.close()
 
 
 def check(condition: bool, message: str) -> None:
