@@ -86,3 +86,41 @@ def test_the_cli_refuses_a_bad_command_line_and_a_group_with_no_workflows(node: 
     assert 'no workflow in --app' in wrong.stderr and "media: hidden" in wrong.stderr, wrong.stderr
     missing = subprocess.run([node, cli, "--app", str(tmp_path / "nope.js")], capture_output=True, text=True, timeout=30)
     assert missing.returncode == 2 and "no such file" in missing.stderr, missing.stderr
+
+
+def test_curve_keys_from_shoal_keygen_files_secure_the_connection(node: str, tmp_path: Path) -> None:
+    """--key / --broker-key: the worker's HELLO reaches a CURVE server socket (the broker's side
+    of security is its own issue's work; here a pyzmq ROUTER stands in for the transport only)."""
+    import zmq
+    import zmq.auth
+
+    from shoal import protocol as P
+
+    broker_public, broker_secret = zmq.auth.create_certificates(str(tmp_path), "broker")
+    _, worker_secret = zmq.auth.create_certificates(str(tmp_path), "worker")
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.curve_publickey, sock.curve_secretkey = zmq.auth.load_certificate(broker_secret)
+    sock.curve_server = True
+    sock.linger = 0
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    args = [*IMPLEMENTATIONS["typescript"], "--group", "conf", "--connect", f"tcp://127.0.0.1:{port}",
+            "--key", worker_secret, "--broker-key", broker_public]
+    log = open(tmp_path / "worker.log", "wb")
+    proc = subprocess.Popen([node, *args[1:]], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        assert sock.poll(20_000), f"no message arrived over CURVE:\n{(tmp_path / 'worker.log').read_text()}"
+        identity, *frames = sock.recv_multipart()
+        command, body = P.decode(frames)
+        assert command == P.HELLO and body["group"] == "conf" and body["pid"] == proc.pid, body
+    finally:
+        proc.kill()
+        proc.wait(10)
+        log.close()
+        sock.close()
+        ctx.term()
+    bad = subprocess.run([node, *args[1:-2], "--broker-key", str(tmp_path / "missing.key")],
+                         capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "missing.key: cannot read the key file" in bad.stderr, bad.stderr
+    half = subprocess.run([node, *args[1:-2]], capture_output=True, text=True, timeout=30)
+    assert half.returncode == 2 and "CURVE needs both --key" in half.stderr, half.stderr

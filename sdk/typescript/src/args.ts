@@ -8,11 +8,15 @@ export interface CliOptions {
   graceS: number;
   heartbeatS: number;
   server: string;
+  /** CURVE: this worker's `.key_secret` file and the broker's public `.key` file (both or neither). */
+  key: string;
+  brokerKey: string;
   help: boolean;
 }
 
 export const USAGE = `usage: shoal-worker --group GROUP --app FILE [--connect ENDPOINT] [--concurrency N]
                     [--grace SECONDS] [--heartbeat-interval SECONDS] [--server NAME]
+                    [--key FILE --broker-key FILE]
 
 Run a Shoal worker for one group. --app is an ES module or a CommonJS file; every workflow
 that defineWorkflow() creates while it loads is served (those of --group).
@@ -23,12 +27,14 @@ that defineWorkflow() creates while it loads is served (those of --group).
   --concurrency         parallel runs (default 4)
   --grace               seconds a SIGTERM drain waits before handing jobs back (default: SHOAL_GRACE, else 30)
   --heartbeat-interval  seconds; match the broker's heartbeat_interval (default: SHOAL_HEARTBEAT_INTERVAL, else 1)
-  --server              server name shown by the broker (default: SHOAL_SERVER)`;
+  --server              server name shown by the broker (default: SHOAL_SERVER)
+  --key                 CURVE: this worker's NAME.key_secret from \`shoal keygen\` (default: SHOAL_KEY)
+  --broker-key          CURVE: the broker's public NAME.key (default: SHOAL_BROKER_KEY)`;
 
 /** A bad command line: the message says which flag and why. */
 export class UsageError extends Error {}
 
-const FLAGS = new Set(["group", "app", "connect", "concurrency", "grace", "heartbeat-interval", "server"]);
+const FLAGS = new Set(["group", "app", "connect", "concurrency", "grace", "heartbeat-interval", "server", "key", "broker-key"]);
 const ENDPOINT = /^(tcp:\/\/[^\s:]+:\d+|ipc:\/\/\S+|inproc:\/\/\S+)$/;
 
 function positive(flag: string, text: string, integer: boolean): number {
@@ -66,11 +72,16 @@ export function parseArgs(argv: string[], env: Record<string, string | undefined
     graceS: positive("grace", pick("grace", "SHOAL_GRACE", "30"), false),
     heartbeatS: positive("heartbeat-interval", pick("heartbeat-interval", "SHOAL_HEARTBEAT_INTERVAL", "1"), false),
     server: pick("server", "SHOAL_SERVER", ""),
+    key: pick("key", "SHOAL_KEY", ""),
+    brokerKey: pick("broker-key", "SHOAL_BROKER_KEY", ""),
     help,
   };
   if (help) return options;
   if (!options.app) throw new UsageError("--app FILE is required (the file that defines the workflows)");
   if (!options.group) throw new UsageError("--group must not be empty");
+  if (Boolean(options.key) !== Boolean(options.brokerKey)) {
+    throw new UsageError("CURVE needs both --key (this worker's .key_secret) and --broker-key (the broker's .key)");
+  }
   if (!ENDPOINT.test(options.connect)) {
     throw new UsageError(`--connect ${JSON.stringify(options.connect)} is not an endpoint like tcp://HOST:PORT or ipc:///path`);
   }

@@ -4,6 +4,7 @@ import { existsSync } from "node:fs";
 import { resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { parseArgs, UsageError, USAGE } from "./args.js";
+import { KeyError, loadCurveKeys } from "./keys.js";
 import { allWorkflows, workflowsOf } from "./registry.js";
 import { Worker } from "./worker.js";
 
@@ -19,6 +20,14 @@ async function main(): Promise<number> {
   if (options.help) {
     process.stdout.write(`${USAGE}\n`);
     return 0;
+  }
+  let curve;
+  try {
+    curve = options.key ? loadCurveKeys(options.key, options.brokerKey) : undefined;
+  } catch (err) {
+    if (!(err instanceof KeyError)) throw err;
+    process.stderr.write(`shoal-worker: ${err.message}\n`);
+    return 2;
   }
   const file = resolve(options.app);
   if (!existsSync(file)) {
@@ -42,7 +51,7 @@ async function main(): Promise<number> {
   }
   const worker = new Worker({
     endpoint: options.connect, group: options.group, concurrency: options.concurrency, workflows,
-    server: options.server, graceS: options.graceS, heartbeatS: options.heartbeatS,
+    server: options.server, graceS: options.graceS, heartbeatS: options.heartbeatS, curve,
   });
   let signals = 0;
   const onSignal = () => {

@@ -5,6 +5,7 @@ export { Worker, type WorkerOptions } from "./worker.js";
 export { Client, BrokerUnreachable, type EnqueueOptions, type JobResult } from "./client.js";
 export { idToStr, idFromStr, newJobId, packValue, unpackValue, VERSION } from "./protocol.js";
 export type { CurveKeys } from "./link.js";
+export { loadCurveKeys, KeyError } from "./keys.js";
 
 import { workflowsOf } from "./registry.js";
 import { Worker, type WorkerOptions } from "./worker.js";

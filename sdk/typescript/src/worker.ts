@@ -62,6 +62,7 @@ export class Worker {
   private lastSent = 0;
   private reconnectAt: number | null = null;
   private helloEchoUntil = 0;
+  private rejoining = false;
   private draining = false;
   private drainDeadline = 0;
   private timer: NodeJS.Timeout | null = null;
@@ -119,6 +120,7 @@ export class Worker {
     this.sendHello();
     for (const frames of encodeOutcomes(this.outbox.toResend(monotonic()))) this.sendFrames(frames);
     this.helloEchoUntil = monotonic() + 2 * this.hbMs;
+    this.rejoining = true;
   }
 
   private sendHello(): void {
@@ -220,6 +222,10 @@ export class Worker {
       return;
     }
     this.helloEchoUntil = 0; // anything else proves the broker knows us: the next RECONNECT is news
+    if (this.rejoining) {
+      this.rejoining = false;
+      this.log("info", `rejoined the broker at ${this.options.endpoint} with ${this.leases.size} jobs in flight`);
+    }
     try {
       this.dispatch(command, body);
     } catch (err) {

@@ -21,3 +21,12 @@ test("bad command lines name the flag", () => {
   assert.throws(() => parseArgs(["a.js"]), UsageError);
   assert.equal(parseArgs(["--help"]).help, true);
 });
+
+test("CURVE key files: both or neither, from flags or SHOAL_KEY / SHOAL_BROKER_KEY", () => {
+  const o = parseArgs(["--app", "a.js", "--key", "w.key_secret", "--broker-key", "b.key"]);
+  assert.deepEqual([o.key, o.brokerKey], ["w.key_secret", "b.key"]);
+  const e = parseArgs(["--app", "a.js"], { SHOAL_KEY: "k", SHOAL_BROKER_KEY: "bk" });
+  assert.deepEqual([e.key, e.brokerKey], ["k", "bk"]);
+  assert.equal(parseArgs(["--app", "a.js"]).key, "");
+  assert.throws(() => parseArgs(["--app", "a.js", "--key", "w.key_secret"]), /needs both --key/);
+});
