@@ -34,7 +34,7 @@ def harness(tmp_path: Path) -> Harness:
 
 
 def test_the_packages_own_node_tests_pass(node: str) -> None:
-    done = subprocess.run(["npm", "test"], cwd=TS_SDK, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([tools()[1], "test"], cwd=TS_SDK, capture_output=True, text=True, timeout=120)
     out = done.stdout + done.stderr
     assert done.returncode == 0, out
     passed = re.search(r"^# pass (\d+)$", out, re.M)

@@ -20,6 +20,7 @@ GROUP = "conf"
 TOML = """
 [broker]
 heartbeat_interval = "{heartbeat}s"
+{broker_extra}
 
 [workflows]
 backoff = "20ms"
@@ -41,7 +42,8 @@ class Harness:
         self.tmp = tmp
         self.worker_cmd = worker_cmd
         self.config = tmp / "shoal.toml"
-        self.config.write_text(TOML.format(heartbeat=heartbeat_s, lease=lease_s, grace=grace_s))
+        self._settings = {"heartbeat": heartbeat_s, "lease": lease_s, "grace": grace_s}
+        self.write_config()
         self.marks = tmp / "marks"
         self.marks.touch()
         self.endpoint = ""
@@ -55,6 +57,10 @@ class Harness:
                     "SHOAL_HEARTBEAT_INTERVAL": str(heartbeat_s), "SHOAL_GRACE": str(grace_s)})
         self.env = env
         self._n = 0
+
+    def write_config(self, broker_extra: str = "") -> None:
+        """(Re)write shoal.toml; ``broker_extra`` adds lines to its [broker] table (read at the next start)."""
+        self.config.write_text(TOML.format(broker_extra=broker_extra, **self._settings))
 
     def _log(self, name: str) -> Path:
         self._n += 1
