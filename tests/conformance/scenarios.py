@@ -52,7 +52,7 @@ def hello_and_credit(h: Harness) -> None:
     entry = h.wait_joined(proc)
     check(entry["group"] == GROUP and entry["slots"] == 2, f"HELLO should say group {GROUP!r}, 2 slots: {entry}")
     check(CONF_WORKFLOWS <= set(entry["workflows"]), f"HELLO should list {sorted(CONF_WORKFLOWS)}: {entry['workflows']}")
-    ids = [h.client.enqueue("conf-slow", h.payload(seconds=0.3, tag=f"j{i}")) for i in range(6)]
+    ids = [h.client.enqueue("conf-slow", h.payload(seconds=0.6, tag=f"j{i}")) for i in range(6)]
     results = [h.client.wait(i, timeout=60) for i in ids]
     check(all(r.status == "completed" for r in results), f"all six should complete: {results}")
     peak = _max_running(h.marked())
