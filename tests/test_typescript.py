@@ -124,3 +124,14 @@ def test_curve_keys_from_shoal_keygen_files_secure_the_connection(node: str, tmp
     assert bad.returncode == 2 and "missing.key: cannot read the key file" in bad.stderr, bad.stderr
     half = subprocess.run([node, *args[1:-2]], capture_output=True, text=True, timeout=30)
     assert half.returncode == 2 and "CURVE needs both --key" in half.stderr, half.stderr
+
+
+def test_a_hello_the_broker_refuses_ends_the_worker_with_the_reason(node: str, harness: Harness, tmp_path: Path) -> None:
+    harness.start_worker()  # the Python worker claims conf-echo for group conf
+    app = tmp_path / "claims.mjs"
+    app.write_text(f"import {{ defineWorkflow }} from {json.dumps((TS_SDK / 'dist' / 'index.js').as_uri())};\n"
+                   "defineWorkflow('conf-echo', { worker: 'other', handler: async () => 1 });\n")
+    done = subprocess.run([node, str(TS_SDK / "dist" / "cli.js"), "--app", str(app), "--group", "other",
+                           "--connect", harness.endpoint], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert "the broker refused this worker" in done.stderr and "claimed by group 'conf'" in done.stderr, done.stderr

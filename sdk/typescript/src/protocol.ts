@@ -25,6 +25,7 @@ export const Command = {
 export const E_STALE_LEASE = "stale_lease";
 export const E_BAD_REQUEST = "bad_request";
 export const E_UNKNOWN_JOB = "unknown_job";
+export const E_FORBIDDEN = "forbidden";
 
 export type Body = Record<string, unknown>;
 

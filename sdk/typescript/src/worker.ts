@@ -12,7 +12,7 @@ import { Backoff } from "./backoff.js";
 import { Calls } from "./calls.js";
 import { Link, type CurveKeys } from "./link.js";
 import { encodeOutcomes, Outbox, type Outcome } from "./outbox.js";
-import { bytes, Command, decode, E_BAD_REQUEST, encode, hex, idToStr, num, packValue, token, unpackValue, type Body } from "./protocol.js";
+import { bytes, Command, decode, E_BAD_REQUEST, E_FORBIDDEN, encode, hex, idToStr, num, packValue, token, unpackValue, type Body } from "./protocol.js";
 import { Permanent, type Workflow } from "./registry.js";
 import { Cancelled, LeaseLost, Step, Suspend, type JobMessage } from "./step.js";
 
@@ -254,7 +254,9 @@ export class Worker {
     } else if (command === Command.ERROR) {
       const message = `${String(body.code)}: ${String(body.message)}`;
       this.log("error", `broker refused: ${message}`);
-      if (body.code === E_BAD_REQUEST) { // our HELLO was refused (e.g. a workflow claimed by two groups)
+      // our HELLO was refused (a workflow claimed by two groups), or our key may not serve this
+      // group: saying HELLO again would be refused again
+      if (body.code === E_BAD_REQUEST || body.code === E_FORBIDDEN) {
         this.refused = message;
         void this.stop(2);
       }
