@@ -1,0 +1,358 @@
+/**
+ * The worker: connection, HELLO, credit, heartbeats, reconnect, drain, and the runs.
+ *
+ * Heartbeats go out from a timer on the event loop; a handler that blocks the loop (CPU-bound
+ * code without an await) for longer than the group's lease loses its job, so keep handlers
+ * async. The broker is declared gone after `liveness` silent intervals; the worker then
+ * reconnects with doubling backoff and says HELLO again, listing the jobs it still holds, and
+ * re-sends the outcomes it sent lately (the broker does not acknowledge them).
+ */
+import { hostname } from "node:os";
+import { Backoff } from "./backoff.js";
+import { Calls } from "./calls.js";
+import { Link, type CurveKeys } from "./link.js";
+import { encodeOutcomes, Outbox, type Outcome } from "./outbox.js";
+import { bytes, Command, decode, E_BAD_REQUEST, E_FORBIDDEN, encode, hex, idToStr, num, packValue, token, unpackValue, type Body } from "./protocol.js";
+import { Permanent, type Workflow } from "./registry.js";
+import { Cancelled, LeaseLost, Step, Suspend, type JobMessage } from "./step.js";
+
+export interface WorkerOptions {
+  endpoint: string;
+  group: string;
+  concurrency: number;
+  workflows: Map<string, Workflow>;
+  server?: string;
+  /** Seconds a drain waits for in-flight jobs before handing them back (default 30). */
+  graceS?: number;
+  /** Seconds between heartbeats (the broker's `heartbeat_interval`; default 1). */
+  heartbeatS?: number;
+  /** Silent intervals before the broker is declared gone (default 3). */
+  liveness?: number;
+  /** Longest wait between reconnects (default 8 s). */
+  reconnectMaxS?: number;
+  maxStepBytes?: number;
+  curve?: CurveKeys;
+  log?: (level: "info" | "warning" | "error", message: string) => void;
+}
+
+interface Run {
+  job: JobMessage;
+  step: Step;
+  settled: boolean;
+}
+
+const monotonic = () => performance.now();
+
+function defaultLog(level: string, message: string): void {
+  process.stderr.write(`${new Date().toISOString()} ${level.toUpperCase()} shoal.worker: ${message}\n`);
+}
+
+export class Worker {
+  private link: Link | null = null;
+  private readonly calls: Calls;
+  private readonly outbox: Outbox;
+  private readonly backoff: Backoff;
+  private readonly runs = new Map<string, Run>();
+  /** Jobs this worker holds on the broker (running, or a deferred result): listed in HELLO. */
+  private readonly leases = new Map<string, { id: Uint8Array; token: bigint }>();
+  private readonly log: (level: "info" | "warning" | "error", message: string) => void;
+  private readonly hbMs: number;
+  private readonly liveness: number;
+  private lastHeard = 0;
+  private lastSent = 0;
+  private reconnectAt: number | null = null;
+  private helloEchoUntil = 0;
+  private rejoining = false;
+  private draining = false;
+  private drainDeadline = 0;
+  private timer: NodeJS.Timeout | null = null;
+  private finish: ((code: number) => void) | null = null;
+  private finishing = false;
+  /** Why the broker refused this worker (exit code 2), if it did. */
+  refused: string | null = null;
+  jobsDone = 0;
+
+  constructor(readonly options: WorkerOptions) {
+    if (!(Number.isInteger(options.concurrency) && options.concurrency >= 1)) throw new RangeError("concurrency must be an integer >= 1");
+    this.hbMs = (options.heartbeatS ?? 1) * 1000;
+    this.liveness = options.liveness ?? 3;
+    const reconnectMaxMs = (options.reconnectMaxS ?? 8) * 1000;
+    this.log = options.log ?? defaultLog;
+    this.calls = new Calls((frames) => this.sendFrames(frames));
+    this.outbox = new Outbox(this.hbMs * (this.liveness + 2) + reconnectMaxMs, 2 * this.hbMs);
+    this.backoff = new Backoff(this.hbMs, Math.max(this.hbMs, reconnectMaxMs));
+  }
+
+  /** Serve until drained; resolves with the exit code (0, or 2 when the broker refused us). */
+  run(): Promise<number> {
+    const o = this.options;
+    return new Promise((resolve) => {
+      this.finish = resolve;
+      this.connect(false);
+      this.lastHeard = monotonic();
+      this.log("info", `shoal worker (typescript) for group ${JSON.stringify(o.group)} connected to ${o.endpoint} with ` +
+        `${o.concurrency} slots; workflows: ${[...o.workflows.keys()].join(", ")}`);
+      this.timer = setInterval(() => this.tick(), Math.max(10, Math.min(100, this.hbMs / 4)));
+    });
+  }
+
+  /** Stop taking jobs; finish in-flight ones within the grace time, hand back the rest, leave. */
+  drain(graceS = this.options.graceS ?? 30): void {
+    if (this.draining) return;
+    this.draining = true;
+    this.drainDeadline = monotonic() + graceS * 1000;
+    this.log("info", `draining: finishing ${this.runs.size} in-flight jobs within ${graceS}s; a second SIGTERM or ` +
+      `Ctrl-C exits at once (unfinished jobs are then redelivered)`);
+    this.send(Command.READY, { slots: 0 }); // before any outcome: no new job lands meanwhile
+    this.tick();
+  }
+
+  // --- connection ------------------------------------------------------------------
+  private connect(reconnecting: boolean): void {
+    this.link?.close(0);
+    this.link = new Link(this.options.endpoint, (frames) => this.onFrames(frames), this.options.curve);
+    if (reconnecting) this.announce();
+    else this.sendHello();
+  }
+
+  /** HELLO again (the broker restarted or we lost it) and re-send recent outcomes, once. */
+  private announce(): void {
+    this.sendHello();
+    for (const frames of encodeOutcomes(this.outbox.toResend(monotonic()))) this.sendFrames(frames);
+    this.helloEchoUntil = monotonic() + 2 * this.hbMs;
+    this.rejoining = true;
+  }
+
+  private sendHello(): void {
+    const o = this.options;
+    const workflows: Record<string, Body> = {};
+    for (const [name, wf] of o.workflows) workflows[name] = { retries: wf.retries ?? null };
+    this.send(Command.HELLO, {
+      group: o.group, pid: process.pid, host: hostname(), server: o.server ?? "",
+      slots: this.draining ? 0 : o.concurrency, workflows,
+      running: [...this.leases.values()].map((l) => [l.id, l.token]),
+    });
+  }
+
+  private send(command: string, body: Body): void {
+    this.sendFrames(encode(command, body));
+  }
+
+  private sendFrames(frames: Buffer[]): void {
+    this.link?.send(frames);
+    this.lastSent = monotonic();
+  }
+
+  // --- timers ----------------------------------------------------------------------
+  private tick(): void {
+    if (this.finishing) return;
+    const now = monotonic();
+    this.calls.tick(now);
+    for (const frames of encodeOutcomes(this.outbox.due(now))) this.sendFrames(frames);
+    for (const o of this.outbox.released(now)) {
+      if (this.leases.get(hex(o.id))?.token === o.token && !this.runs.has(hex(o.id))) this.leases.delete(hex(o.id));
+      this.log("info", `job ${idToStr(o.id)} (${o.workflow}): result stored after being deferred`);
+    }
+    if (this.draining) {
+      if (this.leases.size === 0) return void this.stop(0);
+      if (now >= this.drainDeadline) {
+        this.handBack();
+        return void this.stop(0);
+      }
+    }
+    this.keepAlive(now);
+  }
+
+  private keepAlive(now: number): void {
+    if (this.reconnectAt !== null) {
+      if (now >= this.reconnectAt) {
+        this.reconnectAt = null;
+        this.connect(true);
+        this.lastHeard = monotonic();
+      }
+    } else if (now - this.lastHeard > this.hbMs * this.liveness) {
+      const wait = this.backoff.next();
+      this.log("warning", `broker at ${this.options.endpoint} is silent; reconnecting in ${(wait / 1000).toFixed(1)}s`);
+      this.reconnectAt = now + wait;
+    } else if (now - this.lastSent >= this.hbMs) {
+      this.send(Command.HEARTBEAT, {});
+    }
+  }
+
+  private handBack(): void {
+    const returned = [...this.leases.values()].map((l) => [l.id, l.token]);
+    this.log("warning", `grace time over; handing ${returned.length} unfinished jobs back to the broker`);
+    this.send(Command.RETURN, { jobs: returned });
+    for (const run of this.runs.values()) run.settled = true; // their outcomes are no longer ours
+    this.runs.clear();
+    this.leases.clear();
+  }
+
+  private async stop(code: number): Promise<void> {
+    if (this.finishing) return;
+    this.finishing = true;
+    if (this.timer) clearInterval(this.timer);
+    if (code === 0 && this.reconnectAt === null) this.send(Command.BYE, {});
+    const link = this.link;
+    if (link) {
+      await link.idle();
+      link.close(1000); // give the last DONE / RETURN / BYE a moment to leave
+    }
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    this.finish?.(code);
+  }
+
+  // --- messages --------------------------------------------------------------------
+  private onFrames(frames: Buffer[]): void {
+    let command: string;
+    let body: Body;
+    const now = monotonic();
+    this.lastHeard = now;
+    this.outbox.heard(now);
+    this.backoff.reset();
+    this.reconnectAt = null; // the connection works again: no new socket needed
+    try {
+      [command, body] = decode(frames);
+    } catch (err) {
+      this.log("warning", `bad message from the broker: ${(err as Error).message}`);
+      return;
+    }
+    if (command === Command.RECONNECT) { // a restarted broker that does not know us (yet)
+      if (now >= this.helloEchoUntil) this.announce();
+      return;
+    }
+    this.helloEchoUntil = 0; // anything else proves the broker knows us: the next RECONNECT is news
+    if (this.rejoining) {
+      this.rejoining = false;
+      this.log("info", `rejoined the broker at ${this.options.endpoint} with ${this.leases.size} jobs in flight`);
+    }
+    try {
+      this.dispatch(command, body);
+    } catch (err) {
+      this.log("warning", `bad ${command} from the broker: ${(err as Error).message}`);
+    }
+  }
+
+  private dispatch(command: string, body: Body): void {
+    if (command === Command.JOB) {
+      for (const raw of (Array.isArray(body.jobs) ? body.jobs : []) as Body[]) this.start(parseJob(raw));
+    } else if (command === Command.CANCEL) {
+      const run = body.id instanceof Uint8Array ? this.runs.get(hex(body.id)) : undefined;
+      if (run !== undefined && run.job.token === token(body.token)) {
+        this.log("info", `job ${idToStr(run.job.id)} was cancelled; stopping it`);
+        run.step.cancel();
+        this.report(run, failure(run.job, "cancelled", "cancelled", undefined, 0));
+      }
+    } else if (command === Command.DEFER) {
+      for (const o of this.outbox.defer(body, monotonic())) {
+        this.log("warning", `job ${idToStr(o.id)} (${o.workflow}): the broker cannot store its result yet ` +
+          `(${String(body.reason || "no reason given")}); keeping it and sending it again until stored`);
+      }
+      for (const h of this.outbox.held.values()) this.leases.set(hex(h.outcome.id), { id: h.outcome.id, token: h.outcome.token });
+    } else if (command === Command.REPLY || (command === Command.ERROR && body.rid != null)) {
+      this.calls.answer(command, body);
+    } else if (command === Command.ERROR) {
+      const message = `${String(body.code)}: ${String(body.message)}`;
+      this.log("error", `broker refused: ${message}`);
+      // our HELLO was refused (a workflow claimed by two groups), or our key may not serve this
+      // group: saying HELLO again would be refused again
+      if (body.code === E_BAD_REQUEST || body.code === E_FORBIDDEN) {
+        this.refused = message;
+        void this.stop(2);
+      }
+    }
+  }
+
+  // --- runs ------------------------------------------------------------------------
+  private start(job: JobMessage): void {
+    const key = hex(job.id);
+    this.leases.set(key, { id: job.id, token: job.token });
+    this.log("info", `job ${idToStr(job.id)} (${job.wf}) received, attempt ${job.attempt}`);
+    const step = new Step(job, { call: (command, b) => this.calls.call(command, b, monotonic()) }, this.options.maxStepBytes);
+    const run: Run = { job, step, settled: false };
+    this.runs.set(key, run);
+    void this.execute(run).then((outcome) => this.report(run, outcome));
+  }
+
+  private async execute(run: Run): Promise<Outcome | null> {
+    const { job, step } = run;
+    const started = performance.now();
+    const elapsed = () => Math.round(performance.now() - started);
+    const wf = this.options.workflows.get(job.wf);
+    if (wf === undefined) {
+      const names = [...this.options.workflows.keys()].sort().join(", ") || "none";
+      return failure(job, "unknown_workflow", `workflow ${JSON.stringify(job.wf)} is not registered in group ` +
+        `${JSON.stringify(this.options.group)} (this worker has: ${names})`, undefined, 0);
+    }
+    let payload: unknown;
+    try {
+      payload = unpackValue(job.payload);
+    } catch (err) {
+      return failure(job, "bad_payload", `payload is not valid msgpack: ${(err as Error).message}`, undefined, elapsed());
+    }
+    let value: unknown;
+    try {
+      value = await wf.handler(payload, step);
+    } catch (err) {
+      return ended(job, step, elapsed()) ?? fromError(job, err, elapsed());
+    }
+    const end = ended(job, step, elapsed());
+    if (end !== undefined) return end; // the handler swallowed a suspension or a lost lease
+    let packed: Uint8Array;
+    try {
+      packed = packValue(value);
+    } catch (err) {
+      return failure(job, "bad_result", `result cannot be encoded with msgpack: ${(err as Error).message}`, undefined, elapsed());
+    }
+    return { id: job.id, token: job.token, workflow: job.wf, kind: "done", value: packed, durationMs: elapsed() };
+  }
+
+  private report(run: Run, outcome: Outcome | null): void {
+    if (run.settled) return; // cancelled and reported already, or handed back
+    run.settled = true;
+    const key = hex(run.job.id);
+    if (this.runs.get(key) === run) this.runs.delete(key);
+    if (this.leases.get(key)?.token !== run.job.token) return;
+    this.leases.delete(key);
+    if (outcome === null) {
+      this.log("warning", `job ${idToStr(run.job.id)} (${run.job.wf}) lost its lease (it was handed to another worker); its outcome is dropped`);
+      return;
+    }
+    for (const frames of encodeOutcomes([outcome])) this.sendFrames(frames);
+    this.outbox.sent([outcome], monotonic());
+    this.jobsDone += 1;
+    const what = outcome.kind === "done" ? "succeeded" : outcome.kind === "suspend" ?
+      `suspended at step ${JSON.stringify(outcome.suspend?.name)}` : `failed (${outcome.failKind}): ${outcome.error}`;
+    this.log(outcome.kind === "fail" ? "warning" : "info", `job ${idToStr(run.job.id)} (${run.job.wf}) ${what} in ${outcome.durationMs} ms`);
+  }
+}
+
+function parseJob(raw: Body): JobMessage {
+  const steps = raw.steps && typeof raw.steps === "object" ? raw.steps as Record<string, Body> : {};
+  return {
+    id: bytes(raw.id, "a job's id"), token: token(raw.token), wf: String(raw.wf), payload: bytes(raw.payload, "a job's payload"),
+    attempt: num(raw.attempt, 1), maxRetries: num(raw.max_retries), steps,
+  };
+}
+
+function failure(job: JobMessage, kind: string, error: string, traceback: string | undefined, durationMs: number): Outcome {
+  return { id: job.id, token: job.token, workflow: job.wf, kind: "fail", failKind: kind, error, traceback, durationMs };
+}
+
+/** The outcome of a run that ended itself (suspend, lost lease, cancel); undefined if it did not. */
+function ended(job: JobMessage, step: Step, durationMs: number): Outcome | null | undefined {
+  const end = step.ended;
+  if (end instanceof Suspend) {
+    return { id: job.id, token: job.token, workflow: job.wf, kind: "suspend", durationMs,
+      suspend: { name: end.stepName, dueMs: end.dueMs, waitOn: end.waitOn } };
+  }
+  if (end instanceof LeaseLost) return null;
+  if (end instanceof Cancelled || step.cancelled) return failure(job, "cancelled", "cancelled", undefined, durationMs);
+  return undefined;
+}
+
+function fromError(job: JobMessage, err: unknown, durationMs: number): Outcome {
+  const kind = err instanceof Permanent ? "permanent" : "error";
+  if (err instanceof Error) return failure(job, kind, `${err.name}: ${err.message}`, err.stack, durationMs);
+  return failure(job, kind, `thrown: ${String(err)}`, undefined, durationMs);
+}

@@ -1,0 +1,137 @@
+"""The TypeScript package (sdk/typescript): its own node tests, a group served by a Python and a
+TypeScript worker at once, and a Node app that enqueues for a Python worker. The package is
+installed and compiled by the fixture when needed; a missing node is a failure, never a skip."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `tests.conformance` from any cwd
+
+from tests.conformance import IMPLEMENTATIONS, TS_SDK  # noqa: E402
+from tests.conformance.harness import Harness  # noqa: E402
+from tests.conformance.node import ensure_built, tools  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def node() -> str:
+    """The node binary, with the package installed and compiled."""
+    ensure_built()
+    return tools()[0]
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Harness:
+    h = Harness(tmp_path, IMPLEMENTATIONS["python"])
+    h.start_broker()
+    yield h  # type: ignore[misc]
+    h.close()
+
+
+def test_the_packages_own_node_tests_pass(node: str) -> None:
+    done = subprocess.run([tools()[1], "test"], cwd=TS_SDK, capture_output=True, text=True, timeout=120)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out
+    passed = re.search(r"^# pass (\d+)$", out, re.M)
+    assert passed and int(passed.group(1)) >= 10 and re.search(r"^# fail 0$", out, re.M), out
+
+
+def test_one_group_served_by_a_python_and_a_typescript_worker(node: str, harness: Harness) -> None:
+    harness.start_worker(concurrency=2)
+    harness.worker_cmd = IMPLEMENTATIONS["typescript"]
+    harness.start_worker(concurrency=2)
+    ids = harness.client.enqueue_many("conf-echo", [{"n": i} for i in range(20)])
+    results = [harness.client.wait(i, timeout=60) for i in ids]
+    assert all(r.status == "completed" for r in results), results
+    assert sorted(r.value["echo"]["n"] for r in results) == list(range(20))
+    impls = {r.value["impl"] for r in results}
+    assert impls == {"python", "typescript"}, f"jobs should finish on both workers, finished on {impls}"
+
+
+def test_a_node_app_enqueues_and_a_python_worker_runs_it(node: str, harness: Harness, tmp_path: Path) -> None:
+    harness.start_worker(concurrency=1)
+    script = tmp_path / "enqueue.mjs"
+    script.write_text(f"""
+import {{ Client }} from {json.dumps((TS_SDK / "dist" / "index.js").as_uri())};
+const client = new Client(process.argv[2]);
+const id = await client.enqueue("conf-echo", {{ from: "node", big: 2 ** 40 }});
+const result = await client.wait(id, 30);
+const missing = await client.get("00000000-0000-7000-8000-000000000000");
+console.log(JSON.stringify({{ id, status: result.status, value: result.value, missing }}));
+client.close();
+""")
+    done = subprocess.run([node, str(script), harness.endpoint], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["status"] == "completed" and out["missing"] is None, out
+    assert out["value"] == {"echo": {"from": "node", "big": 2 ** 40}, "impl": "python"}, out
+    seen = harness.client.get(out["id"])
+    assert seen is not None and seen.status == "completed" and seen.attempts == 1, seen
+
+
+def test_the_cli_refuses_a_bad_command_line_and_a_group_with_no_workflows(node: str, tmp_path: Path) -> None:
+    cli = str(TS_SDK / "dist" / "cli.js")
+    bad = subprocess.run([node, cli, "--app", "x.js", "--concurrency", "0"], capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "--concurrency must be an integer" in bad.stderr, bad.stderr
+    app = tmp_path / "wf.cjs"  # a CommonJS file: loaded with import() like an ES module
+    app.write_text(f"const {{ defineWorkflow }} = require({json.dumps(str(TS_SDK / 'dist' / 'index.js'))});\n"
+                   "defineWorkflow('hidden', { worker: 'media', handler: async () => 1 });\n")
+    wrong = subprocess.run([node, cli, "--app", str(app), "--group", "email"], capture_output=True, text=True, timeout=30)
+    assert wrong.returncode == 2, wrong.stderr
+    assert 'no workflow in --app' in wrong.stderr and "media: hidden" in wrong.stderr, wrong.stderr
+    missing = subprocess.run([node, cli, "--app", str(tmp_path / "nope.js")], capture_output=True, text=True, timeout=30)
+    assert missing.returncode == 2 and "no such file" in missing.stderr, missing.stderr
+
+
+def test_curve_keys_from_shoal_keygen_files_secure_the_connection(node: str, tmp_path: Path) -> None:
+    """--key / --broker-key: the worker's HELLO reaches a CURVE server socket (the broker's side
+    of security is its own issue's work; here a pyzmq ROUTER stands in for the transport only)."""
+    import zmq
+    import zmq.auth
+
+    from shoal import protocol as P
+
+    broker_public, broker_secret = zmq.auth.create_certificates(str(tmp_path), "broker")
+    _, worker_secret = zmq.auth.create_certificates(str(tmp_path), "worker")
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.curve_publickey, sock.curve_secretkey = zmq.auth.load_certificate(broker_secret)
+    sock.curve_server = True
+    sock.linger = 0
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    args = [*IMPLEMENTATIONS["typescript"], "--group", "conf", "--connect", f"tcp://127.0.0.1:{port}",
+            "--key", worker_secret, "--broker-key", broker_public]
+    log = open(tmp_path / "worker.log", "wb")
+    proc = subprocess.Popen([node, *args[1:]], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        assert sock.poll(20_000), f"no message arrived over CURVE:\n{(tmp_path / 'worker.log').read_text()}"
+        identity, *frames = sock.recv_multipart()
+        command, body = P.decode(frames)
+        assert command == P.HELLO and body["group"] == "conf" and body["pid"] == proc.pid, body
+    finally:
+        proc.kill()
+        proc.wait(10)
+        log.close()
+        sock.close()
+        ctx.term()
+    bad = subprocess.run([node, *args[1:-2], "--broker-key", str(tmp_path / "missing.key")],
+                         capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "missing.key: cannot read the key file" in bad.stderr, bad.stderr
+    half = subprocess.run([node, *args[1:-2]], capture_output=True, text=True, timeout=30)
+    assert half.returncode == 2 and "CURVE needs both --key" in half.stderr, half.stderr
+
+
+def test_a_hello_the_broker_refuses_ends_the_worker_with_the_reason(node: str, harness: Harness, tmp_path: Path) -> None:
+    harness.start_worker()  # the Python worker claims conf-echo for group conf
+    app = tmp_path / "claims.mjs"
+    app.write_text(f"import {{ defineWorkflow }} from {json.dumps((TS_SDK / 'dist' / 'index.js').as_uri())};\n"
+                   "defineWorkflow('conf-echo', { worker: 'other', handler: async () => 1 });\n")
+    done = subprocess.run([node, str(TS_SDK / "dist" / "cli.js"), "--app", str(app), "--group", "other",
+                           "--connect", harness.endpoint], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert "the broker refused this worker" in done.stderr and "claimed by group 'conf'" in done.stderr, done.stderr
