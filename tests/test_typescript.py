@@ -135,3 +135,25 @@ def test_a_hello_the_broker_refuses_ends_the_worker_with_the_reason(node: str, h
                            "--connect", harness.endpoint], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2, done.stderr
     assert "the broker refused this worker" in done.stderr and "claimed by group 'conf'" in done.stderr, done.stderr
+
+
+def test_child_job_ids_are_the_same_in_both_languages(node: str, tmp_path: Path) -> None:
+    """A job that moves between a Python and a TypeScript worker before its enqueue step is stored
+    re-sends the same children's ids, so the broker creates no second set."""
+    import os
+
+    from shoal.worker.steps import child_job_id
+
+    cases = [(os.urandom(16), name, index) for name, index in
+             [("children", 0), ("children", 1), ("fan-out ✓ é", 7), ("", 0), ("n" * 1100, 2 ** 32 - 1)]]
+    script = tmp_path / "ids.mjs"
+    script.write_text(f"""
+import {{ childJobId }} from {json.dumps((TS_SDK / "dist" / "protocol.js").as_uri())};
+for (const [parent, name, index] of JSON.parse(process.argv[2])) {{
+  console.log(Buffer.from(childJobId(Buffer.from(parent, "hex"), name, index)).toString("hex"));
+}}
+""")
+    given = json.dumps([[parent.hex(), name, index] for parent, name, index in cases])
+    done = subprocess.run([node, str(script), given], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [child_job_id(*case).hex() for case in cases]

@@ -6,7 +6,8 @@
  * results, step values) travel packed inside a `bin` field and are decoded on their own.
  */
 import { Decoder, Encoder } from "@msgpack/msgpack";
-import { createHash, randomBytes } from "node:crypto";
+import { randomBytes } from "node:crypto";
+import { blake2b } from "./blake2b.js";
 
 export const VERSION = "SHOAL1";
 export const DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024;
@@ -163,15 +164,18 @@ export function newJobId(): Uint8Array {
   return id;
 }
 
-/** A child's id is fixed by its parent, step name and index, so a re-run re-sends the same job. */
+/**
+ * A child's id is fixed by its parent, step name and index, so a re-run re-sends the same job:
+ * BLAKE2b-128 of parent id + UTF-8 name + 4-byte big-endian index, exactly as the Python worker
+ * makes it (docs/protocol.md, "Children"), so a job may move between the two mid-fan-out.
+ */
 export function childJobId(parent: Uint8Array, stepName: string, index: number): Uint8Array {
-  const h = createHash("sha256");
-  h.update(parent);
-  h.update(Buffer.from(stepName, "utf8"));
-  const idx = Buffer.alloc(4);
-  idx.writeUInt32BE(index);
-  h.update(idx);
-  return new Uint8Array(h.digest().subarray(0, 16));
+  const name = Buffer.from(stepName, "utf8");
+  const input = new Uint8Array(parent.length + name.length + 4);
+  input.set(parent);
+  input.set(name, parent.length);
+  new DataView(input.buffer).setUint32(parent.length + name.length, index, false);
+  return blake2b(input, 16);
 }
 
 /** A stable Map key for a job id. */
