@@ -157,3 +157,48 @@ for (const [parent, name, index] of JSON.parse(process.argv[2])) {{
     done = subprocess.run([node, str(script), given], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [child_job_id(*case).hex() for case in cases]
+
+
+def test_a_worker_given_only_config_and_group_joins_the_broker_the_config_names(
+        node: str, harness: Harness, tmp_path: Path) -> None:
+    """--config FILE and --group: the endpoint (`[broker] bind`), heartbeat interval and the group's
+    concurrency (`[servers.<name>.workflows.<group>]` over `[workflows.<group>]`) come from the file."""
+    from tests.conftest import Proc
+
+    config = tmp_path / "worker.toml"
+    config.write_text(f'[broker]\nbind = "{harness.endpoint}"\nheartbeat_interval = "200ms"\n\n'
+                      '[workflows.conf]\nconcurrency = 2\n\n[servers.box7.workflows.conf]\nconcurrency = 3\n')
+    env = {k: v for k, v in harness.env.items() if not k.startswith("SHOAL_")}
+    env["SHOAL_SERVER"] = "box7"
+    app = str(TS_SDK / "conformance" / "app.mjs")
+    proc = Proc([node, str(TS_SDK / "dist" / "cli.js"), "--app", app, "--config", str(config), "--group", "conf"],
+                tmp_path / "ts-worker.log", env, tmp_path)
+    harness.procs.append(proc)
+    entry = harness.wait_joined(proc)
+    assert entry["slots"] == 3 and entry["server"] == "box7", entry
+    result = harness.client.wait(harness.client.enqueue("conf-echo", {"via": "config"}), timeout=30)
+    assert result.status == "completed" and result.value["impl"] == "typescript", result
+
+
+def test_a_bad_config_value_stops_the_worker_naming_file_line_and_key(node: str, tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('[workflows]\nretries = 2\n\n[workflows.conf]\nconcurrency = "many"\n')
+    done = subprocess.run([node, str(TS_SDK / "dist" / "cli.js"), "--app", str(TS_SDK / "conformance" / "app.mjs"),
+                           "--config", str(config), "--group", "conf"], capture_output=True, text=True, timeout=60,
+                          cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert f'{config}:5: workflows.conf.concurrency: expected an integer >= 1, found "many"' in done.stderr, done.stderr
+
+
+def test_the_typescript_worker_knows_every_key_shoal_toml_has(node: str) -> None:
+    """Its list of known keys (an unknown one is a warning) stays the Python config's list."""
+    from shoal.conf.checks import BROKER_KEYS, GROUP_KEYS
+    from shoal.conf.tables import TOP_LEVEL_TABLES
+
+    done = subprocess.run([node, "--input-type=module", "-e",
+                           f"import * as c from {json.dumps((TS_SDK / 'dist' / 'config.js').as_uri())};"
+                           "console.log(JSON.stringify([c.KNOWN_BROKER_KEYS, c.KNOWN_GROUP_KEYS, c.TOP_LEVEL_TABLES]))"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    broker, group, tables = json.loads(done.stdout)
+    assert (sorted(broker), sorted(group), sorted(tables)) == (sorted(BROKER_KEYS), sorted(GROUP_KEYS), sorted(TOP_LEVEL_TABLES))

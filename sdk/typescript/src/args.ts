@@ -1,4 +1,12 @@
-/** The `shoal-worker` command line: flags, with environment defaults, checked with clear errors. */
+/**
+ * The `shoal-worker` command line. Each setting is taken from the first of: its flag, its
+ * environment variable, shoal.toml (`--config`, SHOAL_CONFIG or ./shoal.toml, read as the Python
+ * worker reads it: src/config.ts), the default. Bad values are errors that say where they came from.
+ */
+import { hostname } from "node:os";
+import { findConfig, readConfig, type FileSettings } from "./config.js";
+import { parseDuration } from "./durations.js";
+import { isEndpoint } from "./endpoints.js";
 
 export interface CliOptions {
   group: string;
@@ -7,46 +15,54 @@ export interface CliOptions {
   concurrency: number;
   graceS: number;
   heartbeatS: number;
+  /** Seconds a run may take unless its workflow says otherwise (the group's `timeout`; 0 = no limit). */
+  timeoutS: number;
+  /** Drain and exit 0 after this many jobs, for a supervisor to start a fresh process (0 = never). */
+  maxJobs: number;
+  maxStepBytes: number;
   server: string;
+  /** The config file read, if any, and the keys in it this worker does not know. */
+  config: string | null;
+  warnings: string[];
   /** CURVE: this worker's `.key_secret` file and the broker's public `.key` file (both or neither). */
   key: string;
   brokerKey: string;
   help: boolean;
 }
 
-export const USAGE = `usage: shoal-worker --group GROUP --app FILE [--connect ENDPOINT] [--concurrency N]
-                    [--grace SECONDS] [--heartbeat-interval SECONDS] [--server NAME]
-                    [--key FILE --broker-key FILE]
+export const DEFAULTS = { connect: "tcp://127.0.0.1:5555", concurrency: 10, graceS: 30, heartbeatS: 1, maxStepBytes: 1024 * 1024 };
+
+export const USAGE = `usage: shoal-worker --group GROUP --app FILE [--config FILE] [--connect ENDPOINT]
+                    [--concurrency N] [--grace SECONDS] [--heartbeat-interval SECONDS]
+                    [--server NAME] [--key FILE --broker-key FILE]
 
 Run a Shoal worker for one group. --app is an ES module or a CommonJS file; every workflow
-that defineWorkflow() creates while it loads is served (those of --group).
+that defineWorkflow() creates while it loads is served (those of --group). Settings not given
+by a flag or the environment come from shoal.toml, as the Python worker reads them.
 
   --group               worker group (default: SHOAL_GROUP, else "default")
   --app                 the file that defines the workflows (required)
-  --connect             broker endpoint (default: SHOAL_BROKER, else tcp://127.0.0.1:5555)
-  --concurrency         parallel runs (default 4)
-  --grace               seconds a SIGTERM drain waits before handing jobs back (default: SHOAL_GRACE, else 30)
-  --heartbeat-interval  seconds; match the broker's heartbeat_interval (default: SHOAL_HEARTBEAT_INTERVAL, else 1)
-  --server              server name shown by the broker (default: SHOAL_SERVER)
+  --config              shoal.toml to read (default: SHOAL_CONFIG, else ./shoal.toml if present)
+  --connect             broker endpoint (default: SHOAL_BROKER, else [broker] bind, else ${DEFAULTS.connect})
+  --concurrency         parallel runs (default: the group's concurrency, else ${DEFAULTS.concurrency})
+  --grace               drain time on SIGTERM, like "30s" (default: SHOAL_GRACE, else the group's grace, else 30s)
+  --heartbeat-interval  like "200ms" or seconds (default: SHOAL_HEARTBEAT_INTERVAL, else [broker] heartbeat_interval, else 1s)
+  --server              server name: picks [servers.NAME] blocks, shown by the broker (default: SHOAL_SERVER, else the host name)
   --key                 CURVE: this worker's NAME.key_secret from \`shoal keygen\` (default: SHOAL_KEY)
-  --broker-key          CURVE: the broker's public NAME.key (default: SHOAL_BROKER_KEY)`;
+  --broker-key          CURVE: the broker's public NAME.key (default: SHOAL_BROKER_KEY)
 
-/** A bad command line: the message says which flag and why. */
-export class UsageError extends Error {}
+From shoal.toml only: the group's timeout and max_jobs, [broker] max_step_bytes.`;
 
-const FLAGS = new Set(["group", "app", "connect", "concurrency", "grace", "heartbeat-interval", "server", "key", "broker-key"]);
-const ENDPOINT = /^(tcp:\/\/[^\s:]+:\d+|ipc:\/\/\S+|inproc:\/\/\S+)$/;
-
-function positive(flag: string, text: string, integer: boolean): number {
-  const value = Number(text);
-  if (!Number.isFinite(value) || value <= 0 || (integer && !Number.isInteger(value))) {
-    throw new UsageError(`--${flag} must be ${integer ? "an integer of at least 1" : "a number of seconds above 0"}, got ${JSON.stringify(text)}`);
-  }
-  return value;
+/** A bad command line or environment value: the message says which flag or variable and why. */
+export class UsageError extends Error {
+  override name = "UsageError";
 }
 
-/** Parse `argv` (without node and the script); `env` gives the defaults. */
-export function parseArgs(argv: string[], env: Record<string, string | undefined> = {}): CliOptions {
+const FLAGS = new Set(["group", "app", "config", "connect", "concurrency", "grace", "heartbeat-interval", "server", "key", "broker-key"]);
+
+type Env = Record<string, string | undefined>;
+
+function readFlags(argv: string[]): { given: Map<string, string>; help: boolean } {
   const given = new Map<string, string>();
   let help = false;
   for (let i = 0; i < argv.length; i++) {
@@ -59,31 +75,69 @@ export function parseArgs(argv: string[], env: Record<string, string | undefined
     const eq = arg.indexOf("=");
     const name = arg.slice(2, eq < 0 ? undefined : eq);
     if (!FLAGS.has(name)) throw new UsageError(`unknown flag --${name}`);
-    let value: string | undefined = eq < 0 ? argv[++i] : arg.slice(eq + 1);
+    const value: string | undefined = eq < 0 ? argv[++i] : arg.slice(eq + 1);
     if (value === undefined || (eq < 0 && value.startsWith("--"))) throw new UsageError(`--${name} needs a value`);
     given.set(name, value);
   }
-  const pick = (flag: string, envName: string, fallback: string) => given.get(flag) ?? env[envName] ?? fallback;
+  return { given, help };
+}
+
+/** A flag's or variable's text, checked; undefined when neither is set. */
+function fromText<T>(given: Map<string, string>, env: Env, flag: string, envName: string | null,
+                     read: (text: string) => T | undefined, expected: string): T | undefined {
+  const [text, where] = given.has(flag) ? [given.get(flag), `--${flag}`] : envName && env[envName] ? [env[envName], envName] : [undefined, ""];
+  if (text === undefined) return undefined;
+  const value = read(text);
+  if (value === undefined) throw new UsageError(`${where} must be ${expected}, got ${JSON.stringify(text)}`);
+  return value;
+}
+
+const positiveSeconds = (zeroOk: boolean) => (text: string): number | undefined => {
+  try {
+    const s = parseDuration(text);
+    return s > 0 || (zeroOk && s === 0) ? s : undefined;
+  } catch {
+    return undefined;
+  }
+};
+const wholeNumber = (text: string): number | undefined => (/^\s*\d+\s*$/.test(text) && Number(text) >= 1 ? Number(text) : undefined);
+
+/** Parse `argv` (without node and the script); `env` and the config file in `cwd` give the defaults. */
+export function parseArgs(argv: string[], env: Env = {}, cwd = process.cwd(), host = hostname()): CliOptions {
+  const { given, help } = readFlags(argv);
+  const group = given.get("group") ?? (env.SHOAL_GROUP || "default");
+  const server = given.get("server") ?? (env.SHOAL_SERVER || host);
   const options: CliOptions = {
-    group: pick("group", "SHOAL_GROUP", "default"),
-    app: given.get("app") ?? "",
-    connect: pick("connect", "SHOAL_BROKER", "tcp://127.0.0.1:5555"),
-    concurrency: positive("concurrency", given.get("concurrency") ?? "4", true),
-    graceS: positive("grace", pick("grace", "SHOAL_GRACE", "30"), false),
-    heartbeatS: positive("heartbeat-interval", pick("heartbeat-interval", "SHOAL_HEARTBEAT_INTERVAL", "1"), false),
-    server: pick("server", "SHOAL_SERVER", ""),
-    key: pick("key", "SHOAL_KEY", ""),
-    brokerKey: pick("broker-key", "SHOAL_BROKER_KEY", ""),
-    help,
+    group, server, app: given.get("app") ?? "", help, config: null, warnings: [],
+    connect: DEFAULTS.connect, concurrency: DEFAULTS.concurrency, graceS: DEFAULTS.graceS, heartbeatS: DEFAULTS.heartbeatS,
+    timeoutS: 0, maxJobs: 0, maxStepBytes: DEFAULTS.maxStepBytes,
+    key: given.get("key") ?? env.SHOAL_KEY ?? "", brokerKey: given.get("broker-key") ?? env.SHOAL_BROKER_KEY ?? "",
   };
   if (help) return options;
   if (!options.app) throw new UsageError("--app FILE is required (the file that defines the workflows)");
-  if (!options.group) throw new UsageError("--group must not be empty");
+  if (!group) throw new UsageError("--group must not be empty");
   if (Boolean(options.key) !== Boolean(options.brokerKey)) {
     throw new UsageError("CURVE needs both --key (this worker's .key_secret) and --broker-key (the broker's .key)");
   }
-  if (!ENDPOINT.test(options.connect)) {
-    throw new UsageError(`--connect ${JSON.stringify(options.connect)} is not an endpoint like tcp://HOST:PORT or ipc:///path`);
+  const connect = fromText(given, env, "connect", "SHOAL_BROKER", (t) => (isEndpoint(t) ? t : undefined),
+    "an endpoint like tcp://HOST:PORT or ipc:///path");
+  const concurrency = fromText(given, env, "concurrency", null, wholeNumber, "an integer of at least 1");
+  const graceS = fromText(given, env, "grace", "SHOAL_GRACE", positiveSeconds(true), 'a duration like "30s" or seconds >= 0');
+  const heartbeatS = fromText(given, env, "heartbeat-interval", "SHOAL_HEARTBEAT_INTERVAL", positiveSeconds(false),
+    'a duration like "200ms" or seconds above 0');
+  const path = findConfig(given.get("config"), env, cwd);
+  const file: Partial<FileSettings> = path === null ? {} : readConfig(path, group, server, cwd);
+  options.config = path;
+  options.warnings = file.warnings ?? [];
+  options.connect = connect ?? file.bind ?? DEFAULTS.connect;
+  options.concurrency = concurrency ?? file.concurrency ?? DEFAULTS.concurrency;
+  options.graceS = graceS ?? file.graceS ?? DEFAULTS.graceS;
+  options.heartbeatS = heartbeatS ?? file.heartbeatS ?? DEFAULTS.heartbeatS;
+  options.timeoutS = file.timeoutS ?? 0;
+  options.maxJobs = file.maxJobs ?? 0;
+  options.maxStepBytes = file.maxStepBytes ?? DEFAULTS.maxStepBytes;
+  if (!isEndpoint(options.connect)) {
+    throw new UsageError(`[broker] bind ${JSON.stringify(options.connect)} in ${path} is not an endpoint a worker can connect to; pass --connect`);
   }
   return options;
 }

@@ -4,6 +4,7 @@ import { existsSync } from "node:fs";
 import { resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { parseArgs, UsageError, USAGE } from "./args.js";
+import { ConfigError } from "./config.js";
 import { KeyError, loadCurveKeys } from "./keys.js";
 import { allWorkflows, workflowsOf } from "./registry.js";
 import { Worker } from "./worker.js";
@@ -13,6 +14,10 @@ async function main(): Promise<number> {
   try {
     options = parseArgs(process.argv.slice(2), process.env);
   } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`shoal-worker: ${err.message}\n`);
+      return 2;
+    }
     if (!(err instanceof UsageError)) throw err;
     process.stderr.write(`shoal-worker: ${err.message}\n${USAGE}\n`);
     return 2;
@@ -21,6 +26,7 @@ async function main(): Promise<number> {
     process.stdout.write(`${USAGE}\n`);
     return 0;
   }
+  for (const warning of options.warnings) process.stderr.write(`shoal-worker: warning: ${warning}\n`);
   let curve;
   try {
     curve = options.key ? loadCurveKeys(options.key, options.brokerKey) : undefined;
@@ -52,6 +58,7 @@ async function main(): Promise<number> {
   const worker = new Worker({
     endpoint: options.connect, group: options.group, concurrency: options.concurrency, workflows,
     server: options.server, graceS: options.graceS, heartbeatS: options.heartbeatS, curve,
+    timeoutS: options.timeoutS, maxJobs: options.maxJobs, maxStepBytes: options.maxStepBytes,
   });
   let signals = 0;
   const onSignal = () => {

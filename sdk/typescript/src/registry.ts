@@ -14,6 +14,9 @@ export interface WorkflowOptions<P, R> {
   worker?: string;
   /** Retries after the first attempt (default: the group's setting on the broker). */
   retries?: number;
+  /** Seconds a run may take (0: no limit; default: the group's `timeout` setting); past it the
+   * run fails with kind `timeout`, `step.signal` aborts and step calls throw. */
+  timeout?: number;
   handler: Handler<P, R>;
 }
 
@@ -22,6 +25,7 @@ export interface Workflow<P = unknown, R = unknown> {
   readonly name: string;
   readonly group: string;
   readonly retries: number | undefined;
+  readonly timeout: number | undefined;
   readonly handler: Handler<P, R>;
 }
 
@@ -51,6 +55,10 @@ export function defineWorkflow<P = unknown, R = unknown>(name: string, options: 
   if (retries !== undefined && !(Number.isInteger(retries) && retries >= 0)) {
     throw new TypeError(`retries of ${JSON.stringify(name)} must be an integer >= 0`);
   }
+  const timeout = options.timeout;
+  if (timeout !== undefined && !(typeof timeout === "number" && Number.isFinite(timeout) && timeout >= 0)) {
+    throw new TypeError(`timeout of ${JSON.stringify(name)} must be a number of seconds >= 0 (0 = no limit)`);
+  }
   const group = options.worker ?? DEFAULT_GROUP;
   if (typeof group !== "string" || group.length === 0 || group.length > MAX_NAME) {
     throw new TypeError(`the worker group of ${JSON.stringify(name)} must be a non-empty string`);
@@ -60,7 +68,7 @@ export function defineWorkflow<P = unknown, R = unknown>(name: string, options: 
   if (existing !== undefined && existing.handler !== options.handler) {
     throw new Error(`workflow ${JSON.stringify(name)} is defined twice; names must be unique`);
   }
-  const wf: Workflow<P, R> = Object.freeze({ name, group, retries, handler: options.handler });
+  const wf: Workflow<P, R> = Object.freeze({ name, group, retries, timeout, handler: options.handler });
   reg.set(name, wf as Workflow);
   return wf;
 }

@@ -50,6 +50,11 @@ export class Cancelled extends Error {
   override name = "Cancelled";
 }
 
+/** The run passed its workflow's timeout: the job fails with kind `timeout` (and is retried). */
+export class TimedOut extends Error {
+  override name = "TimedOut";
+}
+
 /** This run no longer holds the job's lease (it was redelivered); stop now. */
 export class LeaseLost extends Error {
   override name = "LeaseLost";
@@ -82,8 +87,8 @@ export class Step {
   readonly attempt: number;
   /** How a handler learns of a cancel: pass it to fetch() and the like. */
   readonly signal: AbortSignal;
-  /** Set when the run ended itself by suspending, losing its lease or being cancelled. */
-  ended: Suspend | LeaseLost | Cancelled | null = null;
+  /** Set when the run ended itself by suspending, losing its lease, being cancelled or timing out. */
+  ended: Suspend | LeaseLost | Cancelled | TimedOut | null = null;
   private readonly abort = new AbortController();
   private readonly stored: Map<string, Body>;
   private readonly used = new Set<string>();
@@ -97,7 +102,7 @@ export class Step {
     this.stored = new Map(Object.entries(job.steps));
   }
 
-  /** True once the job was cancelled. */
+  /** True once the run should stop: the job was cancelled or the run passed its timeout. */
   get cancelled(): boolean {
     return this.signal.aborted;
   }
@@ -107,13 +112,20 @@ export class Step {
     this.abort.abort(new Cancelled(`job ${this.jobId} was cancelled`));
   }
 
-  private end<E extends Suspend | LeaseLost | Cancelled>(err: E): E {
+  /** Called by the worker when the run passes its timeout: `signal` aborts, step calls throw. */
+  timeOut(limitS: number): TimedOut {
+    const err = this.end(new TimedOut(`timed out after ${limitS}s`));
+    this.abort.abort(err);
+    return err;
+  }
+
+  private end<E extends Suspend | LeaseLost | Cancelled | TimedOut>(err: E): E {
     this.ended ??= err;
     return err;
   }
 
   private claim(name: string): Body | undefined {
-    if (this.cancelled) throw this.end(new Cancelled(`job cancelled before step ${JSON.stringify(name)}`));
+    this.stopIfAsked(`before step ${JSON.stringify(name)}`);
     if (typeof name !== "string" || name.length === 0) throw new StepError("a step needs a non-empty name");
     if (this.used.has(name)) {
       throw new StepError(`step name ${JSON.stringify(name)} is used twice in this run of ${JSON.stringify(this.workflow)}; names must be unique`);
@@ -140,7 +152,14 @@ export class Step {
     return "value" in record ? unpackValue(record.value as Uint8Array) : undefined;
   }
 
+  /** A cancelled or timed-out run stores no more steps: its outcome is reported already. */
+  private stopIfAsked(where: string): void {
+    if (this.ended instanceof TimedOut) throw this.ended;
+    if (this.cancelled) throw this.end(new Cancelled(`job cancelled ${where}`));
+  }
+
   private async store(name: string, record: Body, enqueue?: Body[]): Promise<Body> {
+    this.stopIfAsked(`while step ${JSON.stringify(name)} ran`);
     const body: Body = { id: this.job.id, token: this.job.token, name, record };
     if (enqueue && enqueue.length) body.enqueue = enqueue;
     try {

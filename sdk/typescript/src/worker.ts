@@ -14,7 +14,7 @@ import { Link, type CurveKeys } from "./link.js";
 import { encodeOutcomes, Outbox, type Outcome } from "./outbox.js";
 import { bytes, Command, decode, E_BAD_REQUEST, E_FORBIDDEN, encode, hex, idToStr, num, packValue, token, unpackValue, type Body } from "./protocol.js";
 import { Permanent, type Workflow } from "./registry.js";
-import { Cancelled, LeaseLost, Step, Suspend, type JobMessage } from "./step.js";
+import { Cancelled, LeaseLost, Step, Suspend, TimedOut, type JobMessage } from "./step.js";
 
 export interface WorkerOptions {
   endpoint: string;
@@ -31,6 +31,10 @@ export interface WorkerOptions {
   /** Longest wait between reconnects (default 8 s). */
   reconnectMaxS?: number;
   maxStepBytes?: number;
+  /** Seconds a run may take unless its workflow sets `timeout` (the group's `timeout`; 0 = no limit). */
+  timeoutS?: number;
+  /** Drain and exit 0 after this many jobs, so a supervisor starts a fresh process (0 = never). */
+  maxJobs?: number;
   curve?: CurveKeys;
   log?: (level: "info" | "warning" | "error", message: string) => void;
 }
@@ -292,7 +296,7 @@ export class Worker {
     }
     let value: unknown;
     try {
-      value = await wf.handler(payload, step);
+      value = await withTimeout(wf.handler, payload, step, wf.timeout ?? this.options.timeoutS ?? 0);
     } catch (err) {
       return ended(job, step, elapsed()) ?? fromError(job, err, elapsed());
     }
@@ -324,6 +328,16 @@ export class Worker {
     const what = outcome.kind === "done" ? "succeeded" : outcome.kind === "suspend" ?
       `suspended at step ${JSON.stringify(outcome.suspend?.name)}` : `failed (${outcome.failKind}): ${outcome.error}`;
     this.log(outcome.kind === "fail" ? "warning" : "info", `job ${idToStr(run.job.id)} (${run.job.wf}) ${what} in ${outcome.durationMs} ms`);
+    this.maybeRecycle();
+  }
+
+  /** Leaky libraries: after `maxJobs` outcomes, drain and exit 0 (a supervisor starts a fresh process). */
+  private maybeRecycle(): void {
+    const max = this.options.maxJobs ?? 0;
+    if (max > 0 && this.jobsDone >= max && !this.draining) {
+      this.log("info", `recycling after ${this.jobsDone} jobs (max_jobs)`);
+      this.drain();
+    }
   }
 }
 
@@ -347,8 +361,21 @@ function ended(job: JobMessage, step: Step, durationMs: number): Outcome | null 
       suspend: { name: end.stepName, dueMs: end.dueMs, waitOn: end.waitOn } };
   }
   if (end instanceof LeaseLost) return null;
+  if (end instanceof TimedOut) return failure(job, "timeout", end.message, undefined, durationMs);
   if (end instanceof Cancelled || step.cancelled) return failure(job, "cancelled", "cancelled", undefined, durationMs);
   return undefined;
+}
+
+/** Run the handler; past `limitS` seconds (0: no limit) stop waiting for it and time the step out. */
+function withTimeout(handler: Workflow["handler"], payload: unknown, step: Step, limitS: number): Promise<unknown> {
+  const running = Promise.resolve().then(() => handler(payload, step));
+  if (!(limitS > 0)) return running;
+  let timer: NodeJS.Timeout | undefined;
+  const expired = new Promise<never>((_, reject) => {
+    // a promise cannot be stopped: the handler learns of it by step.signal and failing step calls
+    timer = setTimeout(() => reject(step.timeOut(limitS)), limitS * 1000);
+  });
+  return Promise.race([running, expired]).finally(() => clearTimeout(timer));
 }
 
 function fromError(job: JobMessage, err: unknown, durationMs: number): Outcome {

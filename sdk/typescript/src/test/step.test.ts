@@ -101,3 +101,18 @@ test("a cancelled run stops at its next step; a stale lease ends it", async () =
   await assert.rejects(lost.run("a", () => 1), LeaseLost);
   assert.ok(lost.ended instanceof LeaseLost);
 });
+
+test("a timed-out run aborts step.signal and stores no step after it", async () => {
+  const store = new Store();
+  const step = new Step(job(), store);
+  let release: () => void = () => {};
+  const running = step.run("slow", () => new Promise<string>((resolve) => { release = () => resolve("late"); }));
+  const err = step.timeOut(0.5);
+  assert.equal(err.message, "timed out after 0.5s");
+  assert.ok(step.cancelled && step.signal.aborted && step.signal.reason === err);
+  release();
+  await assert.rejects(running, /timed out after 0.5s/); // the late value is not stored
+  await assert.rejects(step.run("next", () => 1), /timed out/);
+  assert.equal(store.sent.length, 0);
+  assert.equal(step.ended, err);
+});
