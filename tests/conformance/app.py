@@ -69,3 +69,15 @@ async def conf_fanout(payload, step):
     ids = await step.enqueue_many("children", "conf-echo", [{"i": i} for i in range(payload["n"])])
     values = await step.wait("all-done", ids)
     return {"children": [v["echo"]["i"] for v in values]}
+
+
+@workflow("conf-timeout", worker=GROUP, retries=0, timeout=1.0)
+async def conf_timeout(payload):
+    mark(payload, "start")
+    try:
+        await asyncio.sleep(payload["seconds"])
+    except asyncio.CancelledError:  # the timeout stops the run; the handler may clean up
+        mark(payload, "stopped")
+        raise
+    mark(payload, "end")
+    return {"slept": payload["seconds"]}

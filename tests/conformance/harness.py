@@ -27,6 +27,8 @@ backoff = "20ms"
 backoff_max = "200ms"
 lease = "{lease}s"
 grace = "{grace}s"
+
+{workflows_extra}
 """
 
 
@@ -38,11 +40,12 @@ class Harness:
     """One scenario's broker, workers, client and marks file, under ``tmp``."""
 
     def __init__(self, tmp: Path, worker_cmd: list[str], *, grace_s: float = 3.0, lease_s: float = 4.0,
-                 heartbeat_s: float = 0.2) -> None:
+                 heartbeat_s: float = 0.2, workflows_extra: str = "") -> None:
         self.tmp = tmp
         self.worker_cmd = worker_cmd
         self.config = tmp / "shoal.toml"
-        self._settings = {"heartbeat": heartbeat_s, "lease": lease_s, "grace": grace_s}
+        # workflows_extra: more tables after [workflows] (a group's own settings)
+        self._settings = {"heartbeat": heartbeat_s, "lease": lease_s, "grace": grace_s, "workflows_extra": workflows_extra}
         self.write_config()
         self.marks = tmp / "marks"
         self.marks.touch()

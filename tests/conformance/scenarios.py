@@ -8,14 +8,15 @@ from typing import Any, Callable
 
 from .harness import GROUP, Harness, check, sigkill, wait_for
 
-CONF_WORKFLOWS = {"conf-echo", "conf-fail-once", "conf-permanent", "conf-steps", "conf-sleep", "conf-slow", "conf-fanout"}
+CONF_WORKFLOWS = {"conf-echo", "conf-fail-once", "conf-permanent", "conf-steps", "conf-sleep", "conf-slow", "conf-fanout",
+                  "conf-timeout"}
 
 
 @dataclass(frozen=True)
 class Scenario:
     name: str
     run: Callable[[Harness], None]
-    options: dict[str, Any] = field(default_factory=dict)   # Harness settings (grace_s, lease_s)
+    options: dict[str, Any] = field(default_factory=dict)   # Harness settings (grace_s, lease_s, workflows_extra)
 
 
 SCENARIOS: list[Scenario] = []
@@ -135,6 +136,29 @@ def children_enqueued_and_waited_for(h: Harness) -> None:
     check(result.attempts == 1, f"waiting is not a failed attempt: {result}")
     names = {s.name for s in h.client.steps(job)}
     check({"children", "all-done"} <= names, f"both steps stored: {names}")
+
+
+@scenario()
+def timeout_fails_the_run(h: Harness) -> None:
+    """A run past its workflow's own timeout is stopped (the handler sees it), fails with kind
+    "timeout", and its slot is free again."""
+    h.start_worker(concurrency=1)
+    result = h.client.wait(h.client.enqueue("conf-timeout", h.payload(seconds=60)), timeout=30)
+    check(result.status == "dead" and result.attempts == 1, f"no retries left: dead after one attempt: {result}")
+    check(result.error_kind == "timeout", f"kind timeout: {result.error_kind} {result.error!r}")
+    wait_for(lambda: "stopped" in h.marked(), 10, "the handler to be told to stop")
+    check("end" not in h.marked(), f"the run did not go on past its timeout: {h.marked()}")
+    after = h.client.wait(h.client.enqueue("conf-echo", {"x": 1}), timeout=30)
+    check(after.status == "completed", f"the slot is free again: {after}")
+
+
+@scenario(workflows_extra='[workflows.conf]\ntimeout = "1s"\nretries = 0')
+def group_timeout_from_config(h: Harness) -> None:
+    """The group's `timeout` in shoal.toml applies to a workflow that sets none."""
+    h.start_worker(concurrency=1)
+    result = h.client.wait(h.client.enqueue("conf-slow", h.payload(seconds=60, tag="t")), timeout=30)
+    check(result.status == "dead" and result.error_kind == "timeout", f"kind timeout from the group's setting: {result}")
+    check("end t" not in h.marked(), f"the run did not go on past its timeout: {h.marked()}")
 
 
 @scenario()

@@ -82,3 +82,18 @@ defineWorkflow("conf-fanout", {
     return { children: values.map((v) => v.echo.i) };
   },
 });
+
+defineWorkflow("conf-timeout", {
+  worker: GROUP, retries: 0, timeout: 1,
+  handler: async (payload, step) => {
+    mark(payload, "start");
+    try {
+      await pause(payload.seconds, step.signal);
+    } catch (err) {
+      mark(payload, "stopped"); // the timeout aborted step.signal; the handler may clean up
+      throw err;
+    }
+    mark(payload, "end");
+    return { slept: payload.seconds };
+  },
+});
