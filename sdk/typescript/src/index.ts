@@ -1,6 +1,7 @@
 /** @shoal/worker: Shoal workflows and workers in TypeScript, and a small client. */
 export { defineWorkflow, Permanent, allWorkflows, workflowsOf, type Workflow, type WorkflowOptions, type Handler } from "./registry.js";
-export { Step, StepError, ChildFailed, StepTimeout, RemoteError, type RunOptions } from "./step.js";
+export { Step, StepError, ChildFailed, StepTimeout, TimedOut, RemoteError, type RunOptions } from "./step.js";
+export { ConfigError } from "./config.js";
 export { Worker, type WorkerOptions } from "./worker.js";
 export { Client, BrokerUnreachable, type EnqueueOptions, type JobResult } from "./client.js";
 export { idToStr, idFromStr, newJobId, packValue, unpackValue, VERSION } from "./protocol.js";
