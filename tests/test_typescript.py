@@ -14,7 +14,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `tests.conformance` from any cwd
 
 from tests.conformance import IMPLEMENTATIONS, TS_SDK  # noqa: E402
-from tests.conformance.harness import Harness  # noqa: E402
+from tests.conformance.harness import Harness, wait_for  # noqa: E402
 from tests.conformance.node import ensure_built, tools  # noqa: E402
 
 
@@ -202,3 +202,24 @@ def test_the_typescript_worker_knows_every_key_shoal_toml_has(node: str) -> None
     assert done.returncode == 0, done.stderr
     broker, group, tables = json.loads(done.stdout)
     assert (sorted(broker), sorted(group), sorted(tables)) == (sorted(BROKER_KEYS), sorted(GROUP_KEYS), sorted(TOP_LEVEL_TABLES))
+
+
+def test_a_handler_that_ignores_its_timeout_gets_its_worker_replaced(node: str, harness: Harness, tmp_path: Path) -> None:
+    """The timed-out run is reported at once; a promise cannot be killed, so a handler still running
+    5 s later makes the worker drain and exit 0 for a fresh process (as Python does for sync ones)."""
+    from tests.conftest import Proc
+
+    app = tmp_path / "stubborn.mjs"
+    app.write_text(f"import {{ defineWorkflow }} from {json.dumps((TS_SDK / 'dist' / 'index.js').as_uri())};\n"
+                   "defineWorkflow('stubborn', { worker: 'stub', retries: 0, timeout: 0.5,\n"
+                   "  handler: () => new Promise((resolve) => setTimeout(resolve, 60000)) });\n")
+    env = {k: v for k, v in harness.env.items() if not k.startswith("SHOAL_")}
+    env["SHOAL_CONFIG"] = str(harness.config)
+    proc = Proc([node, str(TS_SDK / "dist" / "cli.js"), "--app", str(app), "--group", "stub", "--connect", harness.endpoint],
+                tmp_path / "stub-worker.log", env, tmp_path)
+    harness.procs.append(proc)
+    wait_for(lambda: any(w.get("pid") == proc.pid for w in harness.client.workers("stub")), 30, "the worker to join")
+    result = harness.client.wait(harness.client.enqueue("stubborn", {}), timeout=30)
+    assert result.status == "dead" and result.error_kind == "timeout" and "timed out after 0.5s" in (result.error or ""), result
+    assert proc.wait(30) == 0, proc.output()
+    assert "ignored its timeout for 5s" in proc.output(), proc.output()

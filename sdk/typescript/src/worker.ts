@@ -12,9 +12,10 @@ import { Backoff } from "./backoff.js";
 import { Calls } from "./calls.js";
 import { Link, type CurveKeys } from "./link.js";
 import { encodeOutcomes, Outbox, type Outcome } from "./outbox.js";
-import { bytes, Command, decode, E_BAD_REQUEST, E_FORBIDDEN, encode, hex, idToStr, num, packValue, token, unpackValue, type Body } from "./protocol.js";
-import { Permanent, type Workflow } from "./registry.js";
-import { Cancelled, LeaseLost, Step, Suspend, TimedOut, type JobMessage } from "./step.js";
+import { Command, decode, E_BAD_REQUEST, E_FORBIDDEN, encode, hex, idToStr, token, type Body } from "./protocol.js";
+import type { Workflow } from "./registry.js";
+import { execute, failure, parseJob } from "./runs.js";
+import { Step, TimedOut, type JobMessage } from "./step.js";
 
 export interface WorkerOptions {
   endpoint: string;
@@ -35,6 +36,8 @@ export interface WorkerOptions {
   timeoutS?: number;
   /** Drain and exit 0 after this many jobs, so a supervisor starts a fresh process (0 = never). */
   maxJobs?: number;
+  /** Ms a handler told to stop may run on before the worker drains to replace itself (default 5000). */
+  stuckGraceMs?: number;
   curve?: CurveKeys;
   log?: (level: "info" | "warning" | "error", message: string) => void;
 }
@@ -42,8 +45,14 @@ export interface WorkerOptions {
 interface Run {
   job: JobMessage;
   step: Step;
+  /** Its outcome was reported (or it was handed back). */
   settled: boolean;
+  /** The handler's promise settled (after a timeout or cancel it may run on). */
+  handlerDone: boolean;
 }
+
+/** A handler told to stop (timeout, cancel) that runs on this long makes the worker replace itself. */
+const STUCK_GRACE_MS = 5000;
 
 const monotonic = () => performance.now();
 
@@ -273,42 +282,29 @@ export class Worker {
     this.leases.set(key, { id: job.id, token: job.token });
     this.log("info", `job ${idToStr(job.id)} (${job.wf}) received, attempt ${job.attempt}`);
     const step = new Step(job, { call: (command, b) => this.calls.call(command, b, monotonic()) }, this.options.maxStepBytes);
-    const run: Run = { job, step, settled: false };
+    const run: Run = { job, step, settled: false, handlerDone: false };
     this.runs.set(key, run);
-    void this.execute(run).then((outcome) => this.report(run, outcome));
+    step.signal.addEventListener("abort", () => this.watchStopped(run), { once: true });
+    const o = this.options;
+    void execute(job, step, o.workflows, o.group, o.timeoutS ?? 0, () => { run.handlerDone = true; })
+      .then((outcome) => this.report(run, outcome));
   }
 
-  private async execute(run: Run): Promise<Outcome | null> {
-    const { job, step } = run;
-    const started = performance.now();
-    const elapsed = () => Math.round(performance.now() - started);
-    const wf = this.options.workflows.get(job.wf);
-    if (wf === undefined) {
-      const names = [...this.options.workflows.keys()].sort().join(", ") || "none";
-      return failure(job, "unknown_workflow", `workflow ${JSON.stringify(job.wf)} is not registered in group ` +
-        `${JSON.stringify(this.options.group)} (this worker has: ${names})`, undefined, 0);
-    }
-    let payload: unknown;
-    try {
-      payload = unpackValue(job.payload);
-    } catch (err) {
-      return failure(job, "bad_payload", `payload is not valid msgpack: ${(err as Error).message}`, undefined, elapsed());
-    }
-    let value: unknown;
-    try {
-      value = await withTimeout(wf.handler, payload, step, wf.timeout ?? this.options.timeoutS ?? 0);
-    } catch (err) {
-      return ended(job, step, elapsed()) ?? fromError(job, err, elapsed());
-    }
-    const end = ended(job, step, elapsed());
-    if (end !== undefined) return end; // the handler swallowed a suspension or a lost lease
-    let packed: Uint8Array;
-    try {
-      packed = packValue(value);
-    } catch (err) {
-      return failure(job, "bad_result", `result cannot be encoded with msgpack: ${(err as Error).message}`, undefined, elapsed());
-    }
-    return { id: job.id, token: job.token, workflow: job.wf, kind: "done", value: packed, durationMs: elapsed() };
+  /**
+   * A run told to stop (timeout or cancel) is reported at once, but a promise cannot be killed:
+   * one whose handler ignores `step.signal` runs on beside the retry. Past the grace time this
+   * worker takes no more jobs, lets the others finish and exits 0, so a fresh process replaces it
+   * (what the Python worker does for a sync handler that ignores its stop).
+   */
+  private watchStopped(run: Run): void {
+    const timer = setTimeout(() => {
+      if (run.handlerDone || this.draining) return;
+      this.log("warning", `job ${idToStr(run.job.id)} (${run.job.wf}) ignored its ${run.step.ended instanceof TimedOut ? "timeout" : "cancel"} ` +
+        `for ${(this.options.stuckGraceMs ?? STUCK_GRACE_MS) / 1000}s and is still running; this worker takes no more jobs, ` +
+        `lets the others finish, and exits so a fresh process replaces it`);
+      this.drain();
+    }, this.options.stuckGraceMs ?? STUCK_GRACE_MS);
+    timer.unref();
   }
 
   private report(run: Run, outcome: Outcome | null): void {
@@ -341,45 +337,3 @@ export class Worker {
   }
 }
 
-function parseJob(raw: Body): JobMessage {
-  const steps = raw.steps && typeof raw.steps === "object" ? raw.steps as Record<string, Body> : {};
-  return {
-    id: bytes(raw.id, "a job's id"), token: token(raw.token), wf: String(raw.wf), payload: bytes(raw.payload, "a job's payload"),
-    attempt: num(raw.attempt, 1), maxRetries: num(raw.max_retries), steps,
-  };
-}
-
-function failure(job: JobMessage, kind: string, error: string, traceback: string | undefined, durationMs: number): Outcome {
-  return { id: job.id, token: job.token, workflow: job.wf, kind: "fail", failKind: kind, error, traceback, durationMs };
-}
-
-/** The outcome of a run that ended itself (suspend, lost lease, cancel); undefined if it did not. */
-function ended(job: JobMessage, step: Step, durationMs: number): Outcome | null | undefined {
-  const end = step.ended;
-  if (end instanceof Suspend) {
-    return { id: job.id, token: job.token, workflow: job.wf, kind: "suspend", durationMs,
-      suspend: { name: end.stepName, dueMs: end.dueMs, waitOn: end.waitOn } };
-  }
-  if (end instanceof LeaseLost) return null;
-  if (end instanceof TimedOut) return failure(job, "timeout", end.message, undefined, durationMs);
-  if (end instanceof Cancelled || step.cancelled) return failure(job, "cancelled", "cancelled", undefined, durationMs);
-  return undefined;
-}
-
-/** Run the handler; past `limitS` seconds (0: no limit) stop waiting for it and time the step out. */
-function withTimeout(handler: Workflow["handler"], payload: unknown, step: Step, limitS: number): Promise<unknown> {
-  const running = Promise.resolve().then(() => handler(payload, step));
-  if (!(limitS > 0)) return running;
-  let timer: NodeJS.Timeout | undefined;
-  const expired = new Promise<never>((_, reject) => {
-    // a promise cannot be stopped: the handler learns of it by step.signal and failing step calls
-    timer = setTimeout(() => reject(step.timeOut(limitS)), limitS * 1000);
-  });
-  return Promise.race([running, expired]).finally(() => clearTimeout(timer));
-}
-
-function fromError(job: JobMessage, err: unknown, durationMs: number): Outcome {
-  const kind = err instanceof Permanent ? "permanent" : "error";
-  if (err instanceof Error) return failure(job, kind, `${err.name}: ${err.message}`, err.stack, durationMs);
-  return failure(job, kind, `thrown: ${String(err)}`, undefined, durationMs);
-}
