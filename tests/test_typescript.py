@@ -223,3 +223,25 @@ def test_a_handler_that_ignores_its_timeout_gets_its_worker_replaced(node: str, 
     assert result.status == "dead" and result.error_kind == "timeout" and "timed out after 0.5s" in (result.error or ""), result
     assert proc.wait(30) == 0, proc.output()
     assert "ignored its timeout for 5s" in proc.output(), proc.output()
+
+
+def test_the_groups_nice_and_max_memory_from_the_config_apply(node: str, harness: Harness, tmp_path: Path) -> None:
+    """`nice` lowers the worker's priority at start; past `max_memory` resident (1 MiB: at once) the
+    worker recycles after its first job: drain and exit 0."""
+    import os
+
+    from tests.conftest import Proc
+
+    config = tmp_path / "worker.toml"
+    config.write_text(f'[broker]\nbind = "{harness.endpoint}"\nheartbeat_interval = "200ms"\n\n'
+                      '[workflows.conf]\nnice = 7\nmax_memory = 1\n')
+    env = {k: v for k, v in harness.env.items() if not k.startswith("SHOAL_")}
+    proc = Proc([node, str(TS_SDK / "dist" / "cli.js"), "--app", str(TS_SDK / "conformance" / "app.mjs"),
+                 "--config", str(config), "--group", "conf"], tmp_path / "ts-worker.log", env, tmp_path)
+    harness.procs.append(proc)
+    harness.wait_joined(proc)
+    assert os.getpriority(os.PRIO_PROCESS, proc.pid) == max(7, os.getpriority(os.PRIO_PROCESS, 0))
+    result = harness.client.wait(harness.client.enqueue("conf-echo", {"n": 1}), timeout=30)
+    assert result.status == "completed", result
+    assert proc.wait(30) == 0, proc.output()
+    assert "(max_memory 1 MiB)" in proc.output(), proc.output()

@@ -19,6 +19,10 @@ export interface CliOptions {
   timeoutS: number;
   /** Drain and exit 0 after this many jobs, for a supervisor to start a fresh process (0 = never). */
   maxJobs: number;
+  /** Drain and exit 0 when resident memory passes this many MiB (0 = never). */
+  maxMemoryMb: number;
+  /** The group's niceness: the worker lowers its priority to it at start (never raises it). */
+  nice: number;
   maxStepBytes: number;
   server: string;
   /** The config file read, if any, and the keys in it this worker does not know. */
@@ -51,7 +55,7 @@ by a flag or the environment come from shoal.toml, as the Python worker reads th
   --key                 CURVE: this worker's NAME.key_secret from \`shoal keygen\` (default: SHOAL_KEY)
   --broker-key          CURVE: the broker's public NAME.key (default: SHOAL_BROKER_KEY)
 
-From shoal.toml only: the group's timeout and max_jobs, [broker] max_step_bytes.`;
+From shoal.toml only: the group's timeout, max_jobs, max_memory and nice, [broker] max_step_bytes.`;
 
 /** A bad command line or environment value: the message says which flag or variable and why. */
 export class UsageError extends Error {
@@ -110,7 +114,7 @@ export function parseArgs(argv: string[], env: Env = {}, cwd = process.cwd(), ho
   const options: CliOptions = {
     group, server, app: given.get("app") ?? "", help, config: null, warnings: [],
     connect: DEFAULTS.connect, concurrency: DEFAULTS.concurrency, graceS: DEFAULTS.graceS, heartbeatS: DEFAULTS.heartbeatS,
-    timeoutS: 0, maxJobs: 0, maxStepBytes: DEFAULTS.maxStepBytes,
+    timeoutS: 0, maxJobs: 0, maxMemoryMb: 0, nice: 0, maxStepBytes: DEFAULTS.maxStepBytes,
     key: given.get("key") ?? env.SHOAL_KEY ?? "", brokerKey: given.get("broker-key") ?? env.SHOAL_BROKER_KEY ?? "",
   };
   if (help) return options;
@@ -135,6 +139,8 @@ export function parseArgs(argv: string[], env: Env = {}, cwd = process.cwd(), ho
   options.heartbeatS = heartbeatS ?? file.heartbeatS ?? DEFAULTS.heartbeatS;
   options.timeoutS = file.timeoutS ?? 0;
   options.maxJobs = file.maxJobs ?? 0;
+  options.maxMemoryMb = file.maxMemoryMb ?? 0;
+  options.nice = file.nice ?? 0;
   options.maxStepBytes = file.maxStepBytes ?? DEFAULTS.maxStepBytes;
   if (!isEndpoint(options.connect)) {
     throw new UsageError(`[broker] bind ${JSON.stringify(options.connect)} in ${path} is not an endpoint a worker can connect to; pass --connect`);

@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 /** `shoal-worker`: load the app file, serve its group's workflows, drain on SIGTERM. */
 import { existsSync } from "node:fs";
+import { getPriority, setPriority } from "node:os";
 import { resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { parseArgs, UsageError, USAGE } from "./args.js";
@@ -55,10 +56,11 @@ async function main(): Promise<number> {
       `(found ${found}); start the worker with --group set to one of those groups, or pass worker: ${JSON.stringify(options.group)} to defineWorkflow\n`);
     return 2;
   }
+  applyNice(options.nice);
   const worker = new Worker({
     endpoint: options.connect, group: options.group, concurrency: options.concurrency, workflows,
     server: options.server, graceS: options.graceS, heartbeatS: options.heartbeatS, curve,
-    timeoutS: options.timeoutS, maxJobs: options.maxJobs, maxStepBytes: options.maxStepBytes,
+    timeoutS: options.timeoutS, maxJobs: options.maxJobs, maxMemoryMb: options.maxMemoryMb, maxStepBytes: options.maxStepBytes,
   });
   let signals = 0;
   const onSignal = () => {
@@ -72,6 +74,15 @@ async function main(): Promise<number> {
   const code = await worker.run();
   if (worker.refused) process.stderr.write(`shoal-worker: the broker refused this worker: ${worker.refused}\n`);
   return code;
+}
+
+/** Take the group's `nice` (only ever lowering this process's priority, as the Python worker does). */
+function applyNice(nice: number): void {
+  try {
+    if (nice > getPriority()) setPriority(nice);
+  } catch (err) {
+    process.stderr.write(`shoal-worker: warning: cannot set nice ${nice}: ${(err as Error).message}\n`);
+  }
 }
 
 main().then(

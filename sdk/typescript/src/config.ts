@@ -1,7 +1,7 @@
 /**
  * The part of shoal.toml a worker reads for itself, by the Python worker's rules (shoal.conf):
  * `[broker] bind`, `heartbeat_interval` and `max_step_bytes`, and the group's `concurrency`,
- * `grace`, `timeout` and `max_jobs`, each group key taken from the last of `[workflows]`,
+ * `grace`, `timeout`, `max_jobs`, `max_memory` and `nice`, each group key taken from the last of `[workflows]`,
  * `[workflows.<group>]`, `[servers.<server>.workflows]`, `[servers.<server>.workflows.<group>]`
  * that sets it. A bad value of a key read here is an error naming file, line and key; a key
  * this worker does not know is a warning (the broker and `shoal config --check` judge the rest).
@@ -28,6 +28,8 @@ export interface FileSettings {
   graceS?: number;
   timeoutS?: number;
   maxJobs?: number;
+  maxMemoryMb?: number;
+  nice?: number;
   /** Keys this worker does not know, each with its place. */
   warnings: string[];
 }
@@ -35,9 +37,12 @@ export interface FileSettings {
 type Check = (value: unknown) => unknown;
 type Field = Exclude<keyof FileSettings, "path" | "warnings">;
 
-const integer = (minimum: number): Check => (value) => {
+const integer = (minimum: number, maximum?: number): Check => (value) => {
   const n = typeof value === "bigint" ? Number(value) : value;
-  if (typeof n !== "number" || !Number.isInteger(n) || n < minimum) throw new RangeError(`expected an integer >= ${minimum}, found ${describe(value)}`);
+  if (typeof n !== "number" || !Number.isInteger(n) || n < minimum || (maximum !== undefined && n > maximum)) {
+    const expected = maximum === undefined ? `an integer >= ${minimum}` : `an integer from ${minimum} to ${maximum}`;
+    throw new RangeError(`expected ${expected}, found ${describe(value)}`);
+  }
   return n;
 };
 const duration = (positive: boolean): Check => (value) => {
@@ -55,6 +60,14 @@ const size = (minimum: number): Check => (value) => {
   if (bytes < minimum) throw new RangeError(`expected a size like "16MiB" or a number of bytes >= ${minimum}, found ${describe(value)}`);
   return bytes;
 };
+/** Whole MiB, rounded up (a nonzero limit never becomes 0, "off"); a bare integer counts MiB. */
+const sizeMib: Check = (value) => {
+  try {
+    return Math.ceil(parseSize(value, 2 ** 20) / 2 ** 20);
+  } catch {
+    throw new RangeError(`expected a size like "512MiB", "1GB" or a whole number of MiB, found ${describe(value)}`);
+  }
+};
 const endpoint: Check = (value) => {
   if (!isEndpoint(value, true)) throw new RangeError(`expected a ZeroMQ endpoint like "tcp://127.0.0.1:5555", found ${describe(value)}`);
   return value;
@@ -71,6 +84,8 @@ const GROUP_READ: Record<string, [Field, Check]> = {
   grace: ["graceS", duration(false)],
   timeout: ["timeoutS", duration(false)],
   max_jobs: ["maxJobs", integer(0)],
+  max_memory: ["maxMemoryMb", sizeMib],
+  nice: ["nice", integer(-20, 19)],
 };
 /** Every key shoal.toml knows (conf/checks.py; tests/test_typescript.py keeps the lists equal). */
 export const KNOWN_BROKER_KEYS = ["bind", "data", "max_message_bytes", "max_step_bytes", "heartbeat_interval", "map_size",

@@ -26,13 +26,13 @@ export function parseDuration(value: unknown): number {
   return seconds;
 }
 
-/** Bytes in `value`: text like "16MiB" (fractions of a byte dropped), or a whole number of bytes >= 0. */
-export function parseSize(value: unknown): number {
+/** Bytes in `value`: text like "16MiB" (fractions of a byte dropped), or a whole number >= 0 counted in `bareUnit` bytes. */
+export function parseSize(value: unknown, bareUnit = 1): number {
   const expected = `expected a size like "16MiB" or a number of bytes, found ${describe(value)}`;
   if (typeof value === "number" || typeof value === "bigint") {
     const n = Number(value);
     if (!Number.isInteger(n) || n < 0) throw new RangeError(expected);
-    return n;
+    return n * bareUnit;
   }
   const found = typeof value === "string" ? SIZE.exec(value) : null;
   if (!found) throw new RangeError(expected);

@@ -36,6 +36,8 @@ export interface WorkerOptions {
   timeoutS?: number;
   /** Drain and exit 0 after this many jobs, so a supervisor starts a fresh process (0 = never). */
   maxJobs?: number;
+  /** Drain and exit 0 when resident memory passes this many MiB (0 = never). */
+  maxMemoryMb?: number;
   /** Ms a handler told to stop may run on before the worker drains to replace itself (default 5000). */
   stuckGraceMs?: number;
   curve?: CurveKeys;
@@ -327,11 +329,16 @@ export class Worker {
     this.maybeRecycle();
   }
 
-  /** Leaky libraries: after `maxJobs` outcomes, drain and exit 0 (a supervisor starts a fresh process). */
+  /** Leaky libraries: past `maxJobs` outcomes or `maxMemoryMb` resident, drain and exit 0 (a supervisor starts a fresh process). */
   private maybeRecycle(): void {
-    const max = this.options.maxJobs ?? 0;
-    if (max > 0 && this.jobsDone >= max && !this.draining) {
+    const { maxJobs = 0, maxMemoryMb = 0 } = this.options;
+    if (this.draining) return;
+    const rssMb = Math.floor(process.memoryUsage.rss() / 2 ** 20);
+    if (maxJobs > 0 && this.jobsDone >= maxJobs) {
       this.log("info", `recycling after ${this.jobsDone} jobs (max_jobs)`);
+      this.drain();
+    } else if (maxMemoryMb > 0 && rssMb > maxMemoryMb) {
+      this.log("info", `recycling at ${rssMb} MiB resident (max_memory ${maxMemoryMb} MiB)`);
       this.drain();
     }
   }

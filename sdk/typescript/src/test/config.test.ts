@@ -27,6 +27,8 @@ timeout = "1m"
 [workflows.media]
 concurrency = 6
 max_jobs = 100
+max_memory = "1.5GiB"
+nice = 5
 
 [servers.gpu1.workflows]
 grace = "2s"
@@ -38,14 +40,15 @@ concurrency = 12
 test("durations and sizes read as conf/durations.py reads them", () => {
   assert.deepEqual(["200ms", "1s", "1.5s", "5m", "1h", "1d", 3, "7", ".5s"].map(parseDuration), [0.2, 1, 1.5, 300, 3600, 86400, 3, 7, 0.5]);
   for (const bad of ["5 minutes", "-1s", "", true, "1w"]) assert.throws(() => parseDuration(bad), /expected a duration like/);
-  assert.deepEqual(["16MiB", "1GB", "1.5KiB", 512].map(parseSize), [16 * 2 ** 20, 1e9, 1536, 512]);
+  assert.deepEqual(["16MiB", "1GB", "1.5KiB", 512].map((v) => parseSize(v)), [16 * 2 ** 20, 1e9, 1536, 512]);
+  assert.equal(parseSize(3, 2 ** 20), 3 * 2 ** 20, "a bare number counts the caller's unit (MiB for max_memory)");
   assert.throws(() => parseSize("lots"), /expected a size/);
 });
 
 test("group keys inherit [workflows] -> [workflows.<group>] -> [servers.<name>.workflows] -> [servers.<name>.workflows.<group>]", () => {
   const d = dir({ "shoal.toml": LAYERED });
   const media = readConfig("shoal.toml", "media", "gpu1", d);
-  assert.deepEqual([media.concurrency, media.graceS, media.timeoutS, media.maxJobs], [12, 2, 60, 100]);
+  assert.deepEqual([media.concurrency, media.graceS, media.timeoutS, media.maxJobs, media.maxMemoryMb, media.nice], [12, 2, 60, 100, 1536, 5]);
   assert.deepEqual([media.bind, media.heartbeatS, media.maxStepBytes], ["tcp://127.0.0.1:6100", 0.2, 2 * 2 ** 20],
     "a wildcard bind is reached on loopback");
   const elsewhere = readConfig("shoal.toml", "media", "web1", d);
@@ -80,13 +83,15 @@ test("--config and SHOAL_CONFIG name the file; a named file that is missing is a
 });
 
 test("a bad value names the file, line and key; every problem is listed", () => {
-  const d = dir({ "shoal.toml": '[broker]\nheartbeat_interval = "soon"\n\n[workflows.media]\nconcurrency = 0\n\n[servers.x.workflows]\ntimeout = -1\n' });
+  const d = dir({ "shoal.toml": '[broker]\nheartbeat_interval = "soon"\n\n[workflows.media]\nconcurrency = 0\n\n[servers.x.workflows]\ntimeout = -1\nnice = 20\nmax_memory = "lots"\n' });
   const err = (() => { try { readConfig("shoal.toml", "media", "h", d); } catch (e) { return e; } })();
   assert.ok(err instanceof ConfigError);
   assert.deepEqual(err.message.split("\n"), [
     'shoal.toml:2: broker.heartbeat_interval: expected a duration like "60s", "5m", "1h" or seconds, found "soon"',
     "shoal.toml:5: workflows.media.concurrency: expected an integer >= 1, found 0",
     "shoal.toml:8: servers.x.workflows.timeout: expected a duration >= 0, found -1",
+    "shoal.toml:9: servers.x.workflows.nice: expected an integer from -20 to 19, found 20",
+    'shoal.toml:10: servers.x.workflows.max_memory: expected a size like "512MiB", "1GB" or a whole number of MiB, found "lots"',
   ]);
   const broken = dir({ "shoal.toml": "[broker]\nbind = \n" });
   assert.throws(() => readConfig("shoal.toml", "g", "h", broken), /^ConfigError: shoal.toml:2: invalid TOML/);
