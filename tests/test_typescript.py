@@ -4,6 +4,7 @@ installed and compiled by the fixture when needed; a missing node is a failure, 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -16,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `tests.confor
 from tests.conformance import IMPLEMENTATIONS, TS_SDK  # noqa: E402
 from tests.conformance.harness import Harness, wait_for  # noqa: E402
 from tests.conformance.node import ensure_built, tools  # noqa: E402
+from tests.conftest import Proc  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -31,6 +33,14 @@ def harness(tmp_path: Path) -> Harness:
     h.start_broker()
     yield h  # type: ignore[misc]
     h.close()
+
+
+def start_ts_worker(harness: Harness, node: str, tmp_path: Path, *args: str, **env: str) -> Proc:
+    """The TypeScript CLI with ``args``, in ``tmp_path``, given only ``env`` of the SHOAL_ variables."""
+    clean = {k: v for k, v in harness.env.items() if not k.startswith("SHOAL_")}
+    proc = Proc([node, str(TS_SDK / "dist" / "cli.js"), *args], tmp_path / "ts-worker.log", {**clean, **env}, tmp_path)
+    harness.procs.append(proc)
+    return proc
 
 
 def test_the_packages_own_node_tests_pass(node: str) -> None:
@@ -140,8 +150,6 @@ def test_a_hello_the_broker_refuses_ends_the_worker_with_the_reason(node: str, h
 def test_child_job_ids_are_the_same_in_both_languages(node: str, tmp_path: Path) -> None:
     """A job that moves between a Python and a TypeScript worker before its enqueue step is stored
     re-sends the same children's ids, so the broker creates no second set."""
-    import os
-
     from shoal.worker.steps import child_job_id
 
     cases = [(os.urandom(16), name, index) for name, index in
@@ -163,17 +171,11 @@ def test_a_worker_given_only_config_and_group_joins_the_broker_the_config_names(
         node: str, harness: Harness, tmp_path: Path) -> None:
     """--config FILE and --group: the endpoint (`[broker] bind`), heartbeat interval and the group's
     concurrency (`[servers.<name>.workflows.<group>]` over `[workflows.<group>]`) come from the file."""
-    from tests.conftest import Proc
-
     config = tmp_path / "worker.toml"
     config.write_text(f'[broker]\nbind = "{harness.endpoint}"\nheartbeat_interval = "200ms"\n\n'
                       '[workflows.conf]\nconcurrency = 2\n\n[servers.box7.workflows.conf]\nconcurrency = 3\n')
-    env = {k: v for k, v in harness.env.items() if not k.startswith("SHOAL_")}
-    env["SHOAL_SERVER"] = "box7"
-    app = str(TS_SDK / "conformance" / "app.mjs")
-    proc = Proc([node, str(TS_SDK / "dist" / "cli.js"), "--app", app, "--config", str(config), "--group", "conf"],
-                tmp_path / "ts-worker.log", env, tmp_path)
-    harness.procs.append(proc)
+    proc = start_ts_worker(harness, node, tmp_path, "--app", str(TS_SDK / "conformance" / "app.mjs"),
+                           "--config", str(config), "--group", "conf", SHOAL_SERVER="box7")
     entry = harness.wait_joined(proc)
     assert entry["slots"] == 3 and entry["server"] == "box7", entry
     result = harness.client.wait(harness.client.enqueue("conf-echo", {"via": "config"}), timeout=30)
@@ -207,17 +209,12 @@ def test_the_typescript_worker_knows_every_key_shoal_toml_has(node: str) -> None
 def test_a_handler_that_ignores_its_timeout_gets_its_worker_replaced(node: str, harness: Harness, tmp_path: Path) -> None:
     """The timed-out run is reported at once; a promise cannot be killed, so a handler still running
     5 s later makes the worker drain and exit 0 for a fresh process (as Python does for sync ones)."""
-    from tests.conftest import Proc
-
     app = tmp_path / "stubborn.mjs"
     app.write_text(f"import {{ defineWorkflow }} from {json.dumps((TS_SDK / 'dist' / 'index.js').as_uri())};\n"
                    "defineWorkflow('stubborn', { worker: 'stub', retries: 0, timeout: 0.5,\n"
                    "  handler: () => new Promise((resolve) => setTimeout(resolve, 60000)) });\n")
-    env = {k: v for k, v in harness.env.items() if not k.startswith("SHOAL_")}
-    env["SHOAL_CONFIG"] = str(harness.config)
-    proc = Proc([node, str(TS_SDK / "dist" / "cli.js"), "--app", str(app), "--group", "stub", "--connect", harness.endpoint],
-                tmp_path / "stub-worker.log", env, tmp_path)
-    harness.procs.append(proc)
+    proc = start_ts_worker(harness, node, tmp_path, "--app", str(app), "--group", "stub", "--connect", harness.endpoint,
+                           SHOAL_CONFIG=str(harness.config))
     wait_for(lambda: any(w.get("pid") == proc.pid for w in harness.client.workers("stub")), 30, "the worker to join")
     result = harness.client.wait(harness.client.enqueue("stubborn", {}), timeout=30)
     assert result.status == "dead" and result.error_kind == "timeout" and "timed out after 0.5s" in (result.error or ""), result
@@ -228,17 +225,11 @@ def test_a_handler_that_ignores_its_timeout_gets_its_worker_replaced(node: str, 
 def test_the_groups_nice_and_max_memory_from_the_config_apply(node: str, harness: Harness, tmp_path: Path) -> None:
     """`nice` lowers the worker's priority at start; past `max_memory` resident (1 MiB: at once) the
     worker recycles after its first job: drain and exit 0."""
-    import os
-
-    from tests.conftest import Proc
-
     config = tmp_path / "worker.toml"
     config.write_text(f'[broker]\nbind = "{harness.endpoint}"\nheartbeat_interval = "200ms"\n\n'
                       '[workflows.conf]\nnice = 7\nmax_memory = 1\n')
-    env = {k: v for k, v in harness.env.items() if not k.startswith("SHOAL_")}
-    proc = Proc([node, str(TS_SDK / "dist" / "cli.js"), "--app", str(TS_SDK / "conformance" / "app.mjs"),
-                 "--config", str(config), "--group", "conf"], tmp_path / "ts-worker.log", env, tmp_path)
-    harness.procs.append(proc)
+    proc = start_ts_worker(harness, node, tmp_path, "--app", str(TS_SDK / "conformance" / "app.mjs"),
+                           "--config", str(config), "--group", "conf")
     harness.wait_joined(proc)
     assert os.getpriority(os.PRIO_PROCESS, proc.pid) == max(7, os.getpriority(os.PRIO_PROCESS, 0))
     result = harness.client.wait(harness.client.enqueue("conf-echo", {"n": 1}), timeout=30)
