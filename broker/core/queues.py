@@ -55,6 +55,17 @@ class ReadyQueue:
         """Drop a job (cancel); its heap entry goes stale and is skipped later."""
         return self._live.pop(job_id, None) is not None
 
+    def key_of(self, job_id: bytes) -> tuple[int, int] | None:
+        """The job's place in the queue now (None: not queued), for ``restore``."""
+        return self._live.get(job_id)
+
+    def restore(self, job_id: bytes, key: tuple[int, int] | None) -> None:
+        """Put the job back where ``key_of`` said it was (undo of a push or a remove)."""
+        if key is None:
+            self._live.pop(job_id, None)
+        else:
+            self._push(job_id, key)  # a duplicate heap entry of a live key is skipped once popped
+
     def __len__(self) -> int:
         return len(self._live)
 
@@ -84,6 +95,17 @@ class Schedule:
     def remove(self, job_id: bytes) -> bool:
         """Forget a job (cancel)."""
         return self._live.pop(job_id, None) is not None
+
+    def deadline_of(self, job_id: bytes) -> float | None:
+        """The job's deadline now (None: not scheduled), for ``restore``."""
+        return self._live.get(job_id)
+
+    def restore(self, job_id: bytes, deadline: float | None) -> None:
+        """Put the job's deadline back to what ``deadline_of`` said (undo of an add or a remove)."""
+        if deadline is None:
+            self._live.pop(job_id, None)
+        else:
+            self.add(job_id, deadline)
 
     def next_deadline(self) -> float | None:
         """When the soonest job is due (monotonic seconds), or None."""
