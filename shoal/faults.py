@@ -59,18 +59,29 @@ class FaultInjected(RuntimeError):
 
 
 def trip(point: str) -> None:
-    """Raise ``FaultInjected`` if ``point`` is armed (by ``SHOAL_FAULT`` or ``raising``)."""
+    """Raise ``FaultInjected`` if ``point`` is armed (by ``SHOAL_FAULT`` or ``raising``) and the
+    passes ``raising`` let through are used up."""
     if point in _armed:
+        left = _passes.get(point, 0)
+        if left:
+            _passes[point] = left - 1
+            return
         raise FaultInjected(f"fault point {point} tripped")
 
 
+_passes: dict[str, int] = {}  # trip point -> passes still let through (``raising(after=N)``)
+
+
 @contextmanager
-def raising(*points: str) -> Iterator[None]:
-    """Arm ``trip`` points in this process while the block runs."""
+def raising(*points: str, after: int = 0) -> Iterator[None]:
+    """Arm ``trip`` points in this process while the block runs; each lets ``after`` passes through first."""
     check(",".join(points))
     added = set(points) - _armed
     _armed.update(added)
+    _passes.update((p, after) for p in points)
     try:
         yield
     finally:
         _armed.difference_update(added)
+        for p in points:
+            _passes.pop(p, None)

@@ -42,6 +42,7 @@ class Dispatch:
         queue = self.ready.get(job.group)
         if queue is None:
             queue = self.ready[job.group] = ReadyQueue()
+            self.undo.append((self.ready.pop, job.group, None))
         self.undo.append((queue.restore, job.id, queue.key_of(job.id)))
         if front:
             queue.push_front(job.id, job.priority)
