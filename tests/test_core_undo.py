@@ -45,7 +45,8 @@ def memory_of(broker: Broker) -> dict[str, Any]:
         "unrouted": {w: list(ids) for w, ids in core.dispatch.unrouted.items() if ids},
         "routes": dict(core.dispatch.routes),
         "schedule": dict(core.timetable.due._live),
-        "workers": {w.identity: (w.group, w.slots, w.last_seen, dict(w.leases)) for w in core.leases.workers},
+        # last_seen is left out: a message whose handler failed still showed its sender alive
+        "workers": {w.identity: (w.group, w.slots, dict(w.leases)) for w in core.leases.workers},
         "rotation": {g: [w.identity for w in ws] for g, ws in core.leases.workers.by_group.items() if ws},
         "orphans": dict(core.leases.orphans), "superseded": set(core.leases.superseded),
         "waiters": {i: set(w) for i, w in core.waiters.waiters.items()}, "waits_of": dict(core.waiters.waits_of),

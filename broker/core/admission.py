@@ -1,8 +1,9 @@
 """Admission: the one check every way a job is born passes.
 
 Client enqueue, enqueue_many, a step's children, a cron tick and a requeue all ask ``refusal``
-(storage room, a group whose workers cannot start, a group at its ``max_pending``) and
-``dedup`` (an id already known, or a dedup key held by another job). Owns the storage
+(storage room, a group whose workers cannot start, a group at its ``max_pending``) for the jobs
+that are new: not ``known`` (an id seen before is a re-send) and whose dedup key no other job
+holds (the job table's ``key_holder``, the one place that rule lives). Owns the storage
 figures (measured once a second, charged as work is accepted) and the supervisor's word
 on unhealthy groups.
 """
@@ -19,6 +20,7 @@ from shoal.messages import JobItem
 from ..contract import CoreStore
 from .demand import Demand
 from .dispatch import Dispatch
+from .effects import Clock
 from .jobs import JobTable
 from .leases import Leases
 
@@ -48,9 +50,10 @@ class SupervisorView(Protocol):
 class Admission:
     """Storage room, unhealthy groups, max_pending and dedup, for every new job."""
 
-    def __init__(self, store: CoreStore, settings: Settings, jobs: JobTable, dispatch: Dispatch,
+    def __init__(self, store: CoreStore, settings: Settings, clock: Clock, jobs: JobTable, dispatch: Dispatch,
                  leases: Leases) -> None:
-        self.store, self.settings, self.jobs, self.dispatch, self.leases = store, settings, jobs, dispatch, leases
+        self.store, self.settings, self.clock = store, settings, clock
+        self.jobs, self.dispatch, self.leases = jobs, dispatch, leases
         self.supervisor: SupervisorView | None = None  # set by the server when it starts workers
         self.storage_used = 0
         self.storage_room = 1 << 62  # until the first measurement (load() takes one)
@@ -65,29 +68,27 @@ class Admission:
         found.update(i.id for i in items if i.id in jobs or batch.get(i.id) is not None)
         return found
 
-    def dedup(self, item: JobItem) -> bytes | None:
-        """The job that holds the item's dedup key now (the caller gets that one), or None."""
-        return self.jobs.key_holder(item.key) if item.key else None
-
-    def refusal(self, items: Sequence[JobItem], now: float) -> dict[str, Any] | None:
+    def refusal(self, items: Sequence[JobItem]) -> dict[str, Any] | None:
         """None when these new jobs may be created (their storage is then charged), else the
         ERROR body (code, message, maybe retry_after_s)."""
         incoming = sum(len(i.payload) + ITEM_OVERHEAD for i in items)
         no_room = self.storage_refusal(incoming)
         if no_room:
             return {"code": P.E_STORAGE, "message": no_room}
-        unhealthy = self._unhealthy(items, now)
+        unhealthy = self._unhealthy(items) if self.supervisor is not None else None
         if unhealthy:
             return {"code": P.E_GROUP_UNHEALTHY, "message": unhealthy}
         saturated = self._saturation(items)
         if saturated:
             return self._saturated_error(*saturated)
-        self.charge(2 * incoming)  # until the next measurement: job record + log entry
+        self.storage_used += 2 * incoming  # until the next measurement: job record + log entry
+        self.storage_room -= 2 * incoming
+        self.jobs.undo.append((self._uncharge, 2 * incoming))
         return None
 
-    def _unhealthy(self, items: Sequence[JobItem], now: float) -> str | None:
-        if self.supervisor is None:
-            return None
+    def _unhealthy(self, items: Sequence[JobItem]) -> str | None:
+        assert self.supervisor is not None
+        now = self.clock.mono()
         for item in items:
             group = self.dispatch.group_of(item.wf, item.group)
             reason = self.supervisor.refusal(group, now) if group else None
@@ -98,14 +99,17 @@ class Admission:
     def _saturation(self, items: Sequence[JobItem]) -> tuple[str, int, int] | None:
         """(group, backlog, max_pending) of a group these jobs would push past its max_pending."""
         adding: dict[str, int] = {}
+        routes = self.dispatch.routes
         for item in items:
-            group = self.dispatch.group_of(item.wf, item.group)
+            group = item.group or (routes.get(item.wf) or {}).get("group")  # Dispatch.group_of, inline: hot path
             if group:
                 adding[group] = adding.get(group, 0) + 1
         for group, n in adding.items():
             limit = self.dispatch.groups(group).max_pending
+            if not limit:
+                continue
             backlog = self.dispatch.pending(group)
-            if limit and backlog + n > limit:
+            if backlog + n > limit:
                 return group, backlog, limit
         return None
 
@@ -119,13 +123,9 @@ class Admission:
         return {"code": P.E_SATURATED, "message": message, "retry_after_s": retry_after_s}
 
     # --- storage ----------------------------------------------------------------------------
-    def charge(self, nbytes: int) -> None:
-        """Accepted work takes this much more room, until the next measurement."""
-        undo = self.jobs.undo
-        undo.append((setattr, self, "storage_used", self.storage_used))
-        undo.append((setattr, self, "storage_room", self.storage_room))
-        self.storage_used += nbytes
-        self.storage_room -= nbytes
+    def _uncharge(self, nbytes: int) -> None:
+        self.storage_used -= nbytes
+        self.storage_room += nbytes
 
     def measure(self) -> None:
         """Measure (once a second) how much the store may still grow: under ``max_size`` and on
@@ -182,7 +182,9 @@ class Admission:
         if self.storage_room - need < reserve // 2:
             return (f"storage full: a result of {value_bytes:,} bytes would leave the disk under "
                     f"{self.store.path} below half of min_free_disk ({reserve // 2**20} MiB)")
-        self.charge(need)
+        self.storage_used += need  # until the next measurement
+        self.storage_room -= need
+        self.jobs.undo.append((self._uncharge, need))
         return None
 
     def result_never_fits(self, value_bytes: int) -> str | None:

@@ -73,7 +73,8 @@ class Broker:
             return  # a peer that floods the broker with bad frames is not read for a while
         rid = None
         decoded = False
-        core.effects.begin()
+        effects = core.effects
+        marks = len(effects.outbox), len(effects.events), len(effects.batch.log), len(effects.batch.expiry_add)
         try:
             command, body = P.decode(frames, self.max_message_bytes)
             decoded = True
@@ -88,17 +89,17 @@ class Broker:
             row.handler(core, identity, row.parse(body))
             core.undo.clear()
         except ProtocolError as exc:
-            self._take_back()
+            self._take_back(marks)
             self._bad(identity, rid, exc, decoded)
         except Exception:  # a bug of ours must not take the broker down for everyone
             log.exception("internal error handling a message from %s", identity.hex())
-            self._take_back()
+            self._take_back(marks)
             core.effects.error(identity, rid, P.E_INTERNAL, "internal broker error (logged); the request was not applied")
 
-    def _take_back(self) -> None:
+    def _take_back(self, marks: tuple[int, int, int, int]) -> None:
         """Undo what the failed message did, in memory and in the pass's batch and outbox."""
         rollback(self.core.undo)
-        self.core.effects.rewind()
+        self.core.effects.rewind(*marks)
 
     def _bad(self, identity: bytes, rid: Any, exc: ProtocolError, decoded: bool) -> None:
         core = self.core

@@ -43,11 +43,8 @@ class Dispatch:
         if queue is None:
             queue = self.ready[job.group] = ReadyQueue()
             self.undo.append((self.ready.pop, job.group, None))
-        self.undo.append((queue.restore, job.id, queue.key_of(job.id)))
-        if front:
-            queue.push_front(job.id, job.priority)
-        else:
-            queue.push(job.id, job.seq, job.priority)
+        old = queue.push_front(job.id, job.priority) if front else queue.push(job.id, job.seq, job.priority)
+        self.undo.append((queue.restore, job.id, old))
 
     def unqueue(self, job: J.Job) -> None:
         """Take a pending job out of wherever it waits (cancel)."""

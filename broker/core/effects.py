@@ -55,21 +55,15 @@ class Effects:
         self.events_dropped = 0
         self.events_endpoint = ""
         self.replies_dropped = 0                 # to peers that stopped reading or left
-        self._marks = (0, 0, 0, 0, 0, 0)
 
     # --- one message, or none of it -----------------------------------------------------
-    def begin(self) -> None:
-        """Remember where the lists stand before a message (its dict writes are in the undo journal)."""
+    # Handlers append to four lists (the rest of the batch is dicts, whose writes go through
+    # the undo journal; expiry_del and drop_steps change only in tick). The broker notes their
+    # lengths before each message, and a failed one is cut back to them.
+    def rewind(self, outbox: int, events: int, logged: int, expiring: int) -> None:
+        """Cut the lists back to where they stood before the failed message."""
         b = self.batch
-        self._marks = (len(self.outbox), len(self.events), len(b.log), len(b.expiry_add), len(b.expiry_del),
-                       len(b.drop_steps))
-
-    def rewind(self) -> None:
-        """Cut the lists back to ``begin``'s marks: the failed message said and wrote nothing."""
-        b = self.batch
-        outbox, events, logged, added, deleted, dropped = self._marks
-        del self.outbox[outbox:], self.events[events:], b.log[logged:], b.expiry_add[added:]
-        del b.expiry_del[deleted:], b.drop_steps[dropped:]
+        del self.outbox[outbox:], self.events[events:], b.log[logged:], b.expiry_add[expiring:]
 
     def take(self) -> tuple[Batch, list[Outgoing]]:
         """What this pass decided: the writes, then the messages."""

@@ -109,8 +109,17 @@ class JobTable:
         if counts is None:
             U.put(self.undo, self.counters, group, {})
             counts = self.counters[group]
-        U.add(self.undo, counts, name, n)
-        self.effects.put(self.effects.batch.counters, group, counts)
+        batch = self.effects.batch.counters
+        self.undo.append((self._uncount, group, name, n, batch.get(group, U.MISSING)))
+        counts[name] = counts.get(name, 0) + n
+        batch[group] = counts
+
+    def _uncount(self, group: str, name: str, n: int, stored: Any) -> None:
+        counts = self.counters[group]
+        counts[name] -= n
+        if not counts[name]:
+            del counts[name]
+        U.restore(self.effects.batch.counters, group, stored)
 
     def know(self, group: str) -> None:
         if group and group not in self.known_groups:
@@ -158,24 +167,34 @@ class JobTable:
         job = J.Job(id=item.id, workflow=item.wf, group=group, payload=item.payload, seq=self.seq,
                     priority=item.priority, key=item.key, max_retries=item.retries, created_ms=now_ms,
                     parent=parent, key_ttl_ms=max(0, item.key_ttl_ms))
-        undo = self.undo
-        undo.append((setattr, self, "seq", self.seq))
+        # the hot path: one undo entry takes back the table's part (seq, job, count, record)
+        active, batch = self.active, self.effects.batch
+        self.undo.append((self._uncreate, job, batch.jobs.get(job.id, U.MISSING)))
         self.seq += 1
-        self.know(group)
+        if group not in self.known_groups:
+            self.know(group)
+        self.jobs[job.id] = job
+        active[group] = active.get(group, 0) + 1
         if item.delay_ms > 0:
             job.state = J.SCHEDULED
             job.due_ms = now_ms + item.delay_ms
-        self.jobs[job.id] = job
-        undo.append((self.jobs.pop, job.id, None))
-        U.add(undo, self.active, group, 1)
         record = job.to_record()
-        self.effects.put(self.effects.batch.jobs, job.id, record)
-        self.effects.log("enqueue", job.id, record)
-        self.place(job)
+        batch.jobs[job.id] = record
+        batch.log.append(("enqueue", job.id, record))
+        if job.state == J.PENDING:
+            self.dispatch.queue(job)
+        else:
+            self.timetable.at(job, job.due_ms)
         if job.key:
             self.hold_key(job)
         self.effects.emit("queued", job)
         return job
+
+    def _uncreate(self, job: J.Job, stored: Any) -> None:
+        self.seq = job.seq
+        del self.jobs[job.id]
+        self.active[job.group] -= 1
+        U.restore(self.effects.batch.jobs, job.id, stored)
 
     def adopt_route(self, job: J.Job, group: str) -> None:
         """An unrouted job learns its group (a worker announced its workflow)."""
@@ -190,15 +209,20 @@ class JobTable:
     def finish(self, job: J.Job, op: str, changes: dict[str, Any]) -> None:
         """Log the final transition and move the job out of memory; its record stays in storage
         until it expires (dead letters stay until requeued). Waiters and a waiting parent hear of it."""
-        if U.pop(self.undo, self.jobs, job.id) is not None:
-            U.add(self.undo, self.active, job.group, -1)
-        self.leases.claimed(job.id)
+        batch = self.effects.batch
+        active = self.jobs.pop(job.id, None) is not None
+        # one undo entry takes back the table's part (the job back in memory, its count, its record)
+        self.undo.append((self._unfinish, job, active, batch.jobs.get(job.id, U.MISSING)))
+        if active:
+            self.active[job.group] -= 1
+        if job.id in self.leases.orphans:
+            self.leases.claimed(job.id)
         if job.state != J.DEAD:
             job.expire_ms = job.finished_ms + int(self.groups(job.group).retention_s * 1000)
-            self.effects.batch.expiry_add.append((job.expire_ms, job.id))
+            batch.expiry_add.append((job.expire_ms, job.id))
             changes["expire_ms"] = job.expire_ms
-        self.effects.put(self.effects.batch.jobs, job.id, job.to_record())
-        self.effects.log(op, job.id, changes)
+        batch.jobs[job.id] = job.to_record()
+        batch.log.append((op, job.id, changes))
         if job.key:
             self.hold_key(job)
         if job.state == J.COMPLETED:
@@ -211,7 +235,14 @@ class JobTable:
             parent = self.jobs.get(job.parent)
             if parent is not None:
                 self.wake_parent(parent)
-        self.waiters.answer(job)
+        if job.id in self.waiters.waiters:
+            self.waiters.answer(job)
+
+    def _unfinish(self, job: J.Job, active: bool, stored: Any) -> None:
+        if active:
+            self.jobs[job.id] = job
+            self.active[job.group] += 1
+        U.restore(self.effects.batch.jobs, job.id, stored)
 
     def bury(self, job: J.Job, event: str, kind: str, error: str, tb: str | None, failed: bool = False) -> None:
         """Dead-letter a job; ``failed`` when a FAIL caused it (counted for replay's counters)."""

@@ -2,12 +2,10 @@
 
 Owns the connected workers (with their leases and liveness), the jobs running at start that
 no worker has claimed yet (orphans), the old connections of reconnected workers (superseded),
-the peers asked to say HELLO, and the lease tokens. Invariant: a job id is leased by at most
+the peers asked to say HELLO. Invariant: a job id is leased by at most
 one connected worker, with the token the job holds; every change here is undoable.
 """
 from __future__ import annotations
-
-import random
 
 from . import undo as U
 from .workers import WorkerInfo, WorkerRegistry
@@ -20,17 +18,12 @@ MAX_ASKED = 10_000          # peers remembered as asked to say HELLO
 class Leases:
     """Workers, their leases, orphans and tokens."""
 
-    def __init__(self, undo: U.Undo, rng: random.Random) -> None:
+    def __init__(self, undo: U.Undo) -> None:
         self.undo = undo
-        self.rng = rng
         self.workers = WorkerRegistry()
         self.orphans: dict[bytes, float] = {}        # running at start, no worker yet -> deadline (mono)
         self.superseded: dict[bytes, tuple[WorkerInfo, float]] = {}  # old connection -> (it, grace deadline)
         self.asked_hello: dict[bytes, float] = {}    # unknown peer -> when it was last sent RECONNECT (mono)
-
-    def token(self) -> int:
-        """A fresh lease token (62 random bits: a stale run never guesses the current one)."""
-        return self.rng.getrandbits(62)
 
     # --- workers ------------------------------------------------------------------------
     def join(self, worker: WorkerInfo) -> None:
@@ -48,9 +41,10 @@ class Leases:
         self.undo.append((self.workers.put_back, worker, place))
         return worker
 
-    def seen(self, worker: WorkerInfo, now: float) -> None:
-        """The worker was heard from now."""
-        self.undo.append((setattr, worker, "last_seen", worker.last_seen))
+    @staticmethod
+    def seen(worker: WorkerInfo, now: float) -> None:
+        """The worker was heard from now. Never undone: a message whose handler failed still
+        showed the worker alive (as a strike still counts against a peer whose frame was bad)."""
         worker.last_seen = now
 
     def set_slots(self, worker: WorkerInfo, slots: int) -> None:
@@ -63,7 +57,16 @@ class Leases:
 
     def settle(self, worker: WorkerInfo, job_id: bytes) -> None:
         """The worker's lease on this job is over: its slot is free."""
-        U.pop(self.undo, worker.leases, job_id)
+        token = worker.leases.pop(job_id, None)
+        if token is not None:
+            self.undo.append((worker.leases.__setitem__, job_id, token))
+
+    def settle_sender(self, identity: bytes, job_id: bytes, token: int) -> None:
+        """The sender's lease on this job, if it holds it with ``token``, is over."""
+        worker = self.workers.by_identity.get(identity)
+        if worker is not None and worker.leases.get(job_id) == token:
+            del worker.leases[job_id]
+            self.undo.append((worker.leases.__setitem__, job_id, token))
 
     def clear(self, worker: WorkerInfo) -> None:
         """Every lease of a worker is over."""

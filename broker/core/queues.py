@@ -19,13 +19,19 @@ class ReadyQueue:
         self._front = itertools.count(-1, -1)
         self._live: dict[bytes, tuple[int, int]] = {}  # id -> its current heap key; older entries are stale
 
-    def push(self, job_id: bytes, seq: int, priority: int = 0) -> None:
-        """Queue behind the jobs of the same priority."""
-        self._push(job_id, (-priority, seq))
+    def push(self, job_id: bytes, seq: int, priority: int = 0) -> tuple[int, int] | None:
+        """Queue behind the jobs of the same priority; returns the job's place before (for ``restore``)."""
+        live = self._live
+        old = live.get(job_id)
+        heapq.heappush(self._heap, (-priority, seq, job_id))
+        live[job_id] = (-priority, seq)
+        return old
 
-    def push_front(self, job_id: bytes, priority: int = 0) -> None:
-        """Queue ahead of every job of the same priority."""
+    def push_front(self, job_id: bytes, priority: int = 0) -> tuple[int, int] | None:
+        """Queue ahead of every job of the same priority; returns the job's place before."""
+        old = self._live.get(job_id)
         self._push(job_id, (-priority, next(self._front)))
+        return old
 
     def _push(self, job_id: bytes, key: tuple[int, int]) -> None:
         heapq.heappush(self._heap, (key[0], key[1], job_id))

@@ -40,11 +40,11 @@ class Core:
         self.effects = Effects(clock, self.undo)
         self.timetable = Timetable(clock, self.undo)
         self.dispatch = Dispatch(settings, self.groups, self.effects, self.undo)
-        self.leases = Leases(self.undo, rng)
+        self.leases = Leases(self.undo)
         self.waiters = Waiters(self.effects, self.undo)
         self.jobs = JobTable(store, clock, self.groups, self.effects, self.dispatch, self.timetable, self.leases,
                              self.waiters, self.undo)
-        self.admission = Admission(store, settings, self.jobs, self.dispatch, self.leases)
+        self.admission = Admission(store, settings, clock, self.jobs, self.dispatch, self.leases)
         self.cron = CronState(settings, self.effects, self.undo)
         self.history = HistoryRequests(self.undo)
         self.heartbeat_s = settings.broker.heartbeat_interval_s

@@ -85,8 +85,7 @@ def requeue(core: Core, job_id: bytes) -> str | None:
     holder = core.jobs.key_holder(job.key) if job.key else None
     if holder is not None and holder != job_id:  # two jobs never share a live dedup key
         return f"its dedup key {job.key!r} is held by job {id_to_str(holder)} now"
-    refused = core.admission.refusal([M.JobItem(job.id, job.workflow, job.payload, job.group or None)],
-                                     core.clock.mono())
+    refused = core.admission.refusal([M.JobItem(job.id, job.workflow, job.payload, job.group or None)])
     if refused:
         return str(refused["message"])
     core.jobs.requeue(job)

@@ -20,9 +20,12 @@ def admit(core: Core, items: Sequence[M.JobItem], parent: bytes | None = None) -
     """Create the new jobs among ``items``, or refuse them all: the ERROR body (code, message)."""
     admission, jobs = core.admission, core.jobs
     known = admission.known(items)
-    new = [i for i in items if i.id not in known and admission.dedup(i) is None]
+    key_holder = jobs.key_holder  # the dedup rule is the job table's (checked only for items with a key)
+    new = items
+    if known or any(i.key for i in items):
+        new = [i for i in items if i.id not in known and not (i.key and key_holder(i.key))]
     if new:
-        refused = admission.refusal(new, core.clock.mono())
+        refused = admission.refusal(new)
         if refused:
             return refused
     now = core.clock.wall_ms()
@@ -30,7 +33,7 @@ def admit(core: Core, items: Sequence[M.JobItem], parent: bytes | None = None) -
     ids: list[bytes] = []
     deduplicated: list[bool] = []
     for item in items:
-        holder = admission.dedup(item)
+        holder = key_holder(item.key) if item.key else None
         if item.id in known or item.id in jobs.jobs:
             existed.append(True)  # a re-send whose first ack was lost: never a second job
             ids.append(item.id)

@@ -13,17 +13,21 @@ from ..workers import WorkerInfo
 
 
 def lease(core: Core, job: J.Job, worker: WorkerInfo) -> dict[str, Any]:
-    """Dispatch: the job runs on ``worker`` under a fresh token; returns its JOB item."""
-    core.jobs.touch(job)
+    """Dispatch: the job runs on ``worker`` under a fresh token; returns its JOB item.
+
+    Only ``tick`` dispatches, and time's changes are never taken back: no undo entries here
+    (the hot path of every job)."""
     job.move("dispatch")
     job.attempts += 1
-    job.token = core.leases.token()
+    job.token = token = core.rng.getrandbits(62)  # a stale run never guesses the current one
     job.worker = worker.name
     job.started_ms = core.clock.wall_ms()
-    core.leases.grant(worker, job.id, job.token)
+    worker.leases[job.id] = token
     core.effects.emit("started", job, worker=worker.name)
-    core.effects.save(job, "dispatch", {"state": job.state, "attempts": job.attempts, "token": job.token,
-                                        "worker": job.worker, "started_ms": job.started_ms})
+    batch = core.effects.batch
+    batch.jobs[job.id] = job.to_record()
+    batch.log.append(("dispatch", job.id, {"state": job.state, "attempts": job.attempts, "token": token,
+                                           "worker": job.worker, "started_ms": job.started_ms}))
     item = {"id": job.id, "token": job.token, "wf": job.workflow, "payload": job.payload,
             "attempt": job.attempts, "max_retries": core.dispatch.max_retries(job)}
     if job.steps:

@@ -16,7 +16,7 @@ from shoal import protocol as P
 from ..state import Core
 from . import lifecycle as L
 from .enqueue import admit
-from .worker import current, settle
+from .worker import current
 
 
 def on_steps(core: Core, identity: bytes, msg: M.JobRequest) -> None:
@@ -66,7 +66,7 @@ def on_suspend(core: Core, identity: bytes, suspend: M.Suspend) -> None:
     job = current(core, identity, suspend.id, suspend.token)
     if job is None:
         return
-    settle(core, identity, job)
+    core.leases.settle_sender(identity, job.id, job.token)
     if job.cancel_requested:
         L.cancel_running_done(core, job)
         return

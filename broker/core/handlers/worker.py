@@ -23,12 +23,11 @@ _RECONNECT = P.encode(P.RECONNECT, {})
 def known(core: Core, identity: bytes) -> WorkerInfo | None:
     """The sender, with its liveness refreshed; an unknown one is asked to say HELLO."""
     worker = core.leases.workers.get(identity)
-    now = core.clock.mono()
     if worker is None:
-        if core.leases.should_ask_hello(identity, now):
+        if core.leases.should_ask_hello(identity, core.clock.mono()):
             core.effects.send(identity, _RECONNECT)
     else:
-        core.leases.seen(worker, now)
+        worker.last_seen = core.clock.mono()  # Leases.seen, inline: every worker message passes here
     return worker
 
 
@@ -129,7 +128,8 @@ def current(core: Core, identity: bytes, job_id: bytes, token: int) -> J.Job | N
     """
     job = core.jobs.jobs.get(job_id)
     if job is not None and job.state == J.RUNNING and job.token == token:
-        core.leases.claimed(job_id)
+        if job_id in core.leases.orphans:
+            core.leases.claimed(job_id)
         return job
     worker = core.leases.workers.get(identity)
     if worker is not None and worker.leases.get(job_id) == token:
@@ -141,13 +141,6 @@ def current(core: Core, identity: bytes, job_id: bytes, token: int) -> J.Job | N
         core.quiet.warning("stale lease tokens", "rejected a result for job %s with a stale lease token (from %s)",
                            id_to_str(job_id), worker.name if worker else identity.hex())
     return None
-
-
-def settle(core: Core, identity: bytes, job: J.Job) -> None:
-    """The sender's lease on ``job`` is over: its slot is free."""
-    worker = core.leases.workers.get(identity)
-    if worker is not None and worker.leases.get(job.id) == job.token:
-        core.leases.settle(worker, job.id)
 
 
 def on_done(core: Core, identity: bytes, done: M.Done) -> None:
@@ -166,7 +159,7 @@ def on_done(core: Core, identity: bytes, done: M.Done) -> None:
             continue
         too_big = admission.result_never_fits(len(result.value))
         if too_big:  # no amount of waiting makes it fit: the attempt fails (retried, then dead)
-            settle(core, identity, job)
+            core.leases.settle_sender(identity, job.id, job.token)
             L.failed_attempt(core, job, J.KIND_STORAGE_FULL, too_big, None, duration_ms=0)
             continue
         no_room = admission.result_refusal(len(result.value))
@@ -174,7 +167,7 @@ def on_done(core: Core, identity: bytes, done: M.Done) -> None:
             deferred.append([result.id, result.token])
             reason = no_room
             continue
-        settle(core, identity, job)
+        core.leases.settle_sender(identity, job.id, job.token)
         L.complete(core, job, result.value)
     if deferred:
         core.quiet.warning("deferred results", "%d result(s) not stored yet, the worker keeps them: %s",
@@ -189,7 +182,7 @@ def on_fail(core: Core, identity: bytes, failed: M.Fail) -> None:
         job = current(core, identity, failure.id, failure.token)
         if job is None:
             continue
-        settle(core, identity, job)
+        core.leases.settle_sender(identity, job.id, job.token)
         if job.cancel_requested:  # it stopped because it was cancelled: not a failed attempt
             L.cancel_running_done(core, job)
             continue
@@ -202,5 +195,5 @@ def on_return(core: Core, identity: bytes, returned: M.Return) -> None:
     for job_id, token in returned.jobs:
         job = current(core, identity, job_id, token)
         if job is not None:
-            settle(core, identity, job)
+            core.leases.settle_sender(identity, job.id, job.token)
             L.release(core, job, charge=False, why="returned")
