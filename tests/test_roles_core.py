@@ -1,4 +1,4 @@
-"""Authorisation in the core: which key may send which command (broker/roles.py).
+"""Authorisation in the core: which key may send which command (broker/core/commands.py).
 
 Driven on the socket-free core with a fake clock; the shell's part (learning the key from the
 CURVE handshake) is tested with real processes in the security tests.
