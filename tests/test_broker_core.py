@@ -523,3 +523,12 @@ def test_a_parent_waiting_on_its_children_without_a_deadline_still_waits_after_a
     finally:
         if h2.memory is None:
             h2.close()
+
+
+def test_a_stored_step_is_in_the_log_so_a_replay_rebuilds_it(h: Harness) -> None:
+    [job_id] = h.new_jobs(1)
+    job = only(dispatched(h.hello(slots=1)))
+    h.send(WORKER, P.STEP, {"rid": 1, "id": job_id, "token": job["token"], "name": "one", "record": {"value": b"1"}})
+    [entry] = [e for _, e in h.store.iter_log() if e[1] == "step"]
+    assert entry[2] == job_id and entry[3]["step"] == "one" and entry[3]["steps"] == 1
+    assert h.record(job_id)["steps"] == 1

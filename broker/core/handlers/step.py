@@ -42,6 +42,7 @@ def _put_step(core: Core, job: J.Job, name: str, record: dict[str, Any]) -> None
     core.effects.put(core.effects.batch.steps, (job.id, name), record)
     core.jobs.touch(job)
     job.steps += 1
+    core.effects.save(job, "step", {"steps": job.steps, "step": name, "record": record})
 
 
 def on_step(core: Core, identity: bytes, step: M.Step) -> None:
