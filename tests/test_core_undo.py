@@ -159,12 +159,21 @@ def test_a_step_with_children_whose_handler_raises_creates_no_child(h: Harness) 
 def _handle_maybe_failing(h: Harness, rng: Any, identity: bytes, command: bytes, body: dict[str, Any]) -> bool:
     """Handle with the fault armed at a random depth half the time; True when the handler raised,
     and then memory is what it was before the message."""
-    if rng.random() < 0.5:
+    dice = rng.random()
+    if dice < 0.4:
         h.broker.handle(identity, P.encode(command, body))
         return False
     before = memory_of(h.broker)
-    with faults.raising("event_emit", after=rng.randrange(4)):
-        h.broker.handle(identity, P.encode(command, body))
+    if dice < 0.7:
+        with faults.raising("event_emit", after=rng.randrange(4)):
+            h.broker.handle(identity, P.encode(command, body))
+    else:  # the handler does everything it does, then raises: all of it must be taken back
+        table = h.broker._handlers
+        h.broker._handlers = {c: row._replace(handler=_then_raise(row.handler)) for c, row in table.items()}
+        try:
+            h.broker.handle(identity, P.encode(command, body))
+        finally:
+            h.broker._handlers = table
     last = h.broker.core.effects.outbox[-1] if h.broker.core.effects.outbox else None
     raised = last is not None and P.decode(last.frames)[1].get("code") == P.E_INTERNAL
     if raised:
@@ -173,6 +182,13 @@ def _handle_maybe_failing(h: Harness, rng: Any, identity: bytes, command: bytes,
         after.pop("events"), before.pop("events")
         assert after == before, (command, body)
     return raised
+
+
+def _then_raise(handler: Any) -> Any:
+    def wrapped(core: Any, identity: bytes, message: Any) -> None:
+        handler(core, identity, message)
+        raise faults.FaultInjected("the handler finished, then something of ours broke")
+    return wrapped
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -185,7 +201,7 @@ def test_a_random_run_with_handlers_failing_anywhere_is_always_taken_back(seed: 
     known: list[bytes] = []
     raised = 0
     for step in range(300):
-        choice = rng.randrange(9)
+        choice = rng.randrange(10)
         rid = step + 1
         if choice == 0:
             ids = [new_job_id() for _ in range(rng.randrange(1, 4))]
@@ -215,6 +231,12 @@ def test_a_random_run_with_handlers_failing_anywhere_is_always_taken_back(seed: 
             raised += _handle_maybe_failing(h, rng, CLIENT, P.REQUEUE, {"rid": rid, "all": True})
         elif choice == 6 and known:
             raised += _handle_maybe_failing(h, rng, CLIENT, P.WAIT, {"rid": rid, "id": rng.choice(known)})
+        elif choice == 8 and rng.random() < 0.5:
+            identity = rng.choice([WORKER, b"worker-2"])
+            mine = [[i, j["token"]] for i, j in running.items()][:1]
+            command, body = rng.choice([(P.READY, {"slots": rng.randrange(0, 3)}), (P.RETURN, {"jobs": mine}),
+                                        (P.BYE, {}), (P.HEARTBEAT, {})])
+            raised += _handle_maybe_failing(h, rng, identity, command, body)
         elif choice == 7 and running:
             parent = rng.choice(sorted(running.values(), key=lambda j: j["id"]))
             child = new_job_id()
