@@ -72,7 +72,7 @@ from datetime import datetime, timezone
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import CroniterBadDateError, croniter  # type: ignore[import-untyped]  # no stubs
+from croniter import CroniterBadDateError, croniter  # type: ignore[import-untyped, unused-ignore]  # no stubs
 
 from .cron_hints import UPCOMING, seconds_first_hint
 

@@ -26,6 +26,8 @@ from typing import IO
 from shoal.conf.settings import GroupSettings, Settings
 from shoal.logs import child_line, logging_json
 
+from .core.demand import Demand  # the core computes it; the supervisor scales on it
+
 log = logging.getLogger("shoal.broker.supervisor")
 
 RESTART_FIRST_S = 0.5
@@ -34,16 +36,6 @@ CRASH_LOOP_WINDOW_S = 60.0
 CRASH_LOOP_COUNT = 3
 UNHEALTHY_COOLDOWN_S = 30.0
 STDERR_TAIL_LINES = 20
-
-
-@dataclass(frozen=True)
-class Demand:
-    """What one group needs now, as the broker sees it."""
-
-    pending: int
-    running: int
-    slots: int                 # advertised slots of connected workers
-    connected_pids: frozenset[int]
 
 
 @dataclass

@@ -4,11 +4,17 @@ on purpose, not by luck. Unset (the normal case), a check costs one dict lookup.
 
 ``SHOAL_FAULT`` may name several points separated by commas; ``SHOAL_FAULT_AFTER=N`` lets
 the point pass N times before it fires (to crash in the middle of a burst).
+
+``trip`` points raise ``FaultInjected`` instead of killing the process: they stand for a bug
+inside a broker handler, whose message must then be taken back whole (``raising`` arms them
+in a test of the socket-free core).
 """
 from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 POINTS = frozenset({
     "before_commit",            # broker: a batch decided, nothing written
@@ -18,6 +24,7 @@ POINTS = frozenset({
     "worker_after_step",        # worker: step.run's result is stored, before the handler goes on
     "during_snapshot",          # broker: a snapshot has started (its thread kills the whole process)
     "snapshot_overwriting",     # broker: the oldest snapshot's file is partly overwritten by a new one
+    "event_emit",               # broker, inside a handler: an event is recorded (``trip``: raises)
 })
 
 _armed = {p.strip() for p in os.environ.get("SHOAL_FAULT", "").split(",") if p.strip()}
@@ -45,3 +52,36 @@ def fault(point: str) -> None:
     _seen[point] = _seen.get(point, 0) + 1
     if _seen[point] > _skip:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+class FaultInjected(RuntimeError):
+    """Raised by an armed ``trip`` point: a stand-in for a bug of ours inside a handler."""
+
+
+def trip(point: str) -> None:
+    """Raise ``FaultInjected`` if ``point`` is armed (by ``SHOAL_FAULT`` or ``raising``) and the
+    passes ``raising`` let through are used up."""
+    if point in _armed:
+        left = _passes.get(point, 0)
+        if left:
+            _passes[point] = left - 1
+            return
+        raise FaultInjected(f"fault point {point} tripped")
+
+
+_passes: dict[str, int] = {}  # trip point -> passes still let through (``raising(after=N)``)
+
+
+@contextmanager
+def raising(*points: str, after: int = 0) -> Iterator[None]:
+    """Arm ``trip`` points in this process while the block runs; each lets ``after`` passes through first."""
+    check(",".join(points))
+    added = set(points) - _armed
+    _armed.update(added)
+    _passes.update((p, after) for p in points)
+    try:
+        yield
+    finally:
+        _armed.difference_update(added)
+        for p in points:
+            _passes.pop(p, None)

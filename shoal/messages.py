@@ -1,4 +1,4 @@
-"""Typed bodies of the commands workers send, checked once at the edge.
+"""Typed bodies of the commands clients and workers send, checked once at the edge.
 
 ``protocol.decode`` gives a map; the ``from_body`` of each class below checks every field
 (type, size, shape) and returns a small frozen dataclass, or raises ``ProtocolError`` with
@@ -9,10 +9,11 @@ among good ones is refused whole.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 from . import protocol as P
 from .errors import ProtocolError
+from .protocol import field
 
 MAX_SLOTS = 1_000_000
 MAX_NAME = 1024          # workflow, step and group names
@@ -195,7 +196,7 @@ class Step:
     token: int
     name: str
     record: dict[str, Any]
-    enqueue: tuple[Any, ...]   # child job items, checked by the enqueue parser
+    enqueue: tuple[JobItem, ...]   # child jobs, each checked as an ENQUEUE item
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> "Step":
@@ -208,7 +209,7 @@ class Step:
             raise _refuse(f"STEP's record cannot be stored: {exc}", None) from None
         return cls(rid=_int(body.get("rid"), "rid"), id=_job_id(body.get("id")),
                    token=_int(body.get("token"), "lease token"), name=_name(body.get("name"), "step name"),
-                   record=record, enqueue=tuple(_list(body, "enqueue", required=False)))
+                   record=record, enqueue=tuple(JobItem.from_body(c) for c in _list(body, "enqueue", required=False)))
 
 
 @dataclass(frozen=True)
@@ -229,3 +230,197 @@ class Suspend:
         return cls(id=_job_id(body.get("id")), token=_int(body.get("token"), "lease token"),
                    name=_name(body.get("name"), "step name"), due_ms=due_ms,
                    wait_on=tuple(_job_id(c, "a child id") for c in _list(body, "wait_on", required=False)))
+
+
+# --- client commands ---------------------------------------------------------------------------
+# Field-by-field with ``protocol.field``, in the order the broker always read them, so a flawed
+# request is refused with the same words as before the bodies were typed.
+MAX_LIST = 10_000  # jobs listed by DEAD and JOBS at most
+_new_tuple = tuple.__new__
+
+
+class JobItem(NamedTuple):
+    """One job of an ENQUEUE (or a step's child, or a cron tick): checked, not yet admitted.
+
+    A named tuple, not a dataclass: an ENQUEUE of 1,000 jobs builds 1,000 of them on the hot
+    path, and a tuple is built in one call."""
+
+    id: bytes
+    wf: str
+    payload: bytes
+    group: str | None = None
+    delay_ms: int = 0
+    priority: int = 0
+    retries: int | None = None
+    key: str | None = None
+    key_ttl_ms: int = 0
+
+    @classmethod
+    def from_body(cls, item: Any) -> "JobItem":
+        """The common case (well-formed) takes a fast path; anything odd goes through the
+        field-by-field checks, which name the problem."""
+        if type(item) is dict:
+            get = item.get
+            job_id, wf, payload = get("id"), get("wf"), get("payload")
+            group, delay, priority = get("group"), get("delay_ms", 0), get("priority", 0)
+            retries, key, key_ttl = get("retries"), get("key"), get("key_ttl_ms", 0)
+            if (type(job_id) is bytes and len(job_id) == 16 and type(wf) is str and wf
+                    and type(payload) is bytes and (group is None or type(group) is str)
+                    and type(delay) is int and type(priority) is int and (retries is None or type(retries) is int)
+                    and (key is None or type(key) is str) and type(key_ttl) is int):
+                # tuple.__new__ directly: a named tuple's own __new__ is Python code, 3x slower on this path
+                return _new_tuple(cls, (job_id, wf, payload, group, delay, priority, retries, key, key_ttl))
+        return cls._checked(item)
+
+    @classmethod
+    def _checked(cls, item: Any) -> "JobItem":
+        if not isinstance(item, dict):
+            raise ProtocolError("each job must be a map", item)
+        job_id = field(item, "id", bytes)
+        if len(job_id) != 16:
+            raise ProtocolError(f"job id must be 16 bytes, got {len(job_id)}", job_id)
+        workflow = field(item, "wf", str)
+        if not workflow:
+            raise ProtocolError("workflow name is empty", item)
+        return cls(job_id, workflow, field(item, "payload", bytes), field(item, "group", str, None),
+                   field(item, "delay_ms", int, 0), field(item, "priority", int, 0), field(item, "retries", int, None),
+                   field(item, "key", str, None), field(item, "key_ttl_ms", int, 0))
+
+
+class Enqueue(NamedTuple):
+    """New jobs, admitted together or refused together (a named tuple, as ``JobItem``: the hot path)."""
+
+    rid: int
+    jobs: tuple[JobItem, ...]
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> "Enqueue":
+        rid = field(body, "rid", int)
+        return _new_tuple(cls, (rid, tuple(map(JobItem.from_body, field(body, "jobs", list)))))
+
+
+@dataclass(frozen=True, slots=True)
+class Get:
+    """Job records by id, now (an entry that is not a 16-byte id is answered None)."""
+
+    rid: int
+    ids: tuple[Any, ...]
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> "Get":
+        rid = field(body, "rid", int)
+        return cls(rid, tuple(field(body, "ids", list)))
+
+
+@dataclass(frozen=True, slots=True)
+class JobRequest:
+    """A request about one job: WAIT, STEPS, HISTORY and CANCEL are each one of these."""
+
+    rid: int
+    id: bytes
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> "JobRequest":
+        rid = field(body, "rid", int)
+        return cls(rid, P.job_id_field(body))
+
+
+class Wait(JobRequest):
+    """Answer when the job is final (pushed, never polled)."""
+
+
+class Steps(JobRequest):
+    """The stored steps of a job."""
+
+
+class History(JobRequest):
+    """The job's transitions from the log."""
+
+
+class Cancel(JobRequest):
+    """Cancel a job: at once when pending or scheduled, through its worker when running."""
+
+
+@dataclass(frozen=True, slots=True)
+class Plain:
+    """A request with nothing but its rid: STATS, CRON and STORAGE are each one of these."""
+
+    rid: int
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> "Plain":
+        return cls(field(body, "rid", int))
+
+
+class Stats(Plain):
+    """Per-group counters."""
+
+
+class Cron(Plain):
+    """Cron entries with their last and next fire times."""
+
+
+class Storage(Plain):
+    """Sizes of the state, the log and the snapshots."""
+
+
+@dataclass(frozen=True, slots=True)
+class Dead:
+    """Dead letters (of one group), at most ``limit``."""
+
+    rid: int
+    group: str | None
+    limit: int
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> "Dead":
+        rid = field(body, "rid", int)
+        group = field(body, "group", str, None)
+        return cls(rid, group, field(body, "limit", int, MAX_LIST))
+
+
+@dataclass(frozen=True, slots=True)
+class Requeue:
+    """Dead letters back to pending: these ids, or ``all`` (of one group)."""
+
+    rid: int
+    ids: tuple[Any, ...]   # entries that are not 16-byte ids are skipped
+    all: bool
+    group: str | None
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> "Requeue":
+        rid = field(body, "rid", int)
+        ids = tuple(field(body, "ids", list, []))
+        every = field(body, "all", bool, False)
+        return cls(rid, ids, every, field(body, "group", str, None) if every else None)
+
+
+@dataclass(frozen=True, slots=True)
+class Jobs:
+    """Active jobs (in one state, of one group), oldest first, at most ``limit``."""
+
+    rid: int
+    state: str | None
+    group: str | None
+    limit: int
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> "Jobs":
+        rid = field(body, "rid", int)
+        state = field(body, "state", str, None)
+        group = field(body, "group", str, None)
+        return cls(rid, state, group, min(field(body, "limit", int, 100), MAX_LIST))
+
+
+@dataclass(frozen=True, slots=True)
+class Workers:
+    """Connected workers (of one group)."""
+
+    rid: int
+    group: str | None
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> "Workers":
+        rid = field(body, "rid", int)
+        return cls(rid, field(body, "group", str, None))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import random
 from collections.abc import Iterable
 from datetime import datetime
 from types import ModuleType
@@ -40,17 +41,19 @@ class Simulation:
     ``@workflow`` objects. ``config`` is a path (read with ``shoal.conf.load_settings``,
     ignoring the environment), a ``Settings`` object, or None for the built-in defaults.
     ``concurrency`` overrides every group's slots per worker. ``start`` is the virtual wall
-    time to begin at (Unix seconds or a datetime; default 2025-01-01T00:00:00Z).
+    time to begin at (Unix seconds or a datetime; default 2025-01-01T00:00:00Z). ``seed`` seeds
+    the broker's random source (lease tokens, retry jitter), so a run repeats exactly.
     """
 
     def __init__(self, *apps: App, config: str | os.PathLike[str] | Settings | None = None,
                  concurrency: int | None = None, start: float | datetime | None = None,
-                 timeout: float = 10.0) -> None:
+                 timeout: float = 10.0, seed: int = 0) -> None:
         self._groups = _workflows_by_group(apps)  # first: a bad app fails before anything is opened
         self.settings = _settings(config)
         self.clock = VirtualClock(start)
         self.store = MemoryStore()
-        self.broker = Broker(self.store, self.settings, self.clock)
+        # seeded: lease tokens and retry jitter are the same on every run of a test
+        self.broker = Broker(self.store, self.settings, self.clock, random.Random(seed))
         self.broker.events_wanted = True  # the core builds event records only for a listener
         self.broker.load()
         self.events: list[dict[str, Any]] = []

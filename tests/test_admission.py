@@ -123,6 +123,50 @@ def test_a_cron_tick_into_full_storage_is_deferred_then_fires_once_there_is_room
     assert h.store.cron_last_fired()["every-minute"] > seen
 
 
+def test_a_requeue_into_full_storage_is_refused_and_the_job_stays_dead(make) -> None:
+    h = make()
+    [job_id] = h.new_jobs(1)
+    bury(h, job_id)
+    h.broker.storage_room = 0
+    reply = h.request(P.REQUEUE, {"ids": [job_id]})
+    [[refused_id, why]] = reply["refused"]
+    assert refused_id == job_id and why.startswith("storage full") and reply["requeued"] == []
+    assert h.state(job_id) == J.DEAD
+    h.broker.storage_room = 1 << 40
+    assert h.request(P.REQUEUE, {"ids": [job_id]})["requeued"] == [job_id]
+
+
+def test_a_requeue_into_a_group_at_max_pending_is_refused(make) -> None:
+    limited = dataclasses.replace(SETTINGS.defaults, max_pending=1)
+    h = make(dataclasses.replace(SETTINGS, defaults=limited))
+    [job_id] = h.new_jobs(1)
+    bury(h, job_id)
+    h.send(WORKER, P.READY, {"slots": 0})  # nothing is taken from the queue now
+    h.new_jobs(1)  # the backlog is at max_pending
+    [[_, why]] = h.request(P.REQUEUE, {"ids": [job_id]})["refused"]
+    assert "max_pending" in why and h.state(job_id) == J.DEAD
+
+
+def test_a_step_child_whose_key_another_job_holds_is_not_created(make) -> None:
+    h = make()
+    [holder] = h.new_jobs(1, key="once")
+    h.new_jobs(1)
+    parent = only(dispatched(h.hello(slots=1)))
+    assert parent["id"] == holder
+    child = {"id": new_job_id(), "wf": "send-email", "group": "email", "payload": P.pack(1), "key": "once"}
+    out = h.send(WORKER, P.STEP, {"rid": 7, "id": parent["id"], "token": parent["token"], "name": "kids",
+                                  "record": {}, "enqueue": [child]})
+    assert not errors(out, WORKER) and h.store.get_job(child["id"]) is None  # one job per live key
+    assert h.store.steps_of(parent["id"])["kids"] is not None
+
+
+def test_a_resent_enqueue_of_accepted_jobs_is_answered_even_when_storage_is_full(make) -> None:
+    h = make()
+    [job_id] = h.new_jobs(1)
+    h.broker.storage_room = 0  # a re-send is not new work: it needs no room
+    assert h.enqueue(job_id) == [True]
+
+
 def test_tick_before_load_works(tmp_path: Path) -> None:
     broker = Broker(MemoryStore(), SETTINGS)
     broker.tick()

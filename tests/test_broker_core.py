@@ -500,3 +500,35 @@ def test_hello_with_a_workflow_name_that_is_not_text_is_refused_and_commit_succe
     batch, outbox = h.broker.take()
     h.store.commit(batch, h.clock.wall_ms())
     assert [P.decode(o.frames)[0] for o in outbox if o.identity == WORKER] == [P.ERROR]
+
+
+def test_a_parent_waiting_on_its_children_without_a_deadline_still_waits_after_a_restart(h: Harness) -> None:
+    [parent_id] = h.new_jobs(1)
+    parent = only(dispatched(h.hello(slots=1)))
+    child = new_job_id()
+    h.send(WORKER, P.STEP, {"rid": 1, "id": parent_id, "token": parent["token"], "name": "kids", "record": {},
+                            "enqueue": [{"id": child, "wf": "send-email", "group": "email", "payload": b"\x00"}]})
+    kid = only(dispatched(h.send(WORKER, P.SUSPEND, {"id": parent_id, "token": parent["token"], "name": "all",
+                                                     "wait_on": [child]})))  # the freed slot takes the child
+    assert h.state(parent_id) == J.SCHEDULED and kid["id"] == child
+    h2 = h.restart()
+    try:
+        h2.clock.advance(5)
+        h2.tick()
+        assert h2.state(parent_id) == J.SCHEDULED  # not woken as if its wait had timed out
+        h2.hello(slots=1, running=[[child, kid["token"]]])
+        h2.done(kid)
+        assert h2.state(parent_id) == J.RUNNING  # the last child woke it, and the free slot took it
+        assert h2.store.steps_of(parent_id)["all"]["children"][0][1] == J.COMPLETED
+    finally:
+        if h2.memory is None:
+            h2.close()
+
+
+def test_a_stored_step_is_in_the_log_so_a_replay_rebuilds_it(h: Harness) -> None:
+    [job_id] = h.new_jobs(1)
+    job = only(dispatched(h.hello(slots=1)))
+    h.send(WORKER, P.STEP, {"rid": 1, "id": job_id, "token": job["token"], "name": "one", "record": {"value": b"1"}})
+    [entry] = [e for _, e in h.store.iter_log() if e[1] == "step"]
+    assert entry[2] == job_id and entry[3]["step"] == "one" and entry[3]["steps"] == 1
+    assert h.record(job_id)["steps"] == 1

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from shoal.broker.queues import ReadyQueue, Schedule
+from shoal.broker.core.queues import ReadyQueue, Schedule
 from shoal.errors import UnknownJob
 from shoal.ids import id_from_str, id_to_str, new_job_id
 

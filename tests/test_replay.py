@@ -20,8 +20,6 @@ from typing import Any, Iterator
 import lmdb
 import pytest
 
-from shoal.broker.broker import Broker
-from shoal.broker.history_commands import HistoryCommands
 from shoal.broker.store import Store
 from shoal.client import Client, Result
 from shoal.ids import id_from_str
@@ -335,8 +333,6 @@ def test_a_second_broker_on_the_same_data_dir_is_refused_naming_the_pid(cluster:
     assert cluster.broker.alive() and cluster.client().stats() is not None
 
 
-@pytest.mark.skipif(not issubclass(Broker, HistoryCommands),
-                    reason="HistoryCommands is not among Broker's bases yet (broker/broker.py)")
 def test_job_why_shows_a_retried_jobs_transitions_in_order(workload: Workload, data: Path,
                                                            cluster_factory: Any) -> None:
     c: Cluster = cluster_factory(TOML)

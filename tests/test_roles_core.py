@@ -1,4 +1,4 @@
-"""Authorisation in the core: which key may send which command (broker/roles.py).
+"""Authorisation in the core: which key may send which command (broker/core/commands.py).
 
 Driven on the socket-free core with a fake clock; the shell's part (learning the key from the
 CURVE handshake) is tested with real processes in the security tests.
@@ -11,7 +11,7 @@ import pytest
 
 from shoal import protocol as P
 from shoal.broker.memstore import MemoryStore
-from shoal.broker.roles import ADMIN, CLIENT, ROLE_OF, WORKER, Principal, refusal
+from shoal.broker.core.commands import ADMIN, CLIENT, ROLE_OF, WORKER, Principal, refusal
 from shoal.ids import new_job_id
 
 from test_broker_core import WORKER as WORKER_ID, Harness, Msg, dispatched, errors

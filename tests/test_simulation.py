@@ -52,6 +52,22 @@ def test_a_failing_job_is_retried_with_backoff_and_then_completes() -> None:
         assert sim.now - started >= 0.5 + 1.0  # two backoffs (1 s, 2 s, each with jitter down to half)
 
 
+def test_a_seeded_simulation_repeats_its_retry_times_exactly() -> None:
+    @workflow("flaky", worker="email")
+    def flaky(payload: None) -> None:
+        raise ConnectionError("down")
+
+    def retry_times(seed: int) -> list[int]:
+        with Simulation(flaky, seed=seed, start=0) as sim:
+            job_id = sim.client.enqueue("flaky", None)
+            sim.advance(120)
+            assert sim.client.get(job_id).status == "dead"  # type: ignore[union-attr]
+            return [e["ts_ms"] for e in sim.events if e["event"] == "started"]
+
+    assert retry_times(7) == retry_times(7)  # same seed, same jitter: the run repeats
+    assert retry_times(7) != retry_times(8)
+
+
 def test_wait_raises_wait_timeout_when_the_job_is_not_final_in_virtual_time() -> None:
     @workflow("never")
     def never(payload: None) -> None:

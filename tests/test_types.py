@@ -9,10 +9,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-STRICT = ["shoal/jobs.py", "shoal/protocol.py", "shoal/messages.py", "broker/queues.py", "broker/core.py",
-          "broker/workers.py", "broker/quiet.py", "broker/batch.py", "broker/contract.py", "broker/memstore.py", "broker/roles.py",
-          "broker/worker_commands.py", "broker/client_commands.py", "broker/step_commands.py",
-          "broker/control_commands.py"]
+STRICT = ["shoal/jobs.py", "shoal/protocol.py", "shoal/messages.py", "shoal/faults.py", "broker/core",
+          "broker/batch.py", "broker/contract.py", "broker/memstore.py", "broker/roles.py", "broker/broker.py"]
 
 pytestmark = pytest.mark.skipif(shutil.which("mypy") is None and not Path(sys.executable).with_name("mypy").exists(),
                                 reason="mypy is not installed (pip install -e '.[test]')")

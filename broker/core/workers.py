@@ -49,6 +49,18 @@ class WorkerRegistry:
                 members.remove(worker)
         return worker
 
+    def place_of(self, worker: WorkerInfo) -> int:
+        """Where the worker stands in its group's rotation (-1: not there), for ``put_back``."""
+        members = self.by_group.get(worker.group, [])
+        return members.index(worker) if worker in members else -1
+
+    def put_back(self, worker: WorkerInfo, place: int) -> None:
+        """Undo a ``remove``: the worker again, at its old place in the rotation."""
+        self.by_identity[worker.identity] = worker
+        members = self.by_group.setdefault(worker.group, [])
+        if worker not in members:
+            members.insert(place if place >= 0 else len(members), worker)
+
     def get(self, identity: bytes) -> WorkerInfo | None:
         """The worker with this identity, if connected."""
         return self.by_identity.get(identity)

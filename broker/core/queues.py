@@ -19,13 +19,19 @@ class ReadyQueue:
         self._front = itertools.count(-1, -1)
         self._live: dict[bytes, tuple[int, int]] = {}  # id -> its current heap key; older entries are stale
 
-    def push(self, job_id: bytes, seq: int, priority: int = 0) -> None:
-        """Queue behind the jobs of the same priority."""
-        self._push(job_id, (-priority, seq))
+    def push(self, job_id: bytes, seq: int, priority: int = 0) -> tuple[int, int] | None:
+        """Queue behind the jobs of the same priority; returns the job's place before (for ``restore``)."""
+        live = self._live
+        old = live.get(job_id)
+        heapq.heappush(self._heap, (-priority, seq, job_id))
+        live[job_id] = (-priority, seq)
+        return old
 
-    def push_front(self, job_id: bytes, priority: int = 0) -> None:
-        """Queue ahead of every job of the same priority."""
+    def push_front(self, job_id: bytes, priority: int = 0) -> tuple[int, int] | None:
+        """Queue ahead of every job of the same priority; returns the job's place before."""
+        old = self._live.get(job_id)
         self._push(job_id, (-priority, next(self._front)))
+        return old
 
     def _push(self, job_id: bytes, key: tuple[int, int]) -> None:
         heapq.heappush(self._heap, (key[0], key[1], job_id))
@@ -54,6 +60,17 @@ class ReadyQueue:
     def remove(self, job_id: bytes) -> bool:
         """Drop a job (cancel); its heap entry goes stale and is skipped later."""
         return self._live.pop(job_id, None) is not None
+
+    def key_of(self, job_id: bytes) -> tuple[int, int] | None:
+        """The job's place in the queue now (None: not queued), for ``restore``."""
+        return self._live.get(job_id)
+
+    def restore(self, job_id: bytes, key: tuple[int, int] | None) -> None:
+        """Put the job back where ``key_of`` said it was (undo of a push or a remove)."""
+        if key is None:
+            self._live.pop(job_id, None)
+        else:
+            self._push(job_id, key)  # a duplicate heap entry of a live key is skipped once popped
 
     def __len__(self) -> int:
         return len(self._live)
@@ -84,6 +101,17 @@ class Schedule:
     def remove(self, job_id: bytes) -> bool:
         """Forget a job (cancel)."""
         return self._live.pop(job_id, None) is not None
+
+    def deadline_of(self, job_id: bytes) -> float | None:
+        """The job's deadline now (None: not scheduled), for ``restore``."""
+        return self._live.get(job_id)
+
+    def restore(self, job_id: bytes, deadline: float | None) -> None:
+        """Put the job's deadline back to what ``deadline_of`` said (undo of an add or a remove)."""
+        if deadline is None:
+            self._live.pop(job_id, None)
+        else:
+            self.add(job_id, deadline)
 
     def next_deadline(self) -> float | None:
         """When the soonest job is due (monotonic seconds), or None."""

@@ -1,0 +1,1 @@
+"""What each command does: plain functions over the parts of ``Core`` they touch, one module per area."""
