@@ -25,6 +25,7 @@ from .core import Clock, Outgoing
 from .history_reader import HistoryReader
 from .metrics import MetricsServer
 from .metrics import render as render_metrics
+from .security import EVENTS_MAX_MESSAGE_BYTES, ServerCurve, refuse_exposure
 from .snapshots import Snapshots
 from .store import Store
 from .supervisor import Supervisor
@@ -43,6 +44,7 @@ class BrokerServer:
 
     def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
         self.settings = settings
+        refuse_exposure(settings, [settings.broker.bind, settings.broker.events])  # before anything is opened
         max_mb = settings.broker.max_size_mb
         self.store = Store(settings.broker.data, min(settings.broker.map_size_mb, max_mb) if max_mb else
                            settings.broker.map_size_mb)
@@ -50,6 +52,8 @@ class BrokerServer:
         self.broker = Broker(self.store, settings, clock)
         self.broker.load()
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+        # CURVE and its authenticator exist before the first bind: no handshake goes unchecked
+        self.curve = ServerCurve(self.ctx, settings) if settings.security.on else None
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)   # an unroutable send raises, never drops silently
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -62,11 +66,14 @@ class BrokerServer:
         self.broker.send_hwm = PEER_HWM
         # zmq drops a peer sending more than this; below it we answer a clear too_large error
         self.sock.setsockopt(zmq.MAXMSGSIZE, settings.broker.max_message_bytes * 4)
+        if self.curve is not None:
+            self.curve.apply(self.sock)
         self.sock.bind(settings.broker.bind)
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.events = Events(self.ctx, settings.broker.events or _events_endpoint(self.endpoint))
+        self.events = Events(self.ctx, settings.broker.events or _events_endpoint(self.endpoint), self.curve)
         self.broker.events_endpoint = self.events.endpoint
-        self.metrics = MetricsServer(settings.broker.metrics) if settings.broker.metrics else None
+        self.metrics = (MetricsServer(settings.broker.metrics, settings.broker.metrics_token)
+                        if settings.broker.metrics else None)
         self.snapshots = Snapshots(self.store, settings)
         self.history = HistoryReader(self.store, self.ctx)
         self._metrics_at = 0.0
@@ -74,7 +81,10 @@ class BrokerServer:
         self._trim_at = 0.0  # the next trim-only commit, not before (monotonic)
         self._stop = threading.Event()
         if settings.broker.supervise:
-            self.broker.supervisor = Supervisor(settings, _local_endpoint(self.endpoint))
+            supervisor = Supervisor(settings, _local_endpoint(self.endpoint))
+            if self.curve is not None:  # each supervised group gets a key of its own, made now
+                supervisor.keys = self.curve.supervised_keys(list(supervisor.groups))
+            self.broker.supervisor = supervisor
 
     def stop(self) -> None:
         """Ask the loop to finish its pass and return (from any thread)."""
@@ -198,6 +208,9 @@ class BrokerServer:
         """Handle what waits on the socket: everything that arrived together shares one commit,
         but a pass ends after PASS_BUDGET_S of handling, so a burst (a peer flooding the broker)
         never holds the replies of the pass back for long."""
+        if self.curve is not None:
+            self._drain_keyed(broker)
+            return
         sock = self.sock
         started = time.monotonic()
         for n in range(MAX_DRAIN):
@@ -206,6 +219,21 @@ class BrokerServer:
             except zmq.Again:
                 return
             broker.handle(frames[0], frames[1:])
+            if n & 3 == 3 and time.monotonic() - started > PASS_BUDGET_S:
+                return
+
+    def _drain_keyed(self, broker: Broker) -> None:
+        """``_drain`` with CURVE on: each message also carries its sender's key (the ZAP User-Id,
+        readable only from a frame received without copying), and the core gets its principal."""
+        sock, principal_of = self.sock, self.curve.ring.principal_of  # type: ignore[union-attr]
+        started = time.monotonic()
+        for n in range(MAX_DRAIN):
+            try:
+                parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            principal = principal_of(parts[0].get("User-Id"))
+            broker.handle(parts[0].bytes, [part.bytes for part in parts[1:]], principal)
             if n & 3 == 3 and time.monotonic() - started > PASS_BUDGET_S:
                 return
 
@@ -266,6 +294,8 @@ class BrokerServer:
         self.history.close()
         self.sock.close(0)
         self.events.close()
+        if self.curve is not None:
+            self.curve.close()
         if self.metrics is not None:
             self.metrics.close()
         self.store.close()
@@ -277,9 +307,12 @@ class Events:
 
     HWM = 100_000
 
-    def __init__(self, ctx: zmq.Context, endpoint: str) -> None:
+    def __init__(self, ctx: zmq.Context, endpoint: str, curve: ServerCurve | None = None) -> None:
         self.sock = ctx.socket(zmq.XPUB)
         self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, EVENTS_MAX_MESSAGE_BYTES)
+        if curve is not None:
+            curve.apply(self.sock)
         self.sock.setsockopt(zmq.SNDHWM, self.HWM)
         self.sock.setsockopt(zmq.XPUB_NODROP, 1)
         self.sock.setsockopt(zmq.XPUB_VERBOSER, 1)  # every (un)subscribe, so the count stays right
@@ -330,12 +363,21 @@ def _local_endpoint(endpoint: str) -> str:
     return endpoint
 
 
+def _security_note(server: BrokerServer) -> str:
+    """How the start line says who may connect."""
+    if server.curve is not None:
+        return f"CURVE on, {len(server.curve.ring)} keys allowed"
+    if server.settings.broker.insecure:
+        return "insecure: no [security], anyone who reaches these endpoints owns the queue"
+    return "no [security]: loopback and ipc only"
+
+
 def serve(settings: Settings) -> int:
     """Run a broker in this process until SIGTERM or Ctrl-C; returns the exit code."""
     server = BrokerServer(settings)
     extra = f", metrics on http://{server.metrics.address}/metrics" if server.metrics else ""
     banner("shoal.broker", f"shoal broker listening on {server.endpoint} (data {settings.broker.data}, "
-           f"events on {server.events.endpoint}{extra})")
+           f"events on {server.events.endpoint}{extra}; {_security_note(server)})")
 
     interrupts = 0
 
