@@ -142,6 +142,15 @@ class ServerCurve:
         self.auth.stop()
 
 
+def security_note(curve: ServerCurve | None, settings: Settings) -> str:
+    """How the broker's start line says who may connect."""
+    if curve is not None:
+        return f"CURVE on, {len(curve.ring)} keys allowed"
+    if settings.broker.insecure:
+        return "insecure: no [security], anyone who reaches these endpoints owns the queue"
+    return "no [security]: loopback and ipc only"
+
+
 def exposed_endpoints(settings: Settings, endpoints: list[str]) -> list[str]:
     """Which of ``endpoints`` (and the metrics listener) reach beyond this host."""
     exposed = [e for e in endpoints if e and not is_local(e)]

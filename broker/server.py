@@ -25,7 +25,7 @@ from .core import Clock, Outgoing
 from .history_reader import HistoryReader
 from .metrics import MetricsServer
 from .metrics import render as render_metrics
-from .security import EVENTS_MAX_MESSAGE_BYTES, ServerCurve, refuse_exposure
+from .security import EVENTS_MAX_MESSAGE_BYTES, ServerCurve, refuse_exposure, security_note
 from .snapshots import Snapshots
 from .store import Store
 from .supervisor import Supervisor
@@ -232,8 +232,12 @@ class BrokerServer:
                 parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            principal = principal_of(parts[0].get("User-Id"))
-            broker.handle(parts[0].bytes, [part.bytes for part in parts[1:]], principal)
+            user_id: str | None
+            try:
+                user_id = str(parts[0].get("User-Id"))
+            except zmq.ZMQError:  # no User-Id (cannot happen with ZAP enforced): a key with no rights
+                user_id = None
+            broker.handle(parts[0].bytes, [part.bytes for part in parts[1:]], principal_of(user_id))
             if n & 3 == 3 and time.monotonic() - started > PASS_BUDGET_S:
                 return
 
@@ -363,21 +367,12 @@ def _local_endpoint(endpoint: str) -> str:
     return endpoint
 
 
-def _security_note(server: BrokerServer) -> str:
-    """How the start line says who may connect."""
-    if server.curve is not None:
-        return f"CURVE on, {len(server.curve.ring)} keys allowed"
-    if server.settings.broker.insecure:
-        return "insecure: no [security], anyone who reaches these endpoints owns the queue"
-    return "no [security]: loopback and ipc only"
-
-
 def serve(settings: Settings) -> int:
     """Run a broker in this process until SIGTERM or Ctrl-C; returns the exit code."""
     server = BrokerServer(settings)
     extra = f", metrics on http://{server.metrics.address}/metrics" if server.metrics else ""
     banner("shoal.broker", f"shoal broker listening on {server.endpoint} (data {settings.broker.data}, "
-           f"events on {server.events.endpoint}{extra}; {_security_note(server)})")
+           f"events on {server.events.endpoint}{extra}; {security_note(server.curve, settings)})")
 
     interrupts = 0
 

@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     enqueue.add_argument("--group", metavar="G", help="the group to run it in (default: the learned route)")
     enqueue.add_argument("--delay", type=_seconds, metavar="S", help="run no sooner than S seconds from now")
     enqueue.add_argument("--priority", type=int, default=0, metavar="N", help="higher runs first (default 0)")
-    enqueue.add_argument("--key", metavar="K", help="deduplication key")
+    enqueue.add_argument("--dedup-key", dest="key", metavar="K",
+                         help="deduplication key (while a job with it is active, its id is returned instead)")
     enqueue.add_argument("--wait", action="store_true", help="wait for the job to finish and print its result")
     enqueue.add_argument("--wait-timeout", type=_seconds, default=60.0, metavar="S",
                          help="with --wait: give up after S seconds (default 60)")

@@ -233,3 +233,33 @@ def test_a_message_of_many_frames_is_refused_not_a_traceback(secured: Cluster, k
         sock.close(0)
     assert connect(secured, keys, "app").stats() is not None
     assert "Traceback" not in secured.broker_output()
+
+
+def test_with_the_authenticator_stopped_new_connections_get_nothing(tmp_path: Path, keys: Keys) -> None:
+    """ZAP_ENFORCE_DOMAIN: no authenticator answering means no handshake completes (fails closed).
+    The broker runs in this process here, so the test can stop its authenticator thread."""
+    from shoal.broker.server import BrokerServer
+    from shoal.conf import load_settings
+
+    config = tmp_path / "shoal.toml"
+    config.write_text(keys.toml())
+    settings = load_settings(str(config), env={}, flags={"bind": "tcp://127.0.0.1:*", "data": str(tmp_path / "d"),
+                                                          "supervise": False})
+    server = BrokerServer(settings)
+    loop = threading.Thread(target=server.run, daemon=True)
+    loop.start()
+    before = Client(server.endpoint, timeout=5, key=keys.secret("app"), broker_key=keys.broker_public)
+    after = Client(server.endpoint, timeout=1, key=keys.secret("app"), broker_key=keys.broker_public)
+    try:
+        assert before.stats() is not None
+        assert server.curve is not None and server.curve.auth.is_alive()
+        server.curve.auth.stop()
+        with pytest.raises(BrokerUnreachable, match=server.endpoint):
+            after.stats()
+        assert before.stats() is not None  # a connection authenticated earlier keeps its session
+    finally:
+        before.close()
+        after.close()
+        server.stop()
+        loop.join(10)
+        server.close()
