@@ -101,18 +101,25 @@ def client_keys(key: str, broker_key: str, sources: Mapping[str, str] | None = N
     return CurveKeys(public, secret, server)
 
 
-def resolve_keys(key: str | None = None, broker_key: str | None = None, config: str | None = None,
-                 env: Mapping[str, str] | None = None) -> CurveKeys | None:
-    """The keys to connect with: arguments/flags, else SHOAL_KEY / SHOAL_BROKER_KEY, else ``[security]``."""
+def key_paths(key: str | None = None, broker_key: str | None = None, config: str | None = None,
+              env: Mapping[str, str] | None = None) -> tuple[str, str, dict[str, str]]:
+    """(key, broker_public_key, where each came from): arguments/flags, else SHOAL_KEY /
+    SHOAL_BROKER_KEY, else ``[security]`` of the config; "" for one set nowhere."""
     from shoal.conf import load_settings
 
     environ = os.environ if env is None else env
     key = key or environ.get("SHOAL_KEY") or None
     broker_key = broker_key or environ.get("SHOAL_BROKER_KEY") or None
     if key and broker_key and config is None:
-        return client_keys(key, broker_key)  # decided without the config file
+        return key, broker_key, {}  # decided without reading the config file
     settings = load_settings(config, env=environ, flags={"key": key, "broker_public_key": broker_key})
-    return client_keys(settings.security.key, settings.security.broker_public_key, settings.security_sources)
+    return settings.security.key, settings.security.broker_public_key, settings.security_sources
+
+
+def resolve_keys(key: str | None = None, broker_key: str | None = None, config: str | None = None,
+                 env: Mapping[str, str] | None = None) -> CurveKeys | None:
+    """The keys to connect with (see ``key_paths``), loaded; None for a plain connection."""
+    return client_keys(*key_paths(key, broker_key, config, env))
 
 
 def supervised_keys(env: MutableMapping[str, str]) -> CurveKeys | None:
