@@ -7,6 +7,7 @@
     python scripts/bench.py replay [--entries N]             (scripts/bench_replay.py)
     python scripts/bench.py snapshot [--jobs N] [--samples S] (scripts/bench_replay.py)
     python scripts/bench.py breakdown | trace [--quick] [--repeat N] [--json]
+    python scripts/bench.py curve [--quick] [--repeat N] [--json]   (scripts/bench_curve.py)
 
 ``core`` (the default) measures enqueue throughput (one thread, sixteen threads on one
 client, ``enqueue_many`` batches), end-to-end throughput through one worker process,
@@ -874,7 +875,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == [TRACED_BROKER]:
         return serve_traced_broker(*argv[1:4])
-    if argv[:1] in (["steps"], ["retention"]):  # kept in their own modules; same helpers
+    if argv[:1] in (["steps"], ["retention"], ["curve"]):  # kept in their own modules; same helpers
         module = __import__(f"bench_{argv[0]}")
         return int(module.main(argv[1:]))
     if argv[:1] in (["replay"], ["snapshot"]):  # recovery benchmarks, both in bench_replay.py
