@@ -22,6 +22,7 @@ from typing import Any
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
+from zmq.utils.monitor import recv_monitor_message
 
 from shoal.conf.settings import Settings
 from shoal.errors import ConfigError
@@ -107,6 +108,39 @@ def _public_keys(setting: str, folder: str) -> list[tuple[str, bytes]]:
     return found
 
 
+class HandshakeWatch:
+    """Logs the handshakes a CURVE socket refuses before the ZAP handler sees a key (a peer with no
+    key at all, or one holding the wrong broker key), rate-limited; a thread of its own reads the
+    socket's monitor, so the broker loop pays nothing for it."""
+
+    EVENTS = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+
+    def __init__(self, sock: zmq.Socket[Any], what: str, quiet: QuietLog) -> None:
+        self.sock, self.what, self.quiet = sock, what, quiet
+        self.monitor = sock.get_monitor_socket(self.EVENTS)
+        self.thread = threading.Thread(target=self._run, name=f"shoal-handshakes-{what}", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                event = recv_monitor_message(self.monitor)
+            except zmq.ZMQError:  # the context is going away
+                break
+            if event["event"] == zmq.EVENT_MONITOR_STOPPED:
+                break
+            why = ("the peer has no CURVE key" if event["value"] == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
+                   else f"protocol error {event['value']:#x}: no CURVE key, or the wrong broker key")
+            self.quiet.warning(f"handshakes {self.what}", "refused a connection to the %s socket: %s",
+                               self.what, why)
+        self.monitor.close(0)
+
+    def close(self) -> None:
+        """Stop watching (before the socket is closed)."""
+        self.sock.disable_monitor()
+        self.thread.join(2.0)
+
+
 class ServerCurve:
     """The broker's key pair and its running authenticator; ``apply`` makes a socket a CURVE server."""
 
@@ -119,9 +153,12 @@ class ServerCurve:
         self.auth = Authenticator(ctx, log=logging.getLogger("shoal.broker.zap"))
         self.auth.start()  # before any bind: there is no moment a handshake could go unchecked
         self.auth.configure_curve_callback(ZAP_DOMAIN, credentials_provider=self.ring)
+        self.watches: list[HandshakeWatch] = []
+        self._quiet = QuietLog(log)
 
-    def apply(self, sock: zmq.Socket[Any]) -> None:
-        """CURVE server with our domain enforced (before ``bind``)."""
+    def apply(self, sock: zmq.Socket[Any], what: str) -> None:
+        """CURVE server with our domain enforced (before ``bind``); its refused handshakes are logged."""
+        self.watches.append(HandshakeWatch(sock, what, self._quiet))
         sock.curve_server = True
         sock.curve_secretkey = self.secret
         sock.curve_publickey = self.public
@@ -138,7 +175,14 @@ class ServerCurve:
             keys[group] = CurveKeys(public, secret, self.public)
         return keys
 
+    def unwatch(self) -> None:
+        """Stop the handshake monitors (before the sockets close)."""
+        for watch in self.watches:
+            watch.close()
+        self.watches = []
+
     def close(self) -> None:
+        """Stop the authenticator (after the sockets closed)."""
         self.auth.stop()
 
 

@@ -67,7 +67,7 @@ class BrokerServer:
         # zmq drops a peer sending more than this; below it we answer a clear too_large error
         self.sock.setsockopt(zmq.MAXMSGSIZE, settings.broker.max_message_bytes * 4)
         if self.curve is not None:
-            self.curve.apply(self.sock)
+            self.curve.apply(self.sock, "command")
         self.sock.bind(settings.broker.bind)
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.events = Events(self.ctx, settings.broker.events or _events_endpoint(self.endpoint), self.curve)
@@ -296,6 +296,8 @@ class BrokerServer:
         self.store.closing = True  # background readers stop at their next check
         self.snapshots.stop()
         self.history.close()
+        if self.curve is not None:
+            self.curve.unwatch()
         self.sock.close(0)
         self.events.close()
         if self.curve is not None:
@@ -316,7 +318,7 @@ class Events:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.MAXMSGSIZE, EVENTS_MAX_MESSAGE_BYTES)
         if curve is not None:
-            curve.apply(self.sock)
+            curve.apply(self.sock, "events")
         self.sock.setsockopt(zmq.SNDHWM, self.HWM)
         self.sock.setsockopt(zmq.XPUB_NODROP, 1)
         self.sock.setsockopt(zmq.XPUB_VERBOSER, 1)  # every (un)subscribe, so the count stays right

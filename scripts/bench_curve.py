@@ -83,12 +83,14 @@ def run_once(p: dict[str, int], run: int) -> dict[str, float]:
 def rows(p: dict[str, int]) -> list[Row]:
     return [
         Row(f"enqueue, 1 thread, plain (n={p['enqueue_n']:,})", "enqueue_1t_plain", "jobs/s"),
-        Row("enqueue, 1 thread, CURVE", "enqueue_1t_curve", "jobs/s", note="{enqueue_cost_pct:.1f}% slower"),
+        Row("enqueue, 1 thread, CURVE", "enqueue_1t_curve", "jobs/s",
+            note="{enqueue_cost_pct:.1f}% slower (median of the per-run pairs)"),
         Row(f"end to end, 1 worker x{p['concurrency']}, plain (n={p['e2e_total']:,})", "e2e_plain", "jobs/s"),
-        Row("end to end, CURVE", "e2e_curve", "jobs/s", note="{e2e_cost_pct:.1f}% slower"),
+        Row("end to end, CURVE", "e2e_curve", "jobs/s", note="{e2e_cost_pct:.1f}% slower (median of the per-run pairs)"),
         Row(f"round trip p50, plain (n={p['roundtrip_samples']:,})", "rt_p50_plain", "ms",
             note="p99 {rt_p99_plain:.3f} ms"),
-        Row("round trip p50, CURVE", "rt_p50_curve", "ms", note="+{rt_cost_ms:.3f} ms; p99 {rt_p99_curve:.3f} ms"),
+        Row("round trip p50, CURVE", "rt_p50_curve", "ms",
+            note="{rt_cost_ms:+.3f} ms (median of the per-run pairs); p99 {rt_p99_curve:.3f} ms"),
     ]
 
 

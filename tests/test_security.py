@@ -94,10 +94,21 @@ def test_a_client_key_works_end_to_end_with_a_worker_key(secured: Cluster, keys:
     assert client.stats()["email"]["workers"] == 1
 
 
-def test_no_key_gets_no_connection(secured: Cluster) -> None:
+def test_no_key_gets_no_connection_and_the_broker_logs_it(secured: Cluster) -> None:
     client = Client(secured.endpoint, timeout=1.0)
     secured.clients.append(client)
     with pytest.raises(BrokerUnreachable, match=f"at {secured.endpoint} within 1.0s"):
+        client.stats()
+    wait_for(lambda: "refused a connection to the command socket: the peer has no CURVE key"
+             in secured.broker_output(), what="the refusal logged")
+
+
+def test_the_wrong_broker_key_gets_no_connection(secured: Cluster, keys: Keys, tmp_path: Path) -> None:
+    keygen("impostor", tmp_path / "other")  # a client told to trust another broker's key
+    client = Client(secured.endpoint, timeout=1.0, key=keys.secret("app"),
+                    broker_key=str(tmp_path / "other" / "impostor.key"))
+    secured.clients.append(client)
+    with pytest.raises(BrokerUnreachable, match=secured.endpoint):
         client.stats()
 
 
