@@ -60,8 +60,10 @@ def load_settings(
     ``server`` (the ``--server`` flag, as is ``flags["server"]``) picks which
     ``[servers.<name>]`` blocks apply; it defaults to ``SHOAL_SERVER``, then the
     host name. ``env`` defaults to ``os.environ``. ``flags`` holds command-line
-    values by key (``bind``, ``data``, ``server``, ``supervise``,
-    ``concurrency``, ``app``); ``None`` values mean "not given".
+    values by key (``bind``, ``data``, ``server``, ``supervise``, ``insecure``,
+    ``concurrency``, ``app``, ``key``, ``broker_public_key``); ``None`` values mean
+    "not given". ``[security]`` follows the same chain as ``[broker]``: the file,
+    then ``SHOAL_KEY`` / ``SHOAL_BROKER_KEY``, then the flags.
 
     Raises ``ConfigError`` listing every problem found, each naming its place.
     """

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
 
+import zmq
 from bench import (CONFIG_TOML, Cluster, Row, enqueue_one_thread, end_to_end, machine, percentile, print_table,
-                   progress, roundtrip_ms, summarize)
+                   progress, roundtrip_ms, summarize, timed_ms)
 
 from shoal import Client
 from shoal.security import keygen
@@ -49,9 +52,58 @@ bench = "{keys / 'workers-bench'}"
         return c
 
 
+# bench.py's raw echo server, with CURVE when the environment hands it a key pair
+ECHO_SERVER = """
+import os, sys, zmq
+sock = zmq.Context().socket(zmq.ROUTER)
+if os.environ.get("BENCH_CURVE_SECRET"):
+    sock.curve_server = True
+    sock.curve_secretkey = os.environ["BENCH_CURVE_SECRET"].encode()
+    sock.curve_publickey = os.environ["BENCH_CURVE_PUBLIC"].encode()
+sock.bind("tcp://127.0.0.1:*")
+print(sock.getsockopt_string(zmq.LAST_ENDPOINT), flush=True)
+while True:
+    frames = sock.recv_multipart()
+    if frames[-1] == b"stop":
+        break
+    sock.send_multipart(frames)
+"""
+
+
+def zmq_roundtrip_ms(samples: int, curve: bool) -> list[float]:
+    """The floor: a raw DEALER/ROUTER round trip to another process, the broker's message size, CURVE or not."""
+    env = dict(os.environ)
+    server_public, server_secret = zmq.curve_keypair()
+    if curve:
+        env.update(BENCH_CURVE_SECRET=server_secret.decode(), BENCH_CURVE_PUBLIC=server_public.decode())
+    server = subprocess.Popen([sys.executable, "-c", ECHO_SERVER], stdout=subprocess.PIPE, text=True, env=env)
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.linger = 0
+    if curve:
+        sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
+        sock.curve_serverkey = server_public
+    try:
+        assert server.stdout is not None
+        sock.connect(server.stdout.readline().strip())
+        frames = [b"SHOAL1", b"ENQUEUE", b"\x80" * 200]
+
+        def once() -> None:
+            sock.send_multipart(frames)
+            sock.recv_multipart()
+
+        return timed_ms(once, samples, warmup=200)
+    finally:
+        sock.send_multipart([b"stop"])
+        server.wait(10)
+        sock.close(0)
+        ctx.term()
+
+
 def params(quick: bool) -> dict[str, int]:
     return {"enqueue_n": 500 if quick else 2_000, "e2e_total": 2_000 if quick else 10_000, "e2e_batch": 100,
-            "concurrency": 32, "roundtrip_samples": 200 if quick else 1_000, "roundtrip_warmup": 50}
+            "concurrency": 32, "roundtrip_samples": 200 if quick else 1_000, "roundtrip_warmup": 50,
+            "zmq_samples": 1_000 if quick else 5_000}
 
 
 def measure(cluster: Cluster, p: dict[str, int], tag: str) -> dict[str, float]:
@@ -74,6 +126,10 @@ def run_once(p: dict[str, int], run: int) -> dict[str, float]:
         progress(f"run {run + 1}: {tag}")
         cluster = CurveCluster(f"curve-{run}") if tag == "curve" else Cluster(f"plain-{run}")
         fig.update(measure(cluster, p, tag))
+    for tag in order:
+        rt = zmq_roundtrip_ms(p["zmq_samples"], curve=tag == "curve")
+        fig[f"zmq_p50_{tag}"] = percentile(rt, 50)
+    fig["zmq_cost_ms"] = fig["zmq_p50_curve"] - fig["zmq_p50_plain"]
     fig["enqueue_cost_pct"] = 100 * (1 - fig["enqueue_1t_curve"] / fig["enqueue_1t_plain"])
     fig["e2e_cost_pct"] = 100 * (1 - fig["e2e_curve"] / fig["e2e_plain"])
     fig["rt_cost_ms"] = fig["rt_p50_curve"] - fig["rt_p50_plain"]
@@ -91,6 +147,9 @@ def rows(p: dict[str, int]) -> list[Row]:
             note="p99 {rt_p99_plain:.3f} ms"),
         Row("round trip p50, CURVE", "rt_p50_curve", "ms",
             note="{rt_cost_ms:+.3f} ms (median of the per-run pairs); p99 {rt_p99_curve:.3f} ms"),
+        Row(f"floor: raw DEALER/ROUTER round trip p50, plain (n={p['zmq_samples']:,})", "zmq_p50_plain", "ms"),
+        Row("floor: raw DEALER/ROUTER round trip p50, CURVE", "zmq_p50_curve", "ms",
+            note="{zmq_cost_ms:+.3f} ms (median of the per-run pairs)"),
     ]
 
 

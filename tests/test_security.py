@@ -4,6 +4,7 @@ send once connected (roles), as docs/security.md promises."""
 from __future__ import annotations
 
 import signal
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -274,3 +275,20 @@ def test_with_the_authenticator_stopped_new_connections_get_nothing(tmp_path: Pa
         server.stop()
         loop.join(10)
         server.close()
+
+
+def shoal(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "shoal.cli", *args, "--broker", cluster.endpoint],
+                          capture_output=True, text=True, timeout=30, env=cluster.env, cwd=cluster.tmp)
+
+
+def test_the_shoal_command_takes_its_key_from_flags_or_the_environment(secured: Cluster, keys: Keys) -> None:
+    job_id = connect(secured, keys, "app").enqueue("echo", {"n": 1}, delay=60)
+    assert shoal(secured, "status", "--key", keys.secret("app"), "--broker-key", keys.broker_public).returncode == 0
+    refused = shoal(secured, "cancel", job_id, "--key", keys.secret("app"), "--broker-key", keys.broker_public)
+    assert refused.returncode == 1 and "key 'app' (client) may not send CANCEL" in refused.stderr
+    secured.env.update(SHOAL_KEY=keys.secret("ops"), SHOAL_BROKER_KEY=keys.broker_public)
+    assert shoal(secured, "cancel", job_id).returncode == 0
+    del secured.env["SHOAL_KEY"], secured.env["SHOAL_BROKER_KEY"]
+    unanswered = shoal(secured, "status", "--timeout", "0.5")
+    assert unanswered.returncode == 3 and "a key the broker does not allow" in unanswered.stderr
