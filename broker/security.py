@@ -44,6 +44,7 @@ class KeyRing:
 
     def __init__(self) -> None:
         self._principals: dict[str, Principal] = {}
+        self._supervised: dict[str, Principal] = {}  # made by this broker: kept across reloads
         self._quiet = QuietLog(log)
         self._lock = threading.Lock()  # the ZAP thread reads while a supervised key may be added
 
@@ -71,6 +72,19 @@ class KeyRing:
             groups = ({group} if group else set()) | (set(known.groups) if known else set())
             shown = name if known is None or known.name == name else f"{known.name}/{name}"
             self._principals[user_id] = Principal(shown, frozenset(roles), frozenset(groups))
+
+    def allow_supervised(self, public: bytes, group: str) -> None:
+        """Admit a key this broker made for the workers it starts of ``group``."""
+        self.allow(public, f"supervised-{group}", WORKER, group)
+        self._supervised[public.decode()] = self._principals[public.decode()]
+
+    def replace_with(self, fresh: "KeyRing") -> tuple[int, int]:
+        """Take ``fresh``'s allow-lists (a reload), keeping the supervised keys; returns (added, removed)."""
+        principals = {**fresh._principals, **self._supervised}
+        added = len(principals.keys() - self._principals.keys())
+        removed = len(self._principals.keys() - principals.keys())
+        self._principals = principals  # one reference swap: the ZAP thread sees the old or the new table
+        return added, removed
 
     def __len__(self) -> int:
         return len(self._principals)
@@ -171,9 +185,21 @@ class ServerCurve:
         keys = {}
         for group in groups:
             public, secret = zmq.curve_keypair()
-            self.ring.allow(public, f"supervised-{group}", WORKER, group)
+            self.ring.allow_supervised(public, group)
             keys[group] = CurveKeys(public, secret, self.public)
         return keys
+
+    def reload(self, settings: Settings) -> None:
+        """Read the allow-list directories again (SIGHUP): new keys get in, removed ones are refused
+        from now on, on new connections and on open ones (their messages map to no principal). A
+        list that cannot be read leaves the old lists in force."""
+        try:
+            fresh = KeyRing.load(settings)
+        except ConfigError as exc:
+            log.error("allow-lists not reloaded, the old ones stay in force: %s", exc)
+            return
+        added, removed = self.ring.replace_with(fresh)
+        log.info("allow-lists reloaded: %d keys allowed (%d added, %d removed)", len(self.ring), added, removed)
 
     def unwatch(self) -> None:
         """Stop the handshake monitors (before the sockets close)."""

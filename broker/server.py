@@ -91,6 +91,7 @@ class BrokerServer:
         self._stop.set()
 
     stop_requested = False  # set by the signal handler (no locks there); the loop turns it into stop()
+    reload_requested = False  # SIGHUP: read the allow-lists again (in the loop, not the handler)
 
     def run(self) -> None:
         """Serve until ``stop()`` or SIGTERM/SIGINT: poll, let the core decide, commit, send (zguide's ``mediate()``)."""
@@ -195,6 +196,9 @@ class BrokerServer:
     def _housekeeping(self) -> None:
         """After the replies are out, so it never adds to anyone's latency: events, snapshots, metrics."""
         broker = self.broker
+        if self.reload_requested and self.curve is not None:
+            self.reload_requested = False
+            self.curve.reload(self.settings)
         if broker.events:
             broker.events_dropped += self.events.publish(broker.events)
             broker.events = []
@@ -387,8 +391,12 @@ def serve(settings: Settings) -> int:
                 raise SystemExit(1)  # second Ctrl-C: stop now
         server.stop_requested = True
 
+    def on_hangup(signum: int, frame: object) -> None:
+        server.reload_requested = True
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hangup)
     started = time.monotonic()
     try:
         server.run()

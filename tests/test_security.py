@@ -137,6 +137,25 @@ def test_a_revoked_key_is_refused_after_a_restart(secured: Cluster, keys: Keys) 
     assert connect(secured, keys, "ops").stats() is not None
 
 
+def test_sighup_reloads_the_allow_lists_without_a_restart(secured: Cluster, keys: Keys, tmp_path: Path) -> None:
+    app = connect(secured, keys, "app")
+    assert app.stats() is not None
+    keygen("newcomer", tmp_path / "more")
+    (keys.clients / "newcomer.key").write_bytes((tmp_path / "more" / "newcomer.key").read_bytes())
+    (keys.clients / "app.key").unlink()
+    secured.broker.signal(signal.SIGHUP)
+    wait_for(lambda: "allow-lists reloaded: 4 keys allowed (1 added, 1 removed)" in secured.broker_output(),
+             what="the reload")
+    newcomer = Client(secured.endpoint, timeout=5, key=str(tmp_path / "more" / "newcomer.key_secret"),
+                      broker_key=keys.broker_public)
+    secured.clients.append(newcomer)
+    assert newcomer.stats() is not None  # added: in without a restart
+    with pytest.raises(Forbidden, match="'unknown key'"):  # removed: its open connection may do nothing now
+        app.stats()
+    with pytest.raises(BrokerUnreachable):  # and it cannot connect again
+        connect(secured, keys, "app", timeout=1.0).stats()
+
+
 def raw_dealer(cluster: Cluster, keys: Keys, name: str) -> zmq.Socket:
     """A bare pyzmq DEALER holding ``name``'s key: it speaks the protocol, without our client's manners."""
     public, secret = read_certificate(keys.secret(name), "test", secret=True)
