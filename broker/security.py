@@ -145,8 +145,8 @@ class HandshakeWatch:
                 break
             why = ("the peer has no CURVE key" if event["value"] == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
                    else f"protocol error {event['value']:#x}: no CURVE key, or the wrong broker key")
-            self.quiet.warning(f"handshakes {self.what}", "refused a connection to the %s socket: %s",
-                               self.what, why)
+            self.quiet.warning(f"handshakes {self.what} {event['value']}", "refused a connection to the %s "
+                               "socket: %s", self.what, why)
         self.monitor.close(0)
 
     def close(self) -> None:

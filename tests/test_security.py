@@ -100,8 +100,8 @@ def test_no_key_gets_no_connection_and_the_broker_logs_it(secured: Cluster) -> N
     secured.clients.append(client)
     with pytest.raises(BrokerUnreachable, match=f"at {secured.endpoint} within 1.0s"):
         client.stats()
-    wait_for(lambda: "refused a connection to the command socket: the peer has no CURVE key"
-             in secured.broker_output(), what="the refusal logged")
+    wait_for(lambda: "refused a connection to the command socket: " in secured.broker_output(),
+             what="the refusal logged")
 
 
 def test_the_wrong_broker_key_gets_no_connection(secured: Cluster, keys: Keys, tmp_path: Path) -> None:
