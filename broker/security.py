@@ -15,6 +15,7 @@ Without ``[security]`` the broker binds only loopback or ipc unless told ``--ins
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -143,8 +144,12 @@ class HandshakeWatch:
                 break
             if event["event"] == zmq.EVENT_MONITOR_STOPPED:
                 break
-            why = ("the peer has no CURVE key" if event["value"] == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
-                   else f"protocol error {event['value']:#x}: no CURVE key, or the wrong broker key")
+            if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:  # the value is an errno
+                why = f"the handshake broke off ({os.strerror(event['value'])})"
+            elif event["value"] == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+                why = "the peer has no CURVE key"
+            else:
+                why = f"protocol error {event['value']:#x}: no CURVE key, or the wrong broker key"
             self.quiet.warning(f"handshakes {self.what} {event['value']}", "refused a connection to the %s "
                                "socket: %s", self.what, why)
         self.monitor.close(0)
