@@ -23,11 +23,11 @@ from typing import Any
 import zmq
 
 from shoal import protocol as P
-from shoal.security import CurveKeys, apply_client_curve
 from shoal.errors import (
     BrokerUnreachable, Forbidden, GroupSaturated, GroupUnhealthy, PayloadError, RemoteError, StorageFull, TooManyWaits,
     UnknownJob, WaitTimeout,
 )
+from shoal.security import CurveKeys, apply_client_curve
 
 RESEND_FIRST_S = 1.0
 RESEND_MAX_S = 4.0
