@@ -207,9 +207,13 @@ class Cluster:
 
 # --- the floor --------------------------------------------------------------------------
 ECHO_SERVER = """
-import sys, zmq
+import os, sys, zmq
 ctx = zmq.Context()
 sock = ctx.socket(zmq.ROUTER)
+if os.environ.get("BENCH_CURVE_SECRET"):  # the curve phase's floor: the same echo over CURVE
+    sock.curve_server = True
+    sock.curve_secretkey = os.environ["BENCH_CURVE_SECRET"].encode()
+    sock.curve_publickey = os.environ["BENCH_CURVE_PUBLIC"].encode()
 sock.bind("tcp://127.0.0.1:*")
 print(sock.getsockopt_string(zmq.LAST_ENDPOINT), flush=True)
 while True:
@@ -220,16 +224,23 @@ while True:
 """
 
 
-def zmq_roundtrip_ms(samples: int) -> list[float]:
-    """A raw DEALER -> ROUTER -> DEALER round trip to another process on loopback."""
-    server = subprocess.Popen([sys.executable, "-c", ECHO_SERVER], stdout=subprocess.PIPE, text=True)
+def zmq_roundtrip_ms(samples: int, curve: bool = False, body_bytes: int = 32) -> list[float]:
+    """A raw DEALER -> ROUTER -> DEALER round trip to another process on loopback (``curve``: over CURVE)."""
+    env = dict(os.environ)
+    server_public, server_secret = zmq.curve_keypair()
+    if curve:
+        env.update(BENCH_CURVE_SECRET=server_secret.decode(), BENCH_CURVE_PUBLIC=server_public.decode())
+    server = subprocess.Popen([sys.executable, "-c", ECHO_SERVER], stdout=subprocess.PIPE, text=True, env=env)
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    if curve:
+        sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
+        sock.curve_serverkey = server_public
     try:
         assert server.stdout is not None
         sock.connect(server.stdout.readline().strip())
-        frames = [b"SHOAL1", b"PING", b"\x80" * 32]
+        frames = [b"SHOAL1", b"PING", b"\x80" * body_bytes]
 
         def once() -> None:
             sock.send_multipart(frames)

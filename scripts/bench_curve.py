@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-import zmq
 from bench import (CONFIG_TOML, Cluster, Row, enqueue_one_thread, end_to_end, machine, percentile, print_table,
-                   progress, roundtrip_ms, summarize, timed_ms)
+                   progress, roundtrip_ms, summarize, zmq_roundtrip_ms)
 
 from shoal import Client
 from shoal.security import keygen
@@ -52,54 +49,6 @@ bench = "{keys / 'workers-bench'}"
         return c
 
 
-# bench.py's raw echo server, with CURVE when the environment hands it a key pair
-ECHO_SERVER = """
-import os, sys, zmq
-sock = zmq.Context().socket(zmq.ROUTER)
-if os.environ.get("BENCH_CURVE_SECRET"):
-    sock.curve_server = True
-    sock.curve_secretkey = os.environ["BENCH_CURVE_SECRET"].encode()
-    sock.curve_publickey = os.environ["BENCH_CURVE_PUBLIC"].encode()
-sock.bind("tcp://127.0.0.1:*")
-print(sock.getsockopt_string(zmq.LAST_ENDPOINT), flush=True)
-while True:
-    frames = sock.recv_multipart()
-    if frames[-1] == b"stop":
-        break
-    sock.send_multipart(frames)
-"""
-
-
-def zmq_roundtrip_ms(samples: int, curve: bool) -> list[float]:
-    """The floor: a raw DEALER/ROUTER round trip to another process, the broker's message size, CURVE or not."""
-    env = dict(os.environ)
-    server_public, server_secret = zmq.curve_keypair()
-    if curve:
-        env.update(BENCH_CURVE_SECRET=server_secret.decode(), BENCH_CURVE_PUBLIC=server_public.decode())
-    server = subprocess.Popen([sys.executable, "-c", ECHO_SERVER], stdout=subprocess.PIPE, text=True, env=env)
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.linger = 0
-    if curve:
-        sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
-        sock.curve_serverkey = server_public
-    try:
-        assert server.stdout is not None
-        sock.connect(server.stdout.readline().strip())
-        frames = [b"SHOAL1", b"ENQUEUE", b"\x80" * 200]
-
-        def once() -> None:
-            sock.send_multipart(frames)
-            sock.recv_multipart()
-
-        return timed_ms(once, samples, warmup=200)
-    finally:
-        sock.send_multipart([b"stop"])
-        server.wait(10)
-        sock.close(0)
-        ctx.term()
-
-
 def params(quick: bool) -> dict[str, int]:
     return {"enqueue_n": 500 if quick else 2_000, "e2e_total": 2_000 if quick else 10_000, "e2e_batch": 100,
             "concurrency": 32, "roundtrip_samples": 200 if quick else 1_000, "roundtrip_warmup": 50,
@@ -127,7 +76,7 @@ def run_once(p: dict[str, int], run: int) -> dict[str, float]:
         cluster = CurveCluster(f"curve-{run}") if tag == "curve" else Cluster(f"plain-{run}")
         fig.update(measure(cluster, p, tag))
     for tag in order:
-        rt = zmq_roundtrip_ms(p["zmq_samples"], curve=tag == "curve")
+        rt = zmq_roundtrip_ms(p["zmq_samples"], curve=tag == "curve", body_bytes=200)
         fig[f"zmq_p50_{tag}"] = percentile(rt, 50)
     fig["zmq_cost_ms"] = fig["zmq_p50_curve"] - fig["zmq_p50_plain"]
     fig["enqueue_cost_pct"] = 100 * (1 - fig["enqueue_1t_curve"] / fig["enqueue_1t_plain"])
