@@ -218,7 +218,10 @@ class ServerCurve:
 
 
 def security_note(curve: ServerCurve | None, settings: Settings) -> str:
-    """How the broker's start line says who may connect."""
+    """How the broker's start line says who may connect (and a warning for allow-lists without a key)."""
+    security = settings.security
+    if curve is None and (security.clients or security.admins or security.workers):
+        log.warning("[security] names allow-lists but no broker_secret_key: CURVE is off and they are not used")
     if curve is not None:
         return f"CURVE on, {len(curve.ring)} keys allowed"
     if settings.broker.insecure:

@@ -150,3 +150,24 @@ def test_config_show_does_not_print_the_metrics_token(tmp_path: Path) -> None:
     config = write(tmp_path, '[broker]\nmetrics_token = "s3cret"\n[security]\nclients = "c"\n')
     shown = render(load_settings(config, env={}))
     assert "s3cret" not in shown and "(set)" in shown and "SECURITY" in shown
+
+
+def test_allow_lists_without_a_broker_key_are_reported(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from shoal.broker.security import security_note
+
+    settings = load_settings(write(tmp_path, '[security]\nclients = "c"\n'), env={})
+    assert security_note(None, settings) == "no [security]: loopback and ipc only"
+    assert "no broker_secret_key: CURVE is off" in caplog.text
+
+
+def test_a_supervised_key_leaves_the_environment_when_taken() -> None:
+    import zmq
+
+    from shoal.security import SUPERVISED_ENV, CurveKeys, supervised_keys
+
+    public, secret = zmq.curve_keypair()
+    keys = CurveKeys(public, secret, zmq.curve_keypair()[0])
+    env = {SUPERVISED_ENV: keys.encode(), "OTHER": "x"}
+    assert supervised_keys(env) == keys
+    assert env == {"OTHER": "x"}  # a handler's subprocess would not inherit it
+    assert supervised_keys(env) is None
