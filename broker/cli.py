@@ -18,6 +18,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bind", help="endpoint to listen on (default tcp://127.0.0.1:5555, or SHOAL_BROKER)")
     parser.add_argument("--server", help="this host's server name for [servers.NAME] blocks")
     parser.add_argument("--no-supervise", action="store_true", help="do not start worker processes")
+    parser.add_argument("--insecure", action="store_true",
+                        help="allow a bind beyond loopback/ipc without [security] (no CURVE: anyone who reaches "
+                             "it owns the queue; or SHOAL_INSECURE=1)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                         help="least severe level logged (default info; debug adds one line per lifecycle event)")
     parser.add_argument("--log-format", default="text", choices=["text", "json"],
@@ -39,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     flags: dict[str, object] = {"bind": args.bind, "data": args.data, "server": args.server}
     if args.no_supervise:
         flags["supervise"] = False
+    if args.insecure:
+        flags["insecure"] = True
     try:
         settings = load_settings(args.config, server=args.server, env=os.environ,
                                  flags={k: v for k, v in flags.items() if v is not None})

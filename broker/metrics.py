@@ -5,6 +5,7 @@ thread only reads that string, so it never touches broker state.
 """
 from __future__ import annotations
 
+import hmac
 import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -48,15 +49,23 @@ def _escape(text: str) -> str:
 class MetricsServer:
     """A tiny HTTP server answering GET /metrics with the latest rendered text."""
 
-    def __init__(self, host_port: str) -> None:
+    def __init__(self, host_port: str, token: str = "") -> None:
         host, port = host_port.rsplit(":", 1)
         self.text = "# no metrics yet\n"
         owner = self
+        wanted = f"Bearer {token}".encode()
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - the http.server API
                 if self.path.split("?")[0] not in ("/metrics", "/"):
                     self.send_error(404)
+                    return
+                sent = (self.headers.get("Authorization") or "").encode()
+                if token and not hmac.compare_digest(sent, wanted):  # constant time: no guessing byte by byte
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", 'Bearer realm="shoal metrics"')
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
                     return
                 body = owner.text.encode()
                 self.send_response(200)

@@ -18,13 +18,14 @@ from shoal import protocol as P
 from shoal.errors import StorageFull
 from shoal.faults import fault
 from shoal.logs import banner
-from shoal.protocol import pack
 
 from .broker import Broker
 from .core import Clock, Outgoing
+from .events import Events, events_endpoint
 from .history_reader import HistoryReader
 from .metrics import MetricsServer
 from .metrics import render as render_metrics
+from .security import ServerCurve, refuse_exposure, security_note
 from .snapshots import Snapshots
 from .store import Store
 from .supervisor import Supervisor
@@ -43,6 +44,7 @@ class BrokerServer:
 
     def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
         self.settings = settings
+        refuse_exposure(settings, [settings.broker.bind, settings.broker.events])  # before anything is opened
         max_mb = settings.broker.max_size_mb
         self.store = Store(settings.broker.data, min(settings.broker.map_size_mb, max_mb) if max_mb else
                            settings.broker.map_size_mb)
@@ -50,6 +52,8 @@ class BrokerServer:
         self.broker = Broker(self.store, settings, clock)
         self.broker.load()
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+        # CURVE and its authenticator exist before the first bind: no handshake goes unchecked
+        self.curve = ServerCurve(self.ctx, settings) if settings.security.on else None
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)   # an unroutable send raises, never drops silently
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -62,11 +66,14 @@ class BrokerServer:
         self.broker.send_hwm = PEER_HWM
         # zmq drops a peer sending more than this; below it we answer a clear too_large error
         self.sock.setsockopt(zmq.MAXMSGSIZE, settings.broker.max_message_bytes * 4)
+        if self.curve is not None:
+            self.curve.apply(self.sock, "command")
         self.sock.bind(settings.broker.bind)
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.events = Events(self.ctx, settings.broker.events or _events_endpoint(self.endpoint))
+        self.events = Events(self.ctx, settings.broker.events or events_endpoint(self.endpoint), self.curve)
         self.broker.events_endpoint = self.events.endpoint
-        self.metrics = MetricsServer(settings.broker.metrics) if settings.broker.metrics else None
+        self.metrics = (MetricsServer(settings.broker.metrics, settings.broker.metrics_token)
+                        if settings.broker.metrics else None)
         self.snapshots = Snapshots(self.store, settings)
         self.history = HistoryReader(self.store, self.ctx)
         self._metrics_at = 0.0
@@ -74,13 +81,17 @@ class BrokerServer:
         self._trim_at = 0.0  # the next trim-only commit, not before (monotonic)
         self._stop = threading.Event()
         if settings.broker.supervise:
-            self.broker.supervisor = Supervisor(settings, _local_endpoint(self.endpoint))
+            supervisor = Supervisor(settings, _local_endpoint(self.endpoint))
+            if self.curve is not None:  # each supervised group gets a key of its own, made now
+                supervisor.keys = self.curve.supervised_keys(list(supervisor.groups))
+            self.broker.supervisor = supervisor
 
     def stop(self) -> None:
         """Ask the loop to finish its pass and return (from any thread)."""
         self._stop.set()
 
     stop_requested = False  # set by the signal handler (no locks there); the loop turns it into stop()
+    reload_requested = False  # SIGHUP: read the allow-lists again (in the loop, not the handler)
 
     def run(self) -> None:
         """Serve until ``stop()`` or SIGTERM/SIGINT: poll, let the core decide, commit, send (zguide's ``mediate()``)."""
@@ -185,6 +196,9 @@ class BrokerServer:
     def _housekeeping(self) -> None:
         """After the replies are out, so it never adds to anyone's latency: events, snapshots, metrics."""
         broker = self.broker
+        if self.reload_requested and self.curve is not None:
+            self.reload_requested = False
+            self.curve.reload(self.settings)
         if broker.events:
             broker.events_dropped += self.events.publish(broker.events)
             broker.events = []
@@ -198,6 +212,9 @@ class BrokerServer:
         """Handle what waits on the socket: everything that arrived together shares one commit,
         but a pass ends after PASS_BUDGET_S of handling, so a burst (a peer flooding the broker)
         never holds the replies of the pass back for long."""
+        if self.curve is not None:
+            self._drain_keyed(broker)
+            return
         sock = self.sock
         started = time.monotonic()
         for n in range(MAX_DRAIN):
@@ -206,6 +223,25 @@ class BrokerServer:
             except zmq.Again:
                 return
             broker.handle(frames[0], frames[1:])
+            if n & 3 == 3 and time.monotonic() - started > PASS_BUDGET_S:
+                return
+
+    def _drain_keyed(self, broker: Broker) -> None:
+        """``_drain`` with CURVE on: each message also carries its sender's key (the ZAP User-Id,
+        readable only from a frame received without copying), and the core gets its principal."""
+        sock, principal_of = self.sock, self.curve.ring.principal_of  # type: ignore[union-attr]
+        started = time.monotonic()
+        for n in range(MAX_DRAIN):
+            try:
+                parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            user_id: str | None
+            try:
+                user_id = str(parts[0].get("User-Id"))
+            except zmq.ZMQError:  # no User-Id (cannot happen with ZAP enforced): a key with no rights
+                user_id = None
+            broker.handle(parts[0].bytes, [part.bytes for part in parts[1:]], principal_of(user_id))
             if n & 3 == 3 and time.monotonic() - started > PASS_BUDGET_S:
                 return
 
@@ -264,62 +300,15 @@ class BrokerServer:
         self.store.closing = True  # background readers stop at their next check
         self.snapshots.stop()
         self.history.close()
+        if self.curve is not None:
+            self.curve.unwatch()
         self.sock.close(0)
         self.events.close()
+        if self.curve is not None:
+            self.curve.close()
         if self.metrics is not None:
             self.metrics.close()
         self.store.close()
-
-
-class Events:
-    """The PUB side of lifecycle events. A slow subscriber never slows the broker: at its
-    high-water mark events are dropped (XPUB_NODROP makes the drop visible, so it is counted)."""
-
-    HWM = 100_000
-
-    def __init__(self, ctx: zmq.Context, endpoint: str) -> None:
-        self.sock = ctx.socket(zmq.XPUB)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.SNDHWM, self.HWM)
-        self.sock.setsockopt(zmq.XPUB_NODROP, 1)
-        self.sock.setsockopt(zmq.XPUB_VERBOSER, 1)  # every (un)subscribe, so the count stays right
-        self.sock.bind(endpoint)
-        self._subscriptions = 0
-        self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
-
-    def publish(self, events: list[dict[str, object]]) -> int:
-        """Send events, topic ``group\0workflow\0``; returns how many were dropped."""
-        dropped = 0
-        for event in events:
-            topic = f"{event['group']}\0{event['workflow']}\0".encode()
-            try:
-                self.sock.send_multipart([topic, pack(event)], zmq.NOBLOCK)
-            except zmq.Again:
-                dropped += 1
-        return dropped
-
-    def subscribers(self) -> bool:
-        """Read (un)subscribe messages; True while any subscription is open."""
-        while True:
-            try:
-                message = self.sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return self._subscriptions > 0
-            if message[:1] == b"\x01":
-                self._subscriptions += 1
-            elif message[:1] == b"\x00":
-                self._subscriptions = max(0, self._subscriptions - 1)
-
-    def close(self) -> None:
-        self.sock.close(0)
-
-
-def _events_endpoint(endpoint: str) -> str:
-    """Events next to the broker's own endpoint: same host, any free port (or a sibling ipc path)."""
-    if endpoint.startswith("tcp://"):
-        host = endpoint[len("tcp://"):].rsplit(":", 1)[0]
-        return f"tcp://{host}:*"
-    return endpoint + "-events"
 
 
 def _local_endpoint(endpoint: str) -> str:
@@ -335,7 +324,7 @@ def serve(settings: Settings) -> int:
     server = BrokerServer(settings)
     extra = f", metrics on http://{server.metrics.address}/metrics" if server.metrics else ""
     banner("shoal.broker", f"shoal broker listening on {server.endpoint} (data {settings.broker.data}, "
-           f"events on {server.events.endpoint}{extra})")
+           f"events on {server.events.endpoint}{extra}; {security_note(server.curve, settings)})")
 
     interrupts = 0
 
@@ -348,8 +337,12 @@ def serve(settings: Settings) -> int:
                 raise SystemExit(1)  # second Ctrl-C: stop now
         server.stop_requested = True
 
+    def on_hangup(signum: int, frame: object) -> None:
+        server.reload_requested = True
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hangup)
     started = time.monotonic()
     try:
         server.run()

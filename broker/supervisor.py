@@ -25,6 +25,7 @@ from typing import IO
 
 from shoal.conf.settings import GroupSettings, Settings
 from shoal.logs import child_line, logging_json
+from shoal.security import SUPERVISED_ENV, CurveKeys
 
 from .core.demand import Demand  # the core computes it; the supervisor scales on it
 
@@ -77,6 +78,9 @@ class Supervisor:
             name: GroupState(gs) for name, gs in settings.groups.items()
             if gs.app  # without an app module there is nothing this host could start
         }
+        # CURVE on: group -> the key its workers connect with (made by the broker, allowed for
+        # that group only, in memory; handed over in the child's environment, never on argv)
+        self.keys: dict[str, CurveKeys] = {}
 
     # --- what the broker asks ---------------------------------------------------------
     def supervises(self, group: str) -> bool:
@@ -198,8 +202,11 @@ class Supervisor:
         nice = gs.nice
         # stdout joins stderr so that every line the worker writes (its start line, a handler's
         # print) reaches our terminal through _pump_output, marked with its group and pid.
+        env = dict(os.environ)
+        if name in self.keys:
+            env[SUPERVISED_ENV] = self.keys[name].encode()
         popen = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                 preexec_fn=lambda: _in_child(nice), start_new_session=bool(nice))
+                                 preexec_fn=lambda: _in_child(nice), start_new_session=bool(nice), env=env)
         child = Child(popen, now, scaled)
         state.children.append(child)
         state.launches += 1

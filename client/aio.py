@@ -21,6 +21,8 @@ from typing import Any
 
 import zmq
 
+from shoal.security import CurveKeys, apply_client_curve
+
 from .connection import Request, decode_reply, recv_now, send_now
 
 
@@ -36,8 +38,9 @@ class _InFlight:
 class AsyncConnection:
     """Requests to the broker from asyncio tasks, on a socket the running loop watches."""
 
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self, endpoint: str, curve: CurveKeys | None = None) -> None:
         self.endpoint = endpoint
+        self.curve = curve
         self.closed = False
         self._ctx: zmq.Context | None = None
         self._sock: zmq.Socket | None = None
@@ -72,6 +75,7 @@ class AsyncConnection:
                 self._ctx = zmq.Context()
             sock = self._ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
+            apply_client_curve(sock, self.curve)
             sock.connect(self.endpoint)
             self._sock, self._fd, self._loop = sock, int(sock.getsockopt(zmq.FD)), loop  # type: ignore[arg-type]
             loop.add_reader(self._fd, self._read)

@@ -16,6 +16,7 @@ from shoal import protocol as P
 from shoal.endpoints import resolve_endpoint
 from shoal.errors import BrokerUnreachable, PayloadError, RemoteError, WaitTimeout
 from shoal.ids import id_from_str, id_to_str, new_job_id
+from shoal.security import apply_client_curve, resolve_keys
 from shoal.workflow import Workflow
 
 from .aio import AsyncConnection
@@ -50,8 +51,10 @@ def _jobs_body(state: str | None, group: str | None, limit: int) -> dict[str, An
 class _Requests:
     """Builds request bodies and reads replies; shared by the sync and async clients."""
 
-    def __init__(self, endpoint: str | None, timeout: float, max_message_bytes: int) -> None:
-        self.endpoint = resolve_endpoint(endpoint, None)
+    def __init__(self, endpoint: str | None, timeout: float, max_message_bytes: int,
+                 key: str | None = None, broker_key: str | None = None, config: str | None = None) -> None:
+        self.endpoint = resolve_endpoint(endpoint, config)
+        self.curve = resolve_keys(key, broker_key, config)  # CURVE keys, or None for a plain connection
         self.timeout = timeout
         self.max_message_bytes = max_message_bytes
 
@@ -131,10 +134,14 @@ class Client:
     """Talk to a broker from plain (threaded) code. Safe to share between threads."""
 
     def __init__(self, endpoint: str | None = None, timeout: float = 10.0,
-                 max_message_bytes: int = P.DEFAULT_MAX_MESSAGE_BYTES) -> None:
-        self._r = _Requests(endpoint, timeout, max_message_bytes)
+                 max_message_bytes: int = P.DEFAULT_MAX_MESSAGE_BYTES, *, key: str | None = None,
+                 broker_key: str | None = None, config: str | None = None) -> None:
+        """``key``/``broker_key``: CURVE certificate paths, this program's secret one and the broker's
+        public one (else SHOAL_KEY / SHOAL_BROKER_KEY, else ``[security]`` of ``config``, SHOAL_CONFIG
+        or ./shoal.toml). Neither anywhere: a plain connection."""
+        self._r = _Requests(endpoint, timeout, max_message_bytes, key, broker_key, config)
         self.endpoint = self._r.endpoint
-        self._conn = Connection(self.endpoint)
+        self._conn = Connection(self.endpoint, self._r.curve)
 
     def __enter__(self) -> "Client":
         return self
@@ -189,6 +196,7 @@ class Client:
         dead_letter, cancelled). Stops after ``timeout`` seconds without an event, if given."""
         sub: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
+        apply_client_curve(sub, self._r.curve)
         sub.connect(self._r.events_endpoint(self._call(P.STATS, {})))
         prefix = b"" if group is None else f"{group}\0".encode() + (b"" if workflow is None else f"{workflow}\0".encode())
         sub.setsockopt(zmq.SUBSCRIBE, prefix)
@@ -286,10 +294,12 @@ class AsyncClient:
     """The same API for asyncio code; concurrent calls are pipelined on one socket."""
 
     def __init__(self, endpoint: str | None = None, timeout: float = 10.0,
-                 max_message_bytes: int = P.DEFAULT_MAX_MESSAGE_BYTES) -> None:
-        self._r = _Requests(endpoint, timeout, max_message_bytes)
+                 max_message_bytes: int = P.DEFAULT_MAX_MESSAGE_BYTES, *, key: str | None = None,
+                 broker_key: str | None = None, config: str | None = None) -> None:
+        """``key``/``broker_key``/``config``: as for ``Client``."""
+        self._r = _Requests(endpoint, timeout, max_message_bytes, key, broker_key, config)
         self.endpoint = self._r.endpoint
-        self._conn = AsyncConnection(self.endpoint)
+        self._conn = AsyncConnection(self.endpoint, self._r.curve)
 
     async def __aenter__(self) -> "AsyncClient":
         return self

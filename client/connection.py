@@ -27,6 +27,7 @@ from shoal.errors import (
     BrokerUnreachable, Forbidden, GroupSaturated, GroupUnhealthy, PayloadError, RemoteError, StorageFull, TooManyWaits,
     UnknownJob, WaitTimeout,
 )
+from shoal.security import CurveKeys, apply_client_curve
 
 RESEND_FIRST_S = 1.0
 RESEND_MAX_S = 4.0
@@ -141,8 +142,9 @@ class _ThreadSocket:
 class Connection:
     """Requests to the broker on DEALER sockets, one per calling thread, with re-sends and deadlines."""
 
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self, endpoint: str, curve: CurveKeys | None = None) -> None:
         self.endpoint = endpoint
+        self.curve = curve
         self._ctx = zmq.Context()
         self._local = threading.local()
         self._sockets: list[_ThreadSocket] = []
@@ -207,6 +209,7 @@ class Connection:
             self._reap()
             sock = self._ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
+            apply_client_curve(sock, self.curve)
             sock.connect(self.endpoint)
             mine = _ThreadSocket(sock)
             self._sockets.append(mine)

@@ -290,6 +290,19 @@ BROKER_KEYS: dict[str, Key] = {
     "supervise": Key("supervise", boolean, _bool_text),
     "events": Key("events", endpoint),
     "metrics": Key("metrics", host_port),
+    "metrics_token": Key("metrics_token", text),
+    "insecure": Key("insecure", boolean, _bool_text),
+}
+
+# [security]: paths to CURVE certificates (shoal keygen) and to directories of public ones.
+# Whether the files exist is checked where they are used: one shoal.toml may serve the
+# broker's host and the clients' hosts, and each has only its own keys.
+SECURITY_KEYS: dict[str, Key] = {
+    "broker_secret_key": Key("broker_secret_key", text),
+    "clients": Key("clients", text),
+    "admins": Key("admins", text),
+    "key": Key("key", text),
+    "broker_public_key": Key("broker_public_key", text),
 }
 
 # Cron schedules and zones are checked by the rules shoal.broker.cron applies,

@@ -18,9 +18,9 @@ from typing import Any, TypeVar
 from shoal import faults
 from shoal.errors import ConfigError
 
-from .checks import BROKER_KEYS, GROUP_KEYS, Invalid, Key
+from .checks import BROKER_KEYS, GROUP_KEYS, SECURITY_KEYS, Invalid, Key
 from .problems import Problems, dotted
-from .settings import DEFAULT_GROUP, BrokerSettings, GroupSettings, Settings
+from .settings import DEFAULT_GROUP, BrokerSettings, GroupSettings, SecuritySettings, Settings
 from .tables import Document, read_document, unknown_key
 
 if sys.version_info >= (3, 11):
@@ -32,14 +32,18 @@ DEFAULT_CONFIG = "shoal.toml"
 
 # Environment variables that override a [broker] key. SHOAL_BROKER is the
 # broker's bind endpoint and the endpoint workers and clients connect to.
-ENV_BROKER_KEYS: dict[str, str] = {"SHOAL_BROKER": "bind", "SHOAL_DATA": "data"}
-FLAG_BROKER_KEYS = ("bind", "data", "supervise")
+ENV_BROKER_KEYS: dict[str, str] = {"SHOAL_BROKER": "bind", "SHOAL_DATA": "data", "SHOAL_INSECURE": "insecure",
+                                   "SHOAL_METRICS_TOKEN": "metrics_token"}
+FLAG_BROKER_KEYS = ("bind", "data", "supervise", "insecure")
+# A client's or worker's own key and the broker's public key (`--key`, `--broker-key`).
+ENV_SECURITY_KEYS: dict[str, str] = {"SHOAL_KEY": "key", "SHOAL_BROKER_KEY": "broker_public_key"}
+FLAG_SECURITY_KEYS = ("key", "broker_public_key")
 # These flags apply to every group (a worker serves one group, so "every" is that one).
 FLAG_GROUP_KEYS = ("concurrency", "app")
-FLAG_KEYS = FLAG_BROKER_KEYS + FLAG_GROUP_KEYS + ("server",)
+FLAG_KEYS = FLAG_BROKER_KEYS + FLAG_GROUP_KEYS + FLAG_SECURITY_KEYS + ("server",)
 
 Layer = tuple[str, Mapping[str, object]]  # (source label, TOML key -> checked value)
-_Folded = TypeVar("_Folded", BrokerSettings, GroupSettings)
+_Folded = TypeVar("_Folded", BrokerSettings, GroupSettings, SecuritySettings)
 
 
 def load_settings(
@@ -56,8 +60,10 @@ def load_settings(
     ``server`` (the ``--server`` flag, as is ``flags["server"]``) picks which
     ``[servers.<name>]`` blocks apply; it defaults to ``SHOAL_SERVER``, then the
     host name. ``env`` defaults to ``os.environ``. ``flags`` holds command-line
-    values by key (``bind``, ``data``, ``server``, ``supervise``,
-    ``concurrency``, ``app``); ``None`` values mean "not given".
+    values by key (``bind``, ``data``, ``server``, ``supervise``, ``insecure``,
+    ``concurrency``, ``app``, ``key``, ``broker_public_key``); ``None`` values mean
+    "not given". ``[security]`` follows the same chain as ``[broker]``: the file,
+    then ``SHOAL_KEY`` / ``SHOAL_BROKER_KEY``, then the flags.
 
     Raises ``ConfigError`` listing every problem found, each naming its place.
     """
@@ -72,10 +78,15 @@ def load_settings(
     problems = Problems(config_path, text)
     document = read_document(_parse_toml(config_path, text), problems)
     server_name = _server_name(server, given, environ, problems)
-    broker, broker_sources = _build_broker(document.broker, environ, given, problems)
+    broker, broker_sources = _build_table(BrokerSettings(), BROKER_KEYS, ("[broker]", document.broker),
+                                          ENV_BROKER_KEYS, FLAG_BROKER_KEYS, environ, given, problems)
+    security, security_sources = _build_table(
+        SecuritySettings(workers=document.security_workers), SECURITY_KEYS, ("[security]", document.security),
+        ENV_SECURITY_KEYS, FLAG_SECURITY_KEYS, environ, given, problems)
     group_flags = _checked_overrides(given, FLAG_GROUP_KEYS, GROUP_KEYS, "flags", problems)
     problems.raise_if_any()
-    return _assemble(document, server_name, broker, broker_sources, group_flags, config_path)
+    settings = _assemble(document, server_name, broker, broker_sources, group_flags, config_path)
+    return replace(settings, security=security, security_sources=security_sources)
 
 
 def find_config(path: str | None, env: Mapping[str, str]) -> str | None:
@@ -147,24 +158,29 @@ def _checked_overrides(
     return checked
 
 
-def _build_broker(
-    table: Mapping[str, object],
+def _build_table(
+    base: _Folded,
+    keys: Mapping[str, Key],
+    table: Layer,
+    env_keys: Mapping[str, str],
+    flag_keys: Iterable[str],
     env: Mapping[str, str],
     flags: Mapping[str, object],
     problems: Problems,
-) -> tuple[BrokerSettings, dict[str, str]]:
-    env_values = {key: env[var] for var, key in ENV_BROKER_KEYS.items() if env.get(var)}
-    names = {key: var for var, key in ENV_BROKER_KEYS.items()}
+) -> tuple[_Folded, dict[str, str]]:
+    """One flat table (``[broker]``, ``[security]``): the file, then its environment variables, then flags."""
+    env_values = {key: env[var] for var, key in env_keys.items() if env.get(var)}
+    names = {key: var for var, key in env_keys.items()}
     from_env: dict[str, object] = {}
     for key, raw in env_values.items():
-        spec = BROKER_KEYS[key]
+        spec = keys[key]
         try:
             from_env[key] = spec.check(spec.from_text(raw))
         except Invalid as exc:
             problems.elsewhere("environment", names[key], str(exc))
-    from_flags = _checked_overrides(flags, FLAG_BROKER_KEYS, BROKER_KEYS, "flags", problems)
-    layers: list[Layer] = [("[broker]", table), ("env", from_env), ("flag", from_flags)]
-    return _fold(BrokerSettings(), BROKER_KEYS, layers)
+    from_flags = _checked_overrides(flags, flag_keys, keys, "flags", problems)
+    layers: list[Layer] = [table, ("env", from_env), ("flag", from_flags)]
+    return _fold(base, keys, layers)
 
 
 def _fold(

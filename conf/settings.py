@@ -51,6 +51,25 @@ class BrokerSettings:
     supervise: bool = True
     events: str = ""                   # PUB endpoint for lifecycle events ("" = next to bind, any port)
     metrics: str = ""                  # host:port for Prometheus text metrics over HTTP ("" = off)
+    metrics_token: str = ""            # when set, /metrics wants "Authorization: Bearer <token>"
+    insecure: bool = False             # allow a non-loopback bind without [security] (no CURVE)
+
+
+@dataclass(frozen=True)
+class SecuritySettings:
+    """``[security]``: CURVE keys. The broker's side turns CURVE on; the client side is a key to connect with."""
+
+    broker_secret_key: str = ""        # the broker's secret certificate; set = CURVE on every broker socket
+    clients: str = ""                  # directory of public keys allowed as clients
+    admins: str = ""                   # directory of public keys allowed as admins
+    key: str = ""                      # a client's or worker's own secret certificate
+    broker_public_key: str = ""        # the broker's public certificate, to check whom we talk to
+    workers: dict[str, str] = field(default_factory=dict)  # [security.workers]: group -> directory
+
+    @property
+    def on(self) -> bool:
+        """True when this process is a broker that must speak CURVE."""
+        return bool(self.broker_secret_key)
 
 
 @dataclass(frozen=True)
@@ -71,6 +90,8 @@ class Settings:
     unknown_server_groups: dict[str, list[str]] = field(default_factory=dict)
     broker_sources: dict[str, str] = field(default_factory=dict)     # broker key -> source
     rates: dict[str, float] = field(default_factory=dict)            # [rates]: workflow -> jobs per second
+    security: SecuritySettings = field(default_factory=SecuritySettings)
+    security_sources: dict[str, str] = field(default_factory=dict)   # security key -> source
 
     def group(self, name: str) -> GroupSettings:
         """Effective settings for ``name``; a group absent from the file inherits the defaults."""

@@ -8,11 +8,11 @@ from collections.abc import Sequence
 
 from shoal.errors import ConfigError
 
-from .checks import BROKER_KEYS, GROUP_KEYS, Key
+from .checks import BROKER_KEYS, GROUP_KEYS, SECURITY_KEYS, Key
 from .durations import format_bytes, format_duration, format_mib
 from .loader import load_settings
 from .problems import dotted
-from .settings import BrokerSettings, GroupSettings, Settings
+from .settings import BrokerSettings, GroupSettings, SecuritySettings, Settings
 
 
 def render(settings: Settings, as_json: bool = False) -> str:
@@ -44,9 +44,11 @@ def _json_value(group: GroupSettings, spec: Key) -> object:
     return list(value) if isinstance(value, tuple) else value
 
 
-def _shown(owner: GroupSettings | BrokerSettings, spec: Key) -> str:
+def _shown(owner: GroupSettings | BrokerSettings | SecuritySettings, spec: Key) -> str:
     """A value written the way shoal.toml takes it; the field's unit suffix says how."""
     value = getattr(owner, spec.field)
+    if spec.field.endswith("_token"):
+        return "(set)" if value else ""  # a secret is not printed
     if spec.field.endswith("_per_s"):
         return f"{value:g}/s" if value else "none"
     if spec.field.endswith("_s"):
@@ -69,6 +71,13 @@ def _text_lines(settings: Settings) -> list[str]:
         for key, spec in BROKER_KEYS.items()
     ]
     lines += _table(["BROKER", "VALUE", "SOURCE"], broker_rows)
+    lines.append("")
+    security = settings.security
+    security_rows = [
+        [key, _shown(security, spec) or "-", settings.security_sources.get(key, "default")]
+        for key, spec in SECURITY_KEYS.items()
+    ] + [[f"workers.{group}", path, "[security.workers]"] for group, path in security.workers.items()]
+    lines += _table(["SECURITY", "VALUE", "SOURCE"], security_rows)
     lines.append("")
     # The group goes on every row so `shoal config --show | grep media` keeps the context.
     group_rows = [

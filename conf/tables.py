@@ -17,14 +17,16 @@ from .checks import (
     CRON_KEYS,
     CRON_REQUIRED,
     GROUP_KEYS,
+    SECURITY_KEYS,
     Checker,
     Invalid,
     describe,
     rate,
+    text,
 )
 from .problems import Problems
 
-TOP_LEVEL_TABLES = ("broker", "workflows", "servers", "cron", "rates")
+TOP_LEVEL_TABLES = ("broker", "workflows", "servers", "cron", "rates", "security")
 
 
 @dataclass
@@ -44,6 +46,8 @@ class Document:
     servers: dict[str, Workflows] = field(default_factory=dict)  # server name -> its workflows
     cron: dict[str, dict[str, object]] = field(default_factory=dict)
     rates: dict[str, float] = field(default_factory=dict)   # workflow name -> jobs per second
+    security: dict[str, object] = field(default_factory=dict)
+    security_workers: dict[str, str] = field(default_factory=dict)  # [security.workers]: group -> directory
 
 
 def unknown_key(key: str, known: Collection[str], what: str = "key") -> str:
@@ -72,6 +76,8 @@ def read_document(doc: Mapping[str, object], problems: Problems) -> Document:
         elif name == "rates":  # [rates] send-email = "20/m": a global limit for one workflow
             checked = _check_keys(value, ("rates",), {key: rate for key in value}, problems)
             result.rates = {str(key): cast(float, per_s) for key, per_s in checked.items()}
+        elif name == "security":
+            _read_security(value, result, problems)
         else:
             result.cron = _read_cron(value, problems)
     return result
@@ -142,6 +148,21 @@ def _read_servers(table: Mapping[str, object], problems: Problems) -> dict[str, 
             else:
                 servers[server] = _read_workflows(value, path + (key,), problems)
     return servers
+
+
+def _read_security(table: Mapping[str, object], result: Document, problems: Problems) -> None:
+    """Check ``[security]`` and its ``[security.workers]`` table (group -> directory of public keys)."""
+    keys = {key: value for key, value in table.items() if key != "workers"}
+    result.security = _check_keys(keys, ("security",), {k: spec.check for k, spec in SECURITY_KEYS.items()},
+                                  problems)
+    workers = table.get("workers")
+    if workers is None:
+        return
+    if not isinstance(workers, dict):
+        problems.in_file(("security", "workers"), f"expected a table [security.workers], found {describe(workers)}")
+        return
+    checked = _check_keys(workers, ("security", "workers"), {group: text for group in workers}, problems)
+    result.security_workers = {str(group): str(path) for group, path in checked.items()}
 
 
 def _read_cron(table: Mapping[str, object], problems: Problems) -> dict[str, dict[str, object]]:

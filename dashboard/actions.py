@@ -16,11 +16,18 @@ from .app import Dashboard, message, render
 from .pages import is_job_id
 
 
+class NotAllowed(Exception):
+    """The dashboard's key may not do this (a client key asked to requeue or cancel)."""
+
+
 async def _form(request: Request) -> dict[str, str]:
     form = await request.form()
     fields = {k: v for k, v in form.items() if isinstance(v, str)}
     dash: Dashboard = request.app.state.dash
     dash.guard.check(request, fields.get("csrf", ""))
+    access = dash.sampler.access
+    if not access.may_act:  # said before the question is asked, not after "Yes, do it"
+        raise NotAllowed(access.reason)
     return fields
 
 

@@ -23,6 +23,7 @@ from shoal import cli_format as fmt
 from shoal.client import AsyncClient
 from shoal.client.client import HistoryEntry
 from shoal.errors import BrokerUnreachable, ShoalError
+from shoal.errors import Forbidden as BrokerForbidden
 
 from .sampler import Sampler
 from .security import Forbidden, Guard, host_allowed
@@ -68,14 +69,19 @@ class HistoryCache:
 
 
 def create_app(endpoint: str, *, timeout_s: float = 3.0, sample_interval_s: float = 2.0,
-               live_ms: int = 2000, loopback_only: bool = True, secret: bytes | None = None) -> Starlette:
-    """The dashboard for the broker at ``endpoint``; ``loopback_only`` refuses non-loopback Host headers."""
+               live_ms: int = 2000, loopback_only: bool = True, secret: bytes | None = None,
+               key: str | None = None, broker_key: str | None = None, config: str | None = None) -> Starlette:
+    """The dashboard for the broker at ``endpoint``; ``loopback_only`` refuses non-loopback Host headers.
+
+    ``key``/``broker_key``/``config``: the CURVE keys to connect with, as for ``Client``.
+    """
     from . import actions, pages
+    from .access import initial
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        client = AsyncClient(endpoint, timeout=timeout_s)
-        sampler = Sampler(client, sample_interval_s)
+        client = AsyncClient(endpoint, timeout=timeout_s, key=key, broker_key=broker_key, config=config)
+        sampler = Sampler(client, sample_interval_s, initial((key or "configured") if client._r.curve else None))
         app.state.dash = Dashboard(endpoint, client, sampler, Guard(secret), _environment(), live_ms)
         sampler.start()
         try:
@@ -93,6 +99,7 @@ def create_app(endpoint: str, *, timeout_s: float = 3.0, sample_interval_s: floa
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
     handlers: Any = {BrokerUnreachable: _unreachable, ShoalError: _refused, Forbidden: _forbidden,
+                     actions.NotAllowed: _forbidden, BrokerForbidden: _forbidden,
                      HTTPException: _http_error, Exception: _crashed}
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
     app.add_middleware(HostCheck, loopback_only=loopback_only)
@@ -152,7 +159,8 @@ def render(request: Request, template: str, status: int = 200, **context: Any) -
     dash: Dashboard = request.app.state.dash
     ctx = {"request": request, "endpoint": dash.endpoint, "csrf": dash.guard.token(request),
            "live_ms": dash.live_ms, "now_ms": int(time.time() * 1000), "broker_error": dash.sampler.error,
-           "down_since_ms": dash.sampler.down_since_ms, "path": request.url.path, **context}
+           "down_since_ms": dash.sampler.down_since_ms, "path": request.url.path, "access": dash.sampler.access,
+           **context}
     page = dash.env.get_template(template)
     if request.headers.get("x-live") == "1" and "live" in page.blocks:
         banner = dash.env.get_template("_banner.html").render(ctx)

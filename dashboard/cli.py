@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
 import socket
 import sys
@@ -23,12 +22,9 @@ def parse_bind(text: str) -> tuple[str, int]:
 
 def is_loopback(host: str) -> bool:
     """Whether ``host`` names this machine only."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    from shoal.security import is_loopback_host
+
+    return is_loopback_host(host)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="broker endpoint (default: SHOAL_BROKER, else [broker] bind from the config, "
                              "else tcp://127.0.0.1:5555)")
     parser.add_argument("--config", metavar="FILE", help="config file (default: SHOAL_CONFIG, else ./shoal.toml)")
+    parser.add_argument("--key", metavar="FILE",
+                        help="the dashboard's secret CURVE key: an admin key may requeue and cancel, a client key "
+                             "only reads (default SHOAL_KEY, else [security] key)")
+    parser.add_argument("--broker-key", dest="broker_public_key", metavar="FILE",
+                        help="the broker's public CURVE key (default SHOAL_BROKER_KEY, else [security] "
+                             "broker_public_key)")
     parser.add_argument("--timeout", type=float, default=3.0, metavar="S",
                         help="seconds to wait for the broker to answer a page's request (default 3)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
@@ -63,10 +65,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     from shoal.endpoints import resolve_endpoint
     from shoal.errors import ConfigError
+    from shoal.security import client_keys, key_paths
 
     try:
         host, port = parse_bind(args.bind)
         endpoint = resolve_endpoint(args.broker, args.config)
+        key, broker_key, sources = key_paths(args.key, args.broker_public_key, args.config)
+        client_keys(key, broker_key, sources)  # a key that cannot be read is reported here, not per page
     except (ValueError, ConfigError) as exc:
         print(f"shoal dashboard: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -80,10 +85,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"shoal dashboard: serving http://{url_host}:{sock.getsockname()[1]}/ for the broker at {endpoint}",
           flush=True)
     if not loopback:
-        print("shoal dashboard: WARNING: not bound to loopback; anyone who reaches this address can requeue "
-              "and cancel jobs", file=sys.stderr, flush=True)
+        print("shoal dashboard: WARNING: not bound to loopback; anyone who reaches this address can do what "
+              "its key may (requeue and cancel with an admin key)", file=sys.stderr, flush=True)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(endpoint, timeout_s=args.timeout, loopback_only=loopback)
+    app = create_app(endpoint, timeout_s=args.timeout, loopback_only=loopback, key=key or None,
+                     broker_key=broker_key or None, config=args.config)
     config = uvicorn.Config(app, log_level=args.log_level, access_log=args.log_level == "debug",
                             timeout_graceful_shutdown=2)
     uvicorn.Server(config).run(sockets=[sock])

@@ -17,6 +17,8 @@ from typing import Any
 from shoal.client import AsyncClient
 from shoal.errors import ShoalError
 
+from .access import Access, probe
+
 log = logging.getLogger("shoal.dashboard")
 
 WINDOW_MS = 60_000          # a rate is measured over the last minute of samples
@@ -44,8 +46,9 @@ class Rate:
 class Sampler:
     """Polls ``stats()`` in the background and on demand; remembers the last answer or failure."""
 
-    def __init__(self, client: AsyncClient, interval_s: float = 2.0) -> None:
+    def __init__(self, client: AsyncClient, interval_s: float = 2.0, access: Access | None = None) -> None:
         self.client = client
+        self.access = access or Access()  # what the dashboard's key may do, learned on the first answer
         self.interval_s = interval_s
         self.samples: dict[str, deque[Sample]] = {}
         self.stats: dict[str, dict[str, Any]] = {}
@@ -91,6 +94,8 @@ class Sampler:
             return False
         self.error = None
         self._answered_at = time.monotonic()
+        if not self.access.checked:
+            self.access = await probe(self.client, self.access)
         self.stats, self.unrouted = dict(stats), dict(stats.unrouted)
         self.record(int(time.time() * 1000), self.stats)
         return True

@@ -7,6 +7,7 @@
     python scripts/bench.py replay [--entries N]             (scripts/bench_replay.py)
     python scripts/bench.py snapshot [--jobs N] [--samples S] (scripts/bench_replay.py)
     python scripts/bench.py breakdown | trace [--quick] [--repeat N] [--json]
+    python scripts/bench.py curve [--quick] [--repeat N] [--json]   (scripts/bench_curve.py)
 
 ``core`` (the default) measures enqueue throughput (one thread, sixteen threads on one
 client, ``enqueue_many`` batches), end-to-end throughput through one worker process,
@@ -206,9 +207,13 @@ class Cluster:
 
 # --- the floor --------------------------------------------------------------------------
 ECHO_SERVER = """
-import sys, zmq
+import os, sys, zmq
 ctx = zmq.Context()
 sock = ctx.socket(zmq.ROUTER)
+if os.environ.get("BENCH_CURVE_SECRET"):  # the curve phase's floor: the same echo over CURVE
+    sock.curve_server = True
+    sock.curve_secretkey = os.environ["BENCH_CURVE_SECRET"].encode()
+    sock.curve_publickey = os.environ["BENCH_CURVE_PUBLIC"].encode()
 sock.bind("tcp://127.0.0.1:*")
 print(sock.getsockopt_string(zmq.LAST_ENDPOINT), flush=True)
 while True:
@@ -219,16 +224,23 @@ while True:
 """
 
 
-def zmq_roundtrip_ms(samples: int) -> list[float]:
-    """A raw DEALER -> ROUTER -> DEALER round trip to another process on loopback."""
-    server = subprocess.Popen([sys.executable, "-c", ECHO_SERVER], stdout=subprocess.PIPE, text=True)
+def zmq_roundtrip_ms(samples: int, curve: bool = False, body_bytes: int = 32) -> list[float]:
+    """A raw DEALER -> ROUTER -> DEALER round trip to another process on loopback (``curve``: over CURVE)."""
+    env = dict(os.environ)
+    server_public, server_secret = zmq.curve_keypair()
+    if curve:
+        env.update(BENCH_CURVE_SECRET=server_secret.decode(), BENCH_CURVE_PUBLIC=server_public.decode())
+    server = subprocess.Popen([sys.executable, "-c", ECHO_SERVER], stdout=subprocess.PIPE, text=True, env=env)
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    if curve:
+        sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
+        sock.curve_serverkey = server_public
     try:
         assert server.stdout is not None
         sock.connect(server.stdout.readline().strip())
-        frames = [b"SHOAL1", b"PING", b"\x80" * 32]
+        frames = [b"SHOAL1", b"PING", b"\x80" * body_bytes]
 
         def once() -> None:
             sock.send_multipart(frames)
@@ -874,7 +886,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == [TRACED_BROKER]:
         return serve_traced_broker(*argv[1:4])
-    if argv[:1] in (["steps"], ["retention"]):  # kept in their own modules; same helpers
+    if argv[:1] in (["steps"], ["retention"], ["curve"]):  # kept in their own modules; same helpers
         module = __import__(f"bench_{argv[0]}")
         return int(module.main(argv[1:]))
     if argv[:1] in (["replay"], ["snapshot"]):  # recovery benchmarks, both in bench_replay.py

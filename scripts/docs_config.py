@@ -14,9 +14,11 @@ import re
 from collections.abc import Mapping
 
 from shoal.broker.cron import MAX_CATCH_UP, ON_TIME_MS
-from shoal.conf.checks import BROKER_KEYS, CRON_DEFAULTS, CRON_KEYS, CRON_REQUIRED, GROUP_KEYS, Checker, Invalid, rate
+from shoal.conf.checks import (BROKER_KEYS, CRON_DEFAULTS, CRON_KEYS, CRON_REQUIRED, GROUP_KEYS, SECURITY_KEYS, Checker,
+                               Invalid, rate)
 from shoal.conf.durations import DURATION_HINT
-from shoal.conf.loader import DEFAULT_CONFIG, ENV_BROKER_KEYS, FLAG_BROKER_KEYS, FLAG_GROUP_KEYS
+from shoal.conf.loader import (DEFAULT_CONFIG, ENV_BROKER_KEYS, ENV_SECURITY_KEYS, FLAG_BROKER_KEYS, FLAG_GROUP_KEYS,
+                               FLAG_SECURITY_KEYS)
 from shoal.conf.settings import BrokerSettings, GroupSettings
 from shoal.conf.show import _shown  # the one place that writes a value as shoal.toml takes it
 from shoal.conf.tables import TOP_LEVEL_TABLES
@@ -45,7 +47,26 @@ BROKER_MEANING = {
                  "(`false`: start none, as `broker --no-supervise`).",
     "events": "Endpoint of the lifecycle event stream (`shoal events`, `Client.events()`); empty: "
               "chosen next to `bind`.",
-    "metrics": "`host:port` serving Prometheus text at `/metrics`; empty: off.",
+    "metrics": "`host:port` serving Prometheus text at `/metrics`; empty: off. A host beyond loopback "
+               "needs `[security]` or `insecure`, as `bind` does.",
+    "metrics_token": "When set, `/metrics` answers only requests with `Authorization: Bearer <token>` "
+                     "(401 otherwise). Prometheus: `authorization: {credentials: ...}`. Shown as `(set)` by "
+                     "`shoal config --show`.",
+    "insecure": "Without `[security]`, the broker refuses to listen beyond loopback or ipc (`bind`, `events`, "
+                "`metrics`) unless this is true; its start line then says `insecure`.",
+}
+
+SECURITY_MEANING = {
+    "broker_secret_key": "Broker: its secret certificate (`shoal keygen broker`). Setting it turns CURVE on for "
+                         "every broker socket (commands and events), with the allow-lists below; nothing else "
+                         "gets in.",
+    "clients": "Broker: directory of public keys (`NAME.key`) allowed as clients: enqueue, wait, read "
+               "(stats, jobs, payloads, history, events).",
+    "admins": "Broker: directory of public keys allowed as admins: everything a client may, plus requeue "
+              "and cancel.",
+    "key": "Client, `shoal`, dashboard, worker: this program's own secret certificate (`NAME.key_secret`).",
+    "broker_public_key": "Client, `shoal`, dashboard, worker: the broker's public certificate (`broker.key`), "
+                         "so a program talks only to the real broker.",
 }
 
 GROUP_MEANING = {
@@ -193,6 +214,7 @@ def render(broker_parser: argparse.ArgumentParser, worker_parser: argparse.Argum
              _flag(worker_parser, key) if key in FLAG_GROUP_KEYS else "-", GROUP_MEANING[key]]
             for key, spec in GROUP_KEYS.items()]
     lines += _table(["key", "type", "default", "flag", "meaning"], rows)
+    lines += _security_section(worker_parser)
     lines += ["", "## `[cron.<name>]`", "",
               "One table per entry. Cron runs only in the broker: each tick's job and its \"last fired\" mark "
               "are stored in one transaction, so a tick is neither lost nor fired twice, and a new entry "
@@ -207,6 +229,29 @@ def render(broker_parser: argparse.ArgumentParser, worker_parser: argparse.Argum
               "same group are not held behind it.",
               "", "```toml", "[rates]", 'send-email = "20/m"', "```", ""]
     return "\n".join(lines)
+
+
+def _security_section(worker_parser: argparse.ArgumentParser) -> list[str]:
+    """``[security]`` and ``[security.workers]`` (see docs/security.md)."""
+    _same_keys(SECURITY_MEANING, SECURITY_KEYS, "[security]")
+    env_of = {key: var for var, key in ENV_SECURITY_KEYS.items()}
+    lines = ["", "## `[security]`", "",
+             "Transport security with CurveZMQ (docs/security.md). Paths are read relative to the working "
+             "directory, like `data`; whether a file exists is checked by the program that uses it, so one "
+             "file can serve the broker's host and the clients' hosts.", ""]
+    rows = []
+    for key, spec in SECURITY_KEYS.items():
+        also = [f"`{env_of[key]}`"] if key in env_of else []
+        also += [_flag(worker_parser, key), f"`shoal {_flag(worker_parser, key).split()[1]}"] \
+            if key in FLAG_SECURITY_KEYS else []
+        rows.append([f"`{key}`", expected(spec.check), "not set", ", ".join(also) or "-", SECURITY_MEANING[key]])
+    lines += _table(["key", "type", "default", "also set by", "meaning"], rows)
+    lines += ["", "### `[security.workers]`", "",
+              "`<group> = DIR`: a directory of public keys allowed to say HELLO for that group (and take its jobs), "
+              "one table entry per group. Workers the broker starts itself need no entry: each group gets a key "
+              "made in memory at broker start.", "",
+              "```toml", "[security.workers]", 'media = "keys/workers-media"', "```"]
+    return lines
 
 
 def _default(value: object) -> str:

@@ -26,7 +26,7 @@ import docs_config  # noqa: E402  (this directory, put on the path above)
 
 
 # `shoal` subcommands that shoal.cli.main hands to another module's main before parsing.
-DISPATCHED = {"config": "shoal.conf.show", "dashboard": "shoal.dashboard.cli"}
+DISPATCHED = {"config": "shoal.conf.show", "dashboard": "shoal.dashboard.cli", "keygen": "shoal.cli_keygen"}
 
 
 class _Captured(Exception):

@@ -65,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--timeout", type=_seconds, default=5.0, metavar="S",
                         help="seconds to wait for the broker to answer (default 5)")
     common.add_argument("--json", action="store_true", help="print JSON instead of text")
+    common.add_argument("--key", dest="curve_key", metavar="FILE",
+                        help="your secret CURVE key, NAME.key_secret (default SHOAL_KEY, else [security] key)")
+    common.add_argument("--broker-key", dest="broker_key", metavar="FILE",
+                        help="the broker's public CURVE key (default SHOAL_BROKER_KEY, else [security] "
+                             "broker_public_key)")
 
     parser = argparse.ArgumentParser(prog="shoal", description="Inspect and administer a Shoal broker.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -96,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     enqueue.add_argument("--group", metavar="G", help="the group to run it in (default: the learned route)")
     enqueue.add_argument("--delay", type=_seconds, metavar="S", help="run no sooner than S seconds from now")
     enqueue.add_argument("--priority", type=int, default=0, metavar="N", help="higher runs first (default 0)")
-    enqueue.add_argument("--key", metavar="K", help="deduplication key")
+    enqueue.add_argument("--dedup-key", dest="key", metavar="K",
+                         help="deduplication key (while a job with it is active, its id is returned instead)")
     enqueue.add_argument("--wait", action="store_true", help="wait for the job to finish and print its result")
     enqueue.add_argument("--wait-timeout", type=_seconds, default=60.0, metavar="S",
                          help="with --wait: give up after S seconds (default 60)")
@@ -114,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     # `config` is dispatched before parsing (see main); this entry only shows it in `shoal --help`.
     sub.add_parser("config", help="show the effective configuration (shoal config --show --help)", add_help=False)
     sub.add_parser("dashboard", help="serve a live web dashboard (shoal dashboard --help)", add_help=False)
+    sub.add_parser("keygen", help="make a CURVE key pair NAME.key and NAME.key_secret (shoal keygen --help)",
+                   add_help=False)
     return parser
 
 
@@ -129,6 +137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from shoal.dashboard.cli import main as dashboard_main
 
         return dashboard_main(args_list[1:])
+    if args_list and args_list[0] == "keygen":  # no broker involved
+        from shoal.cli_keygen import main as keygen_main
+
+        return keygen_main(args_list[1:])
     parser = build_parser()
     try:
         args = parser.parse_args(args_list)
@@ -156,13 +168,17 @@ def _run(args: argparse.Namespace) -> int:
     from shoal.client import Client
 
     try:
-        with Client(endpoint, timeout=args.timeout) as client:
+        with Client(endpoint, timeout=args.timeout, key=args.curve_key, broker_key=args.broker_key,
+                    config=args.config) as client:
             handler: Handler = args.handler
             return handler(client, args)
     except BrokerUnreachable as exc:
-        print(f"{prog}: {exc} (is the broker running? pick another with --broker or SHOAL_BROKER)",
-              file=sys.stderr)
+        print(f"{prog}: {exc} (is the broker running? pick another with --broker or SHOAL_BROKER; with "
+              f"transport security on, a key the broker does not allow gets no answer either)", file=sys.stderr)
         return EXIT_UNREACHABLE
+    except ConfigError as exc:  # a key file that cannot be read: nothing was sent
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except ShoalError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return EXIT_FAILED

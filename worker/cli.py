@@ -21,6 +21,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--concurrency", type=int, help="parallel runs (default: the group's `concurrency`)")
     parser.add_argument("--config", help="path to shoal.toml")
     parser.add_argument("--server", help="server name for [servers.NAME] blocks")
+    parser.add_argument("--key", metavar="FILE",
+                        help="this worker's secret CURVE key, NAME.key_secret (default SHOAL_KEY or [security] key)")
+    parser.add_argument("--broker-key", dest="broker_public_key", metavar="FILE",
+                        help="the broker's public CURVE key (default SHOAL_BROKER_KEY or [security] broker_public_key)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                         help="least severe level logged (default info; debug adds one line per lifecycle event)")
     parser.add_argument("--log-format", default="text", choices=["text", "json"],
@@ -42,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
             check_endpoint(endpoint)
         shell = build_worker(group=args.group, app=args.app, endpoint=args.connect,
                              concurrency=args.concurrency, config=args.config, server=args.server,
-                             env=os.environ)
+                             env=os.environ, key=args.key, broker_key=args.broker_public_key)
     except ConfigError as exc:
         print(f"worker: {exc}", file=sys.stderr)
         return 2

@@ -4,10 +4,11 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Mapping
+from collections.abc import Mapping, MutableMapping
 
-from shoal.conf.settings import DEFAULT_GROUP
+from shoal.conf.settings import DEFAULT_GROUP, Settings
 from shoal.errors import ConfigError
+from shoal.security import CurveKeys, client_keys, supervised_keys
 from shoal.workflow import Workflow, by_group, import_workflows, select
 
 from .runner import Runner
@@ -18,12 +19,19 @@ log = logging.getLogger("shoal.worker")
 
 def build_worker(*, group: str | None = None, app: str | list[str] | None = None, endpoint: str | None = None,
                  concurrency: int | None = None, config: str | None = None, server: str | None = None,
-                 env: Mapping[str, str] | None = None) -> WorkerShell:
-    """A ready-to-run worker: settings from the config chain, flags/arguments on top."""
+                 env: Mapping[str, str] | None = None, key: str | None = None,
+                 broker_key: str | None = None) -> WorkerShell:
+    """A ready-to-run worker: settings from the config chain, flags/arguments on top.
+
+    ``key``/``broker_key``: CURVE certificate paths (else SHOAL_KEY / SHOAL_BROKER_KEY, else
+    ``[security]``); a worker started by the broker uses the key the broker gave it instead.
+    """
     from shoal.conf import load_settings
 
     env = os.environ if env is None else env
-    settings = load_settings(config, server=server, env=env, flags={"server": server} if server else {})
+    flags = {"server": server, "key": key, "broker_public_key": broker_key}
+    settings = load_settings(config, server=server, env=env, flags=flags)
+    curve = _curve_keys(settings, env)
     name = group or DEFAULT_GROUP
     gs = settings.group(name)
     modules = [app] if isinstance(app, str) else list(app or gs.app)
@@ -36,11 +44,18 @@ def build_worker(*, group: str | None = None, app: str | list[str] | None = None
         group=name, concurrency=concurrency or gs.concurrency, server=settings.server,
         grace_s=gs.grace_s, heartbeat_interval_s=settings.broker.heartbeat_interval_s,
         max_jobs=gs.max_jobs, max_memory_mb=gs.max_memory_mb, max_step_bytes=settings.broker.max_step_bytes,
-        nice=gs.nice,
+        nice=gs.nice, curve=curve,
     )
     runner = Runner(workflows, name, options.concurrency, max_step_bytes=options.max_step_bytes,
                     timeout_s=gs.timeout_s)
     return WorkerShell(options, runner)
+
+
+def _curve_keys(settings: Settings, env: Mapping[str, str]) -> CurveKeys | None:
+    """The supervisor's key for this group if it gave one, else the configured key (or none)."""
+    given = supervised_keys(env) if isinstance(env, MutableMapping) else None
+    security = settings.security
+    return given or client_keys(security.key, security.broker_public_key, settings.security_sources)
 
 
 def _workflows_for(modules: list[str], group: str) -> dict[str, Workflow]:
@@ -79,14 +94,14 @@ class WorkerHandle:
 
 def run_worker(*, group: str | None = None, app: str | list[str] | None = None, endpoint: str | None = None,
                concurrency: int | None = None, config: str | None = None, server: str | None = None,
-               background: bool = False) -> WorkerHandle | int:
+               background: bool = False, key: str | None = None, broker_key: str | None = None) -> WorkerHandle | int:
     """Run a worker in this process.
 
     Blocking by default (returns the exit code when drained); with ``background=True``
     it runs in a daemon thread and returns a handle whose ``stop(timeout)`` drains it.
     """
     shell = build_worker(group=group, app=app, endpoint=endpoint, concurrency=concurrency,
-                         config=config, server=server)
+                         config=config, server=server, key=key, broker_key=broker_key)
     if background:
         return WorkerHandle(shell)
     return shell.run()

@@ -23,6 +23,7 @@ import zmq
 from shoal import protocol as P
 from shoal.ids import id_to_str
 from shoal.logs import banner
+from shoal.security import CurveKeys, apply_client_curve
 
 from .calls import Calls
 from .outbox import Outbox, encode_outcomes, log_outcome
@@ -49,6 +50,7 @@ class WorkerOptions:
     max_memory_mb: int = 0     # recycle when resident memory passes this; 0 = never
     max_step_bytes: int = 1024 * 1024
     nice: int = 0              # the group's OS priority (applied by the worker command)
+    curve: CurveKeys | None = None  # CURVE keys when the broker has transport security on
 
 
 class WorkerShell:
@@ -136,6 +138,7 @@ class WorkerShell:
             self.sock.close(0)
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        apply_client_curve(self.sock, self.options.curve)
         self.sock.connect(self.options.endpoint)
         self.poller = zmq.Poller()
         self.poller.register(self.sock, zmq.POLLIN)
@@ -313,8 +316,8 @@ class WorkerShell:
     def _on_error(self, body: dict[str, Any]) -> None:
         message = f"{body.get('code')}: {body.get('message')}"
         log.error("broker refused: %s", message)
-        if body.get("rid") is None and body.get("code") == P.E_BAD_REQUEST:
-            self.refused = message  # our HELLO was refused (e.g. a workflow claimed by two groups)
+        if body.get("rid") is None and body.get("code") in (P.E_BAD_REQUEST, P.E_FORBIDDEN):
+            self.refused = message  # our HELLO was refused (a workflow claimed by two groups, a key of another group)
 
     def _start(self, jobs: list[dict[str, Any]]) -> None:
         for job in jobs:
