@@ -1,6 +1,6 @@
 """`python -m shoal.broker`."""
 import sys
 
-from .cli import main
+from .shell.cli import main
 
 sys.exit(main())

@@ -1,7 +1,7 @@
 """What the dashboard's own key may do, so the pages can say it and disable what it may not.
 
 With transport security on, the dashboard connects with a client or an admin key. Only an
-admin key may requeue and cancel (broker/roles.py). The broker has no "who am I" command, so
+admin key may requeue and cancel (broker/core/commands.py). The broker has no "who am I" command, so
 the dashboard asks it the cheapest admin question there is, once: requeue a job id that cannot
 exist (all zeros). An admin key gets "not requeued" (nothing changes); any other key gets a
 ``Forbidden`` whose message names the key and its roles as the broker sees them.

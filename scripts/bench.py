@@ -547,7 +547,7 @@ def serve_traced_broker(config: str, data: str, events_path: str) -> int:
     outside. ``time.perf_counter`` is CLOCK_MONOTONIC on Linux, so stamps compare across
     processes. The events are written to ``events_path`` when the broker stops.
     """
-    from shoal.broker.server import BrokerServer
+    from shoal.broker.shell.server import BrokerServer
     from shoal.conf import load_settings
 
     events: list[tuple[float, str, Any]] = []

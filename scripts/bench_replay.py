@@ -46,7 +46,7 @@ import lmdb
 from bench import (CONFIG_TOML, SCRIPTS, TMP_ROOT, Cluster, Proc, Row, machine, percentile, print_table,
                    progress, summarize, wait_until)  # scripts/ is on sys.path when this runs as a script
 from shoal import jobs as J
-from shoal.broker.store import Batch, Store
+from shoal.broker.storage.store import Batch, Store
 from shoal.ids import new_job_id
 from shoal.protocol import pack
 

@@ -13,7 +13,7 @@ import argparse
 import re
 from collections.abc import Mapping
 
-from shoal.broker.cron import MAX_CATCH_UP, ON_TIME_MS
+from shoal.broker.core.crontab import MAX_CATCH_UP, ON_TIME_MS
 from shoal.conf.checks import (BROKER_KEYS, CRON_DEFAULTS, CRON_KEYS, CRON_REQUIRED, GROUP_KEYS, SECURITY_KEYS, Checker,
                                Invalid, rate)
 from shoal.conf.durations import DURATION_HINT

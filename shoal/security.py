@@ -6,7 +6,7 @@ Keys are pyzmq ``zmq.auth`` certificates: ``NAME.key`` holds the public key, ``N
 ``SHOAL_KEY``, ``--key``) and the broker's public one (``broker_public_key``,
 ``SHOAL_BROKER_KEY``, ``--broker-key``), flag first, then the environment, then the config, as
 for the endpoint. Neither set: a plain connection (a broker with CURVE on drops it). The broker's
-side (authenticator, allow-lists, roles) is ``shoal.broker.security``.
+side (authenticator, allow-lists, roles) is ``shoal.broker.shell.security``.
 """
 from __future__ import annotations
 

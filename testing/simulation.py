@@ -17,10 +17,10 @@ from types import ModuleType
 from typing import Any, Callable, Union
 
 from shoal import protocol as P
-from shoal.broker.broker import Broker
+from shoal.broker.core import Broker
 from shoal.broker.core import Outgoing
-from shoal.broker.history_reader import _history_reply  # the same reply the server's reader sends
-from shoal.broker.memstore import MemoryStore
+from shoal.broker.recovery.history_reader import _history_reply  # the same reply the server's reader sends
+from shoal.broker.storage.memstore import MemoryStore
 from shoal.conf import Settings, load_settings
 from shoal.errors import ConfigError
 from shoal.workflow import Workflow, import_workflows, select, workflows_in

@@ -10,8 +10,8 @@ import pytest
 
 from shoal import jobs as J
 from shoal import protocol as P
-from shoal.broker.broker import Broker
-from shoal.broker.memstore import MemoryStore
+from shoal.broker.core import Broker
+from shoal.broker.storage.memstore import MemoryStore
 from shoal.conf import load_settings
 from shoal.errors import ConfigError
 from shoal.ids import new_job_id

@@ -14,10 +14,10 @@ import pytest
 
 from shoal import jobs as J
 from shoal import protocol as P
-from shoal.broker.broker import Broker
-from shoal.broker.contract import CoreStore
-from shoal.broker.memstore import MemoryStore
-from shoal.broker.store import Store
+from shoal.broker.core import Broker
+from shoal.broker.storage.contract import CoreStore
+from shoal.broker.storage.memstore import MemoryStore
+from shoal.broker.storage.store import Store
 from shoal.conf.settings import GroupSettings, Settings
 from shoal.ids import new_job_id
 

@@ -12,8 +12,8 @@ import pytest
 from shoal import faults
 from shoal import jobs as J
 from shoal import protocol as P
-from shoal.broker.broker import Broker
-from shoal.broker.memstore import MemoryStore
+from shoal.broker.core import Broker
+from shoal.broker.storage.memstore import MemoryStore
 from shoal.ids import new_job_id
 
 from test_broker_core import CLIENT, WORKER, Harness, Msg, dispatched, errors, only

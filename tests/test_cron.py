@@ -1,4 +1,4 @@
-"""shoal.broker.cron: which ticks fire, given the time now and the tick each entry last fired.
+"""shoal.broker.core.crontab: which ticks fire, given the time now and the tick each entry last fired.
 
 Pure logic with an explicit clock: no broker, no sockets, no sleeping.
 """
@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from shoal.broker.cron import (
+from shoal.broker.core.crontab import (
     MAX_CATCH_UP,
     ON_TIME_MS,
     CronEntry,

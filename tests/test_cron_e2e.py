@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 
-from shoal.broker.cron import cron_job_id
+from shoal.broker.core.crontab import cron_job_id
 
 from conftest import DEFAULT_TOML, Cluster, lines, wait_for
 

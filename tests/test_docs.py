@@ -89,7 +89,7 @@ def test_every_shoal_command_has_a_summary() -> None:
 
 
 def test_metrics_reference_lists_what_the_broker_exports() -> None:
-    from shoal.broker.metrics import METRICS
+    from shoal.broker.shell.metrics import METRICS
 
     page = gen_docs.render_metrics()
     assert all(f"| `{name}` | {kind} | `group` |" in page for name, _, kind, _ in METRICS)

@@ -12,7 +12,7 @@ import pytest
 from shoal import jobs as J
 from shoal import protocol as P
 from shoal.broker.core import Outgoing
-from shoal.broker.memstore import MemoryStore
+from shoal.broker.storage.memstore import MemoryStore
 from shoal.ids import new_job_id
 
 from test_broker_core import CLIENT, LEASE_S, OTHER_WORKER, WORKER, Harness, Msg, dispatched, errors, only

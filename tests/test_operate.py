@@ -8,8 +8,8 @@ import subprocess
 import sys
 
 from shoal import cli, cli_ops
-from shoal.broker.cron import CronEntry, CronSchedule
-from shoal.broker.cron_hints import seconds_first_hint
+from shoal.broker.core.crontab import CronEntry, CronSchedule
+from shoal.broker.core.cron_hints import seconds_first_hint
 
 from conftest import DEFAULT_TOML, Cluster, wait_for
 

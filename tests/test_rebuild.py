@@ -14,11 +14,11 @@ import pytest
 
 from shoal import jobs as J
 from shoal import protocol as P
-from shoal.broker import rebuild, replay
-from shoal.broker.history import history_rows
-from shoal.broker.lock import DataDirInUse
-from shoal.broker.rebuild import OPS, ReplayError, State, apply_entry
-from shoal.broker.store import Batch, NotADataDir, Store
+from shoal.broker.recovery import rebuild, replay
+from shoal.broker.recovery.history import history_rows
+from shoal.broker.shell.lock import DataDirInUse
+from shoal.broker.recovery.rebuild import OPS, ReplayError, State, apply_entry
+from shoal.broker.storage.store import Batch, NotADataDir, Store
 from shoal.ids import id_to_str, new_job_id
 
 T0 = 1_700_000_000_000

@@ -20,7 +20,7 @@ from typing import Any, Iterator
 import lmdb
 import pytest
 
-from shoal.broker.store import Store
+from shoal.broker.storage.store import Store
 from shoal.client import Client, Result
 from shoal.ids import id_from_str
 from shoal.protocol import pack, unpack

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from shoal import protocol as P
-from shoal.broker.memstore import MemoryStore
+from shoal.broker.storage.memstore import MemoryStore
 from shoal.broker.core.commands import ADMIN, CLIENT, ROLE_OF, WORKER, Principal, refusal
 from shoal.ids import new_job_id
 

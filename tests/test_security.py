@@ -269,7 +269,7 @@ def test_a_message_of_many_frames_is_refused_not_a_traceback(secured: Cluster, k
 def test_with_the_authenticator_stopped_new_connections_get_nothing(tmp_path: Path, keys: Keys) -> None:
     """ZAP_ENFORCE_DOMAIN: no authenticator answering means no handshake completes (fails closed).
     The broker runs in this process here, so the test can stop its authenticator thread."""
-    from shoal.broker.server import BrokerServer
+    from shoal.broker.shell.server import BrokerServer
     from shoal.conf import load_settings
 
     config = tmp_path / "shoal.toml"

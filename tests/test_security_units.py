@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from shoal.broker.metrics import MetricsServer
-from shoal.broker.roles import ADMIN, CLIENT, WORKER
-from shoal.broker.security import KeyRing, is_local, refuse_exposure
+from shoal.broker.shell.metrics import MetricsServer
+from shoal.broker.core.commands import ADMIN, CLIENT, WORKER
+from shoal.broker.shell.security import KeyRing, is_local, refuse_exposure
 from shoal.conf import load_settings
 from shoal.errors import ConfigError
 from shoal.security import client_keys, keygen, resolve_keys
@@ -153,7 +153,7 @@ def test_config_show_does_not_print_the_metrics_token(tmp_path: Path) -> None:
 
 
 def test_allow_lists_without_a_broker_key_are_reported(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from shoal.broker.security import security_note
+    from shoal.broker.shell.security import security_note
 
     settings = load_settings(write(tmp_path, '[security]\nclients = "c"\n'), env={})
     assert security_note(None, settings) == "no [security]: loopback and ipc only"

@@ -92,8 +92,8 @@ def test_a_broker_killed_during_a_snapshot_loses_nothing(cluster_factory) -> Non
 
 def test_replay_of_a_log_trimmed_to_empty_restores_everything_from_the_snapshot(tmp_path) -> None:
     from shoal import protocol as P
-    from shoal.broker.broker import Broker
-    from shoal.broker.store import Batch, Store
+    from shoal.broker.core import Broker
+    from shoal.broker.storage.store import Batch, Store
     from shoal.conf import Settings
     from shoal.ids import new_job_id
 
@@ -123,8 +123,8 @@ def test_replay_of_a_log_trimmed_to_empty_restores_everything_from_the_snapshot(
 
 def test_a_snapshot_written_over_an_old_one_is_byte_for_byte_lmdbs_own_compacted_copy(tmp_path) -> None:
     from shoal import protocol as P
-    from shoal.broker.broker import Broker
-    from shoal.broker.store import Store
+    from shoal.broker.core import Broker
+    from shoal.broker.storage.store import Store
     from shoal.conf import Settings
     from shoal.ids import new_job_id
 

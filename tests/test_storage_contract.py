@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from shoal.broker.batch import Batch
-from shoal.broker.contract import CoreStore
-from shoal.broker.memstore import MemoryStore
-from shoal.broker.store import Store
+from shoal.broker.storage.batch import Batch
+from shoal.broker.storage.contract import CoreStore
+from shoal.broker.storage.memstore import MemoryStore
+from shoal.broker.storage.store import Store
 from shoal.errors import StorageFull
 from shoal.ids import new_job_id
 

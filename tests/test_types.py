@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 STRICT = ["shoal/jobs.py", "shoal/protocol.py", "shoal/messages.py", "shoal/faults.py", "broker/core",
-          "broker/batch.py", "broker/contract.py", "broker/memstore.py", "broker/roles.py", "broker/broker.py"]
+          "broker/storage/batch.py", "broker/storage/contract.py", "broker/storage/memstore.py"]
 
 pytestmark = pytest.mark.skipif(shutil.which("mypy") is None and not Path(sys.executable).with_name("mypy").exists(),
                                 reason="mypy is not installed (pip install -e '.[test]')")

@@ -17,7 +17,7 @@ from shoal import protocol as P
 from shoal.conf.settings import Settings
 from shoal.messages import JobItem
 
-from ..contract import CoreStore
+from ..storage.contract import CoreStore
 from .demand import Demand
 from .dispatch import Dispatch
 from .effects import Clock

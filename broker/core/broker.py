@@ -16,8 +16,8 @@ from shoal import protocol as P
 from shoal.conf.settings import Settings
 from shoal.errors import ProtocolError
 
-from ..batch import Batch
-from ..contract import CoreStore
+from ..storage.batch import Batch
+from ..storage.contract import CoreStore
 from .commands import COMMANDS, Command, Principal, refusal
 from .demand import Demand
 from .effects import Clock, Outgoing

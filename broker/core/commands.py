@@ -91,7 +91,7 @@ def refusal(principal: Principal | None, command: bytes, body: Mapping[str, Any]
         return None  # not a command at all: the handler lookup refuses it as a protocol error
     if not principal.may(role):
         held = ", ".join(sorted(principal.roles)) or "no role"
-        return f"key {principal.name!r} ({held}) may not send {command.decode()}: it needs a {role} key"
+        return f"key {principal.name!r} ({held}) may not send {command.decode()}: it needs {'an' if role == ADMIN else 'a'} {role} key"
     if command == P.HELLO:
         group = body.get("group")
         if group not in principal.groups:

@@ -2,7 +2,7 @@
 
 Invariant: a tick's "last fired" mark is written in the same batch as the job it enqueued
 (``mark``), so a crash can neither lose nor repeat a tick; an entry first seen is marked at
-once, so it never fires for the past. Which ticks fire is ``shoal.broker.cron``'s pure answer.
+once, so it never fires for the past. Which ticks fire is ``shoal.broker.core.crontab``'s pure answer.
 """
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import logging
 
 from shoal.conf.settings import Settings
 
-from ..contract import CoreStore
-from ..cron import CronSchedule, entries_from_settings
-from ..cron_hints import seconds_first_hint
+from ..storage.contract import CoreStore
+from .crontab import CronSchedule, entries_from_settings
+from .cron_hints import seconds_first_hint
 from . import undo as U
 from .effects import Effects
 

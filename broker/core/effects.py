@@ -16,7 +16,7 @@ from shoal import protocol as P
 from shoal.faults import trip
 from shoal.ids import id_to_str
 
-from ..batch import Batch
+from ..storage.batch import Batch
 from .undo import Undo, put
 
 log = logging.getLogger("shoal.broker")

@@ -20,7 +20,7 @@ from shoal import jobs as J
 from shoal.ids import id_to_str
 from shoal.messages import JobItem
 
-from ..contract import CoreStore
+from ..storage.contract import CoreStore
 from . import undo as U
 from .dispatch import Dispatch
 from .effects import Clock, Effects

@@ -11,7 +11,7 @@ import random
 
 from shoal.conf.settings import Settings
 
-from ..contract import CoreStore
+from ..storage.contract import CoreStore
 from .quiet import QuietLog, Strikes
 from .admission import Admission
 from .cron import CronState

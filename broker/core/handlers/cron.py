@@ -13,7 +13,7 @@ import logging
 from shoal import messages as M
 from shoal import protocol as P
 
-from ...cron import cron_job_id
+from ..crontab import cron_job_id
 from ..state import Core
 from .enqueue import admit
 

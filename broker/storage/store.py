@@ -37,8 +37,8 @@ from shoal.faults import fault
 from shoal.protocol import pack, unpack
 
 from .batch import Batch
-from .lock import DataDirLock
-from .snapshot import Snapshot
+from ..shell.lock import DataDirLock
+from ..recovery.snapshot import Snapshot
 
 SCHEMA_VERSION = 1
 _U64 = struct.Struct(">Q")

@@ -27,7 +27,7 @@ from shoal.conf.settings import GroupSettings, Settings
 from shoal.logs import child_line, logging_json
 from shoal.security import SUPERVISED_ENV, CurveKeys
 
-from .core.demand import Demand  # the core computes it; the supervisor scales on it
+from ..core.demand import Demand  # the core computes it; the supervisor scales on it
 
 log = logging.getLogger("shoal.broker.supervisor")
 

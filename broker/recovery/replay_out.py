@@ -10,7 +10,7 @@ from typing import Any, Iterable, Iterator
 from shoal.protocol import pack
 
 from .rebuild import State
-from .store import Batch, Store
+from ..storage.store import Batch, Store
 
 
 class NewDirJobs:

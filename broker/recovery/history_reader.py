@@ -22,7 +22,7 @@ from shoal import protocol as P
 from shoal.ids import id_to_str
 
 from .history import history_rows
-from .store import Store
+from ..storage.store import Store
 
 log = logging.getLogger("shoal.broker")
 MAX_HISTORY = 10_000  # rows in one reply; the oldest beyond it are counted, not sent

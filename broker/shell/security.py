@@ -29,8 +29,8 @@ from shoal.conf.settings import Settings
 from shoal.errors import ConfigError
 from shoal.security import CurveKeys, is_loopback_host, read_certificate
 
-from .quiet import QuietLog
-from .roles import ADMIN, CLIENT, WORKER, Principal
+from ..core.quiet import QuietLog
+from ..core.commands import ADMIN, CLIENT, WORKER, Principal
 
 log = logging.getLogger("shoal.broker.security")
 

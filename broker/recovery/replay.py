@@ -27,7 +27,7 @@ from shoal.errors import ConfigError, ShoalError
 from .rebuild import ReplayError, State, apply_entry, decode_stored
 from .snapshot import Snapshot
 from .replay_out import NewDirJobs, the_rest
-from .store import LOG_BASE, Store
+from ..storage.store import LOG_BASE, Store
 from .verify import differences, stored_state
 
 EXIT_OK, EXIT_DIFFERENT, EXIT_REFUSED = 0, 1, 2

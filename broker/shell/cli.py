@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `broker` command (and of `broker replay ...`, see replay.py)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["replay"]:  # a subcommand, kept out of the main parser so `broker [flags]` stays as it is
-        from .replay import main as replay_main
+        from ..recovery.replay import main as replay_main
 
         return replay_main(argv[1:])
     args = build_parser().parse_args(argv)

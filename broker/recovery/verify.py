@@ -15,7 +15,7 @@ from shoal.ids import id_to_str
 
 from .rebuild import State, decode_stored
 from .snapshot import Snapshot, split_expiry_key
-from .store import CRON_PREFIX
+from ..storage.store import CRON_PREFIX
 
 _MISSING = object()
 VALUE_CHARS = 80

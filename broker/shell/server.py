@@ -19,15 +19,15 @@ from shoal.errors import StorageFull
 from shoal.faults import fault
 from shoal.logs import banner
 
-from .broker import Broker
-from .core import Clock, Outgoing
+from ..core import Broker
+from ..core import Clock, Outgoing
 from .events import Events, events_endpoint
-from .history_reader import HistoryReader
+from ..recovery.history_reader import HistoryReader
 from .metrics import MetricsServer
 from .metrics import render as render_metrics
 from .security import ServerCurve, refuse_exposure, security_note
-from .snapshots import Snapshots
-from .store import Store
+from ..storage.snapshots import Snapshots
+from ..storage.store import Store
 from .supervisor import Supervisor
 
 log = logging.getLogger("shoal.broker")
