@@ -317,9 +317,11 @@ class WorkerShell:
             self.refused = message  # our HELLO was refused (e.g. a workflow claimed by two groups)
 
     def _start(self, jobs: list[dict[str, Any]]) -> None:
+        logged = log.isEnabledFor(logging.INFO)  # once a batch: id_to_str per job is not free
         for job in jobs:
             self.inflight[job["id"]] = job["token"]
-            log.info("job %s (%s) received, attempt %s", id_to_str(job["id"]), job["wf"], job.get("attempt"))
+            if logged:
+                log.info("job %s (%s) received, attempt %s", id_to_str(job["id"]), job["wf"], job.get("attempt"))
             self.runner.submit(job, self._on_outcome)
 
     def _police_runs(self, now: float) -> None:
