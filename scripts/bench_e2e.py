@@ -41,33 +41,40 @@ def load() -> str:
     return f"{one:.2f} / {five:.2f} / {fifteen:.2f}"
 
 
+def spy(pids: dict[str, int], out_dir: str | None) -> list[subprocess.Popen[bytes]]:
+    """Start py-spy on each process (raw collapsed stacks into ``out_dir/NAME.txt``); none without a dir."""
+    if not out_dir:
+        return []
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return [subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--nonblocking", "--threads",
+                              "-r", "250", "-f", "raw", "-o", str(out / f"{name}.txt"), "-p", str(pid)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for name, pid in pids.items()]
+
+
+def stop_spies(spies: list[subprocess.Popen[bytes]]) -> None:
+    for proc in spies:
+        proc.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        proc.wait(10)
+
+
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     """One end-to-end run in this interpreter (imports bench.py from this directory)."""
     sys.path.insert(0, str(SCRIPTS))
     import bench  # noqa: E402  (a script beside this one, not a package)
 
-    spies: list[subprocess.Popen[bytes]] = []
     with bench.Cluster("e2e-ab") as c:
         c.start_broker()
         worker = c.start_worker("bench", args.concurrency)
-        if args.py_spy:
-            out = Path(args.py_spy)
-            out.mkdir(parents=True, exist_ok=True)
-            assert c.broker is not None
-            for name, pid in (("broker", c.broker.popen.pid), ("worker", worker.popen.pid)):
-                spies.append(subprocess.Popen(
-                    [str(Path(sys.executable).parent / "py-spy"), "record", "--nonblocking", "--threads", "-r", "250", "-f", "raw",
-                     "-o", str(out / f"{name}.txt"), "-p", str(pid)],
-                    stdout=subprocess.DEVNULL, stderr=open(out / f"{name}.err", "w")))
         assert c.broker is not None
         pids = {"broker": c.broker.popen.pid, "worker": worker.popen.pid}
+        spies = spy(pids, args.py_spy)
         cpu0 = {name: bench.cpu_seconds(pid) for name, pid in pids.items()}
         result = bench.end_to_end(c.client(), args.total, args.batch)
         for name, pid in pids.items():  # CPU per job: steadier than wall time on a shared machine
             result[f"{name}_cpu_us"] = (bench.cpu_seconds(pid) - cpu0[name]) / args.total * 1e6
-        for spy in spies:
-            spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
-            spy.wait(10)
+        stop_spies(spies)
     return result
 
 
@@ -108,6 +115,7 @@ def measure_worker(args: argparse.Namespace) -> dict[str, Any]:
         identity, *frames = router.recv_multipart()
         command, body = P.decode(frames)
         assert command == P.HELLO, command
+        spies = spy({"worker": worker.popen.pid}, args.py_spy)
         cpu0, t0, done = bench.cpu_seconds(worker.popen.pid), time.perf_counter(), 0
         router.send_multipart([identity, *jobs(int(body["slots"]))])
         while done < args.total:
@@ -123,6 +131,7 @@ def measure_worker(args: argparse.Namespace) -> dict[str, Any]:
                 router.send_multipart([identity, *P.encode(P.HEARTBEAT, {})])
         elapsed = time.perf_counter() - t0
         cpu = bench.cpu_seconds(worker.popen.pid) - cpu0
+        stop_spies(spies)
     finally:
         worker.stop()
         router.close(0)
