@@ -96,7 +96,7 @@ def measure_worker(args: argparse.Namespace) -> dict[str, Any]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in [str(SCRIPTS), env.get("PYTHONPATH", "")] if p)
     workdir = tempfile.mkdtemp(prefix="shoal-bench-worker-")
-    worker = bench.Proc([sys.executable, "-m", "shoal.worker", "--group", "bench", "--app", "bench_app",
+    worker = bench.Proc([*(os.environ.get("SHOAL_BENCH_WORKER_WRAP", "").split() or [sys.executable]), "-m", "shoal.worker", "--group", "bench", "--app", "bench_app",
                          "--connect", f"tcp://127.0.0.1:{port}", "--concurrency", str(args.concurrency),
                          "--log-level", "warning"], Path(workdir) / "worker.log", env, Path(workdir))
     payload = P.pack({"i": 1})
