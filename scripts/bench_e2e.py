@@ -16,7 +16,7 @@ client, broker and worker all come from the tree under test; the phase itself
 broker in this process (a ROUTER that answers HELLO with jobs, and every DONE with as many
 new jobs as it reported), so the worker's CPU per job is seen without the broker's noise.
 
-``--py-spy DIR`` records the broker and worker of a single run with py-spy (its
+``--profile DIR`` runs the broker under cProfile; ``--py-spy DIR`` records the broker and worker of a single run with py-spy (its
 ``--nonblocking`` sampling, so the figures are those of a normal run, within noise).
 """
 from __future__ import annotations
@@ -64,7 +64,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     sys.path.insert(0, str(SCRIPTS))
     import bench  # noqa: E402  (a script beside this one, not a package)
 
-    with bench.Cluster("e2e-ab") as c:
+    profile = Path(args.profile).resolve() if args.profile else None
+    if profile is not None:
+        profile.mkdir(parents=True, exist_ok=True)
+    with bench.Cluster("e2e-ab", profile_dir=profile) as c:
         c.start_broker()
         worker = c.start_worker("bench", args.concurrency)
         assert c.broker is not None
@@ -96,7 +99,7 @@ def measure_worker(args: argparse.Namespace) -> dict[str, Any]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in [str(SCRIPTS), env.get("PYTHONPATH", "")] if p)
     workdir = tempfile.mkdtemp(prefix="shoal-bench-worker-")
-    worker = bench.Proc([*(os.environ.get("SHOAL_BENCH_WORKER_WRAP", "").split() or [sys.executable]), "-m", "shoal.worker", "--group", "bench", "--app", "bench_app",
+    worker = bench.Proc([sys.executable, "-m", "shoal.worker", "--group", "bench", "--app", "bench_app",
                          "--connect", f"tcp://127.0.0.1:{port}", "--concurrency", str(args.concurrency),
                          "--log-level", "warning"], Path(workdir) / "worker.log", env, Path(workdir))
     payload = P.pack({"i": 1})
@@ -178,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON line (used by --ab)")
     parser.add_argument("--ab", nargs="+", metavar="NAME=SITE", help="alternate runs between source trees")
     parser.add_argument("--runs", type=int, default=3, help="runs of each tree with --ab")
+    parser.add_argument("--profile", metavar="DIR", help="run the broker under cProfile (DIR/broker-e2e-ab.prof)")
     parser.add_argument("--py-spy", metavar="DIR", help="record the broker and worker with py-spy into DIR")
     args = parser.parse_args(argv)
     if args.ab:
