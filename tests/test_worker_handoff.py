@@ -17,7 +17,7 @@ from shoal.worker.runner import KIND_CANCELLED, Outcome, Runner
 from shoal.worker.shell import WorkerOptions, WorkerShell
 
 from conftest import wait_for
-from test_worker_faults import WireEnd
+from test_worker_faults import WireEnd, drain_over_wire, stop_over_wire
 
 GATE = threading.Event()      # blocking handlers wait here; each test sets it before it ends
 ACTIVE = [0, 0]               # handlers running now, the most ever at once
@@ -157,12 +157,6 @@ def test_results_keep_their_order_through_the_batched_hand_off(tmp_path: Path) -
             results.extend(wire.expect(P.DONE)["results"])
         assert [(r[0], r[1], P.unpack(r[2])) for r in results] == [(_job(i)["id"], i + 1, i) for i in range(300)]
         wait_for(lambda: not shell.inflight, what="the in-flight table to empty")
-        shell.drain()
-        assert wire.expect(P.READY)["slots"] == 0
-        wire.expect(P.BYE)
-        thread.join(10)
-        assert not thread.is_alive()
+        drain_over_wire(shell, thread, wire)
     finally:
-        shell.stop_now()
-        thread.join(10)
-        wire.close()
+        stop_over_wire(shell, thread, wire)
