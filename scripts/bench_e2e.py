@@ -14,7 +14,8 @@ client, broker and worker all come from the tree under test; the phase itself
 
 ``--phase worker`` measures the worker alone: a real worker process fed by a stand-in
 broker in this process (a ROUTER that answers HELLO with jobs, and every DONE with as many
-new jobs as it reported), so the worker's CPU per job is seen without the broker's noise.
+new jobs as it reported), so the worker's CPU per job is seen without the broker's noise;
+``--in-flight 1`` sends one job at a time, and the JOB-to-DONE latency is the two hand-offs'.
 
 ``--profile DIR`` runs the broker under cProfile; ``--py-spy DIR`` records the broker and worker of a single run with py-spy (its
 ``--nonblocking`` sampling, so the figures are those of a normal run, within noise).
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 SCRIPTS = Path(__file__).resolve().parent
-CPU_KEYS = ("broker_cpu_us", "worker_cpu_us")
+CPU_KEYS = ("broker_cpu_us", "worker_cpu_us", "job_to_done_p50_us", "job_to_done_p99_us")
 
 
 def load() -> str:
@@ -104,12 +105,17 @@ def measure_worker(args: argparse.Namespace) -> dict[str, Any]:
                          "--log-level", "warning"], Path(workdir) / "worker.log", env, Path(workdir))
     payload = P.pack({"i": 1})
     made = [0]
+    sent_at: dict[int, float] = {}   # lease token -> when its JOB left
+    latencies: list[float] = []
 
     def jobs(n: int) -> list[bytes]:
         n = min(n, args.total - made[0])
         batch = [{"id": new_job_id(), "token": made[0] + i + 1, "wf": "noop", "payload": payload,
                   "attempt": 1, "max_retries": 0} for i in range(n)]
         made[0] += n
+        now = time.perf_counter()
+        for job in batch:
+            sent_at[job["token"]] = now
         return P.encode(P.JOB, {"jobs": batch})
 
     try:
@@ -120,7 +126,7 @@ def measure_worker(args: argparse.Namespace) -> dict[str, Any]:
         assert command == P.HELLO, command
         spies = spy({"worker": worker.popen.pid}, args.py_spy)
         cpu0, t0, done = bench.cpu_seconds(worker.popen.pid), time.perf_counter(), 0
-        router.send_multipart([identity, *jobs(int(body["slots"]))])
+        router.send_multipart([identity, *jobs(min(int(body["slots"]), args.in_flight or args.total))])
         while done < args.total:
             if not router.poll(10_000):
                 raise RuntimeError(f"the worker went quiet after {done} jobs:\n{worker.output()}")
@@ -128,6 +134,8 @@ def measure_worker(args: argparse.Namespace) -> dict[str, Any]:
             command, body = P.decode(frames)
             if command == P.DONE:
                 done += len(body["results"])
+                now = time.perf_counter()
+                latencies.extend(now - sent_at.pop(r[1]) for r in body["results"])
                 if made[0] < args.total:
                     router.send_multipart([identity, *jobs(len(body["results"]))])
             elif command == P.HEARTBEAT:
@@ -139,8 +147,10 @@ def measure_worker(args: argparse.Namespace) -> dict[str, Any]:
         worker.stop()
         router.close(0)
         ctx.term()
+    latencies.sort()
     return {"jobs_s": args.total / elapsed, "elapsed_s": elapsed, "send_s": 0.0, "broker_cpu_us": 0.0,
-            "worker_cpu_us": cpu / args.total * 1e6}
+            "worker_cpu_us": cpu / args.total * 1e6, "job_to_done_p50_us": bench.percentile(latencies, 50) * 1e6,
+            "job_to_done_p99_us": bench.percentile(latencies, 99) * 1e6}
 
 
 def ab(args: argparse.Namespace) -> int:
@@ -154,20 +164,22 @@ def ab(args: argparse.Namespace) -> int:
             env = dict(os.environ)
             env["PYTHONPATH"] = os.pathsep.join(p for p in [site, env.get("PYTHONPATH", "")] if p)
             cmd = [sys.executable, __file__, "--json", "--phase", args.phase, "--total", str(args.total), "--batch", str(args.batch),
-                   "--concurrency", str(args.concurrency)]
+                   "--concurrency", str(args.concurrency), "--in-flight", str(args.in_flight)]
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
             fig = json.loads(out.strip().splitlines()[-1])
             runs[name].append(fig["jobs_s"])
             for key in CPU_KEYS:
-                cpu[name][key].append(fig[key])
+                cpu[name][key].append(fig.get(key, 0.0))
             print(f"run {i + 1} {name}: {fig['jobs_s']:,.0f} jobs/s (send {fig['send_s']:.2f} s), CPU per job: "
-                  f"broker {fig['broker_cpu_us']:.0f} us, worker {fig['worker_cpu_us']:.0f} us "
+                  f"broker {fig['broker_cpu_us']:.0f} us, worker {fig['worker_cpu_us']:.0f} us"
+                  + (f"; JOB to DONE p50 {fig['job_to_done_p50_us']:.0f} us, p99 {fig['job_to_done_p99_us']:.0f} us"
+                     if "job_to_done_p50_us" in fig else "") + " "
                   f"[{fig['shoal']}] load {load()}", flush=True)
     print(f"load at end: {load()}")
     for name, values in runs.items():
         print(f"{name}: median {statistics.median(values):,.0f} jobs/s (min {min(values):,.0f}, "
               f"max {max(values):,.0f}) over {len(values)} runs; CPU per job (median): "
-              + ", ".join(f"{key[:-7]} {statistics.median(cpu[name][key]):.0f} us" for key in CPU_KEYS))
+              + ", ".join(f"{key[:-3]} {statistics.median(cpu[name][key]):.0f} us" for key in CPU_KEYS))
     return 0
 
 
@@ -178,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--phase", choices=["e2e", "worker"], default="e2e",
                         help="e2e: a real broker; worker: the worker alone, fed by a stand-in broker")
+    parser.add_argument("--in-flight", type=int, default=0,
+                        help="worker phase: at most this many jobs out at once (0: the worker's slots; "
+                             "1: one at a time, for the JOB-to-DONE latency)")
     parser.add_argument("--json", action="store_true", help="print one JSON line (used by --ab)")
     parser.add_argument("--ab", nargs="+", metavar="NAME=SITE", help="alternate runs between source trees")
     parser.add_argument("--runs", type=int, default=3, help="runs of each tree with --ab")
