@@ -187,6 +187,22 @@ class WireEnd:
         self.ctx.term()
 
 
+def drain_over_wire(shell: WorkerShell, thread: threading.Thread, wire: WireEnd) -> None:
+    """Drain the shell: READY 0, then BYE, then its thread ends."""
+    shell.drain()
+    assert wire.expect(P.READY)["slots"] == 0
+    wire.expect(P.BYE)
+    thread.join(10)
+    assert not thread.is_alive()
+
+
+def stop_over_wire(shell: WorkerShell, thread: threading.Thread, wire: WireEnd) -> None:
+    """Whatever happened: stop the shell at once and close the test's end."""
+    shell.stop_now()
+    thread.join(10)
+    wire.close()
+
+
 def test_deferred_results_are_kept_and_sent_again_until_stored(tmp_path: Path, caplog) -> None:
     caplog.set_level(logging.INFO, logger="shoal.worker")
     wire = WireEnd(f"ipc://{tmp_path}/broker.sock")
@@ -220,15 +236,9 @@ def test_deferred_results_are_kept_and_sent_again_until_stored(tmp_path: Path, c
         warnings = [r for r in caplog.records if "cannot store its result yet" in r.getMessage()]
         assert len(warnings) == 1 and "storage full" in warnings[0].getMessage()
 
-        shell.drain()
-        assert wire.expect(P.READY)["slots"] == 0
-        wire.expect(P.BYE)
-        thread.join(10)
-        assert not thread.is_alive()
+        drain_over_wire(shell, thread, wire)
     finally:
-        shell.stop_now()
-        thread.join(10)
-        wire.close()
+        stop_over_wire(shell, thread, wire)
 
 
 def _done(job_id: bytes, token: int = 1) -> Outcome:

@@ -66,6 +66,7 @@ class WorkerShell:
         self.inflight: dict[bytes, int] = {}     # job id -> lease token
         self.outcomes: "queue.SimpleQueue[Outcome]" = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
+        self._outcome_wake_pending = False  # an outcome's wake-up is written and not yet read
         os.set_blocking(self._wake_w, False)
         self._draining = threading.Event()
         self._drain_signalled = False
@@ -128,8 +129,15 @@ class WorkerShell:
         self._last_sent = time.monotonic()
 
     def _on_outcome(self, outcome: Outcome) -> None:
+        """From a handler's thread: queue the outcome; wake the loop only if no wake-up is on its way.
+
+        Outcomes finishing while the loop is busy ride one wake-up and leave in one DONE.
+        Safe without a lock: the loop clears the flag before it takes the queue, so an
+        outcome queued while the flag is still set is taken by that coming pass."""
         self.outcomes.put(outcome)
-        self._wake()
+        if not self._outcome_wake_pending:
+            self._outcome_wake_pending = True
+            self._wake()
 
     # --- connection ---------------------------------------------------------------
     def _connect(self) -> None:
@@ -189,6 +197,7 @@ class WorkerShell:
         try:
             while not self._stop_now.is_set():
                 events = dict(self.poller.poll(int(opts.heartbeat_interval_s * 1000)))
+                self._outcome_wake_pending = False  # before the outcomes are taken below
                 if self._wake_r in events:
                     os.read(self._wake_r, 4096)
                 if self.sock in events and self._read_all():
@@ -320,9 +329,11 @@ class WorkerShell:
             self.refused = message  # our HELLO was refused (a workflow claimed by two groups, a key of another group)
 
     def _start(self, jobs: list[dict[str, Any]]) -> None:
+        logged = log.isEnabledFor(logging.INFO)  # once a batch: id_to_str per job is not free
         for job in jobs:
             self.inflight[job["id"]] = job["token"]
-            log.info("job %s (%s) received, attempt %s", id_to_str(job["id"]), job["wf"], job.get("attempt"))
+            if logged:
+                log.info("job %s (%s) received, attempt %s", id_to_str(job["id"]), job["wf"], job.get("attempt"))
             self.runner.submit(job, self._on_outcome)
 
     def _police_runs(self, now: float) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import inspect
-import threading
 import time
 from concurrent.futures import Future
 from datetime import datetime
@@ -102,21 +101,23 @@ class Step:
         self._used: set[str] = set()
         self._channel = channel
         self._max_bytes = max_step_bytes
-        self._cancelled = threading.Event()
+        # A plain flag, not a threading.Event (a Condition and a Lock for every job): only set and
+        # read, never waited on; one attribute store is atomic and seen by the handler's thread.
+        self._cancelled = False
         self._clock = clock
 
     @property
     def cancelled(self) -> bool:
         """True once the job was cancelled: a long sync handler should check it and return."""
-        return self._cancelled.is_set()
+        return self._cancelled
 
     def cancel(self) -> None:
         """Mark the run cancelled (called by the worker when the broker says so)."""
-        self._cancelled.set()
+        self._cancelled = True
 
     # --- bookkeeping shared by the sync and async forms ---------------------------------
     def _claim(self, name: str) -> dict[str, Any] | None:
-        if self._cancelled.is_set():
+        if self._cancelled:
             raise Cancelled(f"job cancelled before step {name!r}")
         if not isinstance(name, str) or not name:
             raise StepError("a step needs a non-empty name")
