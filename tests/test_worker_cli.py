@@ -83,3 +83,24 @@ def test_a_second_sigterm_exits_at_once_and_the_job_is_run_again(cluster: Cluste
     cluster.start_worker("media", 1)
     (tmp_path / "go").touch()
     assert client.wait(job_id, timeout=30).status == "completed"
+
+
+def test_an_embedded_worker_connects_to_a_wildcard_bind_on_this_machine(tmp_path: Path) -> None:
+    """`[broker] bind = "tcp://*:PORT"` is where the broker listens; a worker built from that config
+    connects to this machine's loopback, as `Client()` and `shoal` do, not to the wildcard."""
+    from shoal.errors import ConfigError
+    from shoal.worker.embed import build_worker
+
+    config = tmp_path / "shoal.toml"
+    config.write_text('[broker]\nbind = "tcp://*:5601"\n')
+    worker = build_worker(group="email", app="testapp", config=str(config), env={})
+    try:
+        assert worker.options.endpoint == "tcp://127.0.0.1:5601"
+    finally:
+        worker.close()
+    try:
+        build_worker(group="email", app="testapp", config=str(config), env={"SHOAL_BROKER": "localhost:5601"})
+    except ConfigError as exc:  # InvalidEndpoint is one too
+        assert "localhost:5601" in str(exc)
+    else:
+        raise AssertionError("a malformed SHOAL_BROKER was accepted")

@@ -7,6 +7,7 @@ import threading
 from collections.abc import Mapping, MutableMapping
 
 from shoal.conf.settings import DEFAULT_GROUP, Settings
+from shoal.endpoints import DEFAULT_ENDPOINT, check_endpoint, connectable
 from shoal.errors import ConfigError
 from shoal.security import CurveKeys, client_keys, supervised_keys
 from shoal.workflow import Workflow, by_group, import_workflows, select
@@ -40,7 +41,7 @@ def build_worker(*, group: str | None = None, app: str | list[str] | None = None
         raise ConfigError(f"no app module for group {name!r}: pass --app MODULE or set `app` in shoal.toml")
     workflows = _workflows_for(modules, name)
     options = WorkerOptions(
-        endpoint=endpoint or env.get("SHOAL_BROKER") or settings.broker.bind,
+        endpoint=check_endpoint(endpoint or env.get("SHOAL_BROKER") or connectable(settings.broker.bind or DEFAULT_ENDPOINT)),
         group=name, concurrency=concurrency or gs.concurrency, server=settings.server,
         grace_s=gs.grace_s, heartbeat_interval_s=settings.broker.heartbeat_interval_s,
         max_jobs=gs.max_jobs, max_memory_mb=gs.max_memory_mb, max_step_bytes=settings.broker.max_step_bytes,
