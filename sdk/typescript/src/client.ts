@@ -4,6 +4,9 @@
  * Job ids are made here, so a request re-sent after a lost answer never makes a second job.
  * Unanswered requests are re-sent with backoff (1 s doubling to 4 s) until their deadline.
  */
+import { hostname } from "node:os";
+import { findConfig, readConfig } from "./config.js";
+import { curveKeys, keyPaths, settled } from "./keys.js";
 import { Link, type CurveKeys } from "./link.js";
 import { Command, decode, encode, idFromStr, idToStr, newJobId, num, packValue, unpackValue, type Body } from "./protocol.js";
 import { RemoteError } from "./step.js";
@@ -38,9 +41,36 @@ export class BrokerUnreachable extends Error {
   override name = "BrokerUnreachable";
 }
 
+/**
+ * Where the client's CURVE keys come from: `key` (this program's NAME.key_secret) and `brokerKey`
+ * (the broker's public NAME.key), each else SHOAL_KEY / SHOAL_BROKER_KEY, else `[security] key` /
+ * `broker_public_key` of `config` (else SHOAL_CONFIG, else ./shoal.toml), as the Python Client.
+ */
+export interface ClientKeys {
+  key?: string;
+  brokerKey?: string;
+  config?: string;
+  /** The environment to read (default process.env) and the directory relative paths start from. */
+  env?: Record<string, string | undefined>;
+  cwd?: string;
+}
+
+/** The keys `options` name, loaded; undefined for a plain connection. Throws KeyError or ConfigError. */
+export function clientCurve(options: ClientKeys = {}): CurveKeys | undefined {
+  const env = options.env ?? process.env;
+  const cwd = options.cwd ?? process.cwd();
+  let paths = keyPaths(options, env);
+  if (!settled(paths)) { // as Python: the config file is read only when the flags and environment leave a key open
+    const file = findConfig(options.config, env, cwd);
+    if (file !== null) paths = keyPaths(options, env, readConfig(file, "default", env.SHOAL_SERVER || hostname(), cwd).security);
+  }
+  return curveKeys(paths, cwd);
+}
+
 interface Pending {
   frames: Buffer[];
   deadline: number;
+  timeoutMs: number;
   resendAt: number;
   resendMs: number;
   resolve: (body: Body) => void;
@@ -62,8 +92,15 @@ export class Client {
   private nextRid = 1;
   private readonly timer: NodeJS.Timeout;
 
-  /** `endpoint` defaults to SHOAL_BROKER, else tcp://127.0.0.1:5555; `timeoutS` bounds each call. */
-  constructor(endpoint = process.env.SHOAL_BROKER ?? "tcp://127.0.0.1:5555", private readonly timeoutS = 10, curve?: CurveKeys) {
+  /**
+   * `endpoint` defaults to SHOAL_BROKER, else tcp://127.0.0.1:5555; `timeoutS` bounds each call.
+   * `keys`: CURVE key files (`{ key, brokerKey }`, see ClientKeys: else SHOAL_KEY / SHOAL_BROKER_KEY,
+   * else shoal.toml's `[security]`), or keys already loaded (`CurveKeys`). A missing, unreadable or
+   * malformed key file, or half a pair, throws KeyError here.
+   */
+  constructor(endpoint = process.env.SHOAL_BROKER ?? "tcp://127.0.0.1:5555", private readonly timeoutS = 10,
+              keys: ClientKeys | CurveKeys = {}) {
+    const curve = "serverKey" in keys ? keys : clientCurve(keys);
     this.link = new Link(endpoint, (frames) => this.onFrames(frames), curve);
     this.timer = setInterval(() => this.tick(), 100);
     this.timer.unref();
@@ -74,7 +111,7 @@ export class Client {
     const frames = encode(command, { ...body, rid });
     const now = performance.now();
     return new Promise((resolve, reject) => {
-      this.pending.set(rid, { frames, deadline: now + timeoutS * 1000, resendAt: now + 1000, resendMs: 1000, resolve, reject });
+      this.pending.set(rid, { frames, deadline: now + timeoutS * 1000, timeoutMs: timeoutS * 1000, resendAt: now + 1000, resendMs: 1000, resolve, reject });
       this.link.send(frames);
     });
   }
@@ -84,7 +121,9 @@ export class Client {
     for (const [rid, p] of this.pending) {
       if (now >= p.deadline) {
         this.pending.delete(rid);
-        p.reject(new BrokerUnreachable(`no answer from the broker at ${this.link.endpoint} in time`));
+        const why = this.link.handshakeError;
+        p.reject(new BrokerUnreachable(`no answer from the broker at ${this.link.endpoint} within ${(p.timeoutMs / 1000).toFixed(1)}s` +
+          (why ? `: ${why}` : this.link.curve ? "" : " (a broker with CURVE on never answers a client without a key: give one, see ClientKeys)")));
       } else if (now >= p.resendAt) { // same rid and job ids: safe to repeat
         p.resendMs = Math.min(p.resendMs * 2, 4000);
         p.resendAt = now + p.resendMs;

@@ -3,10 +3,10 @@ export { defineWorkflow, Permanent, allWorkflows, workflowsOf, type Workflow, ty
 export { Step, StepError, ChildFailed, StepTimeout, TimedOut, RemoteError, type RunOptions } from "./step.js";
 export { ConfigError } from "./config.js";
 export { Worker, type WorkerOptions } from "./worker.js";
-export { Client, BrokerUnreachable, type EnqueueOptions, type JobResult } from "./client.js";
+export { Client, BrokerUnreachable, clientCurve, type ClientKeys, type EnqueueOptions, type JobResult } from "./client.js";
 export { idToStr, idFromStr, newJobId, packValue, unpackValue, VERSION } from "./protocol.js";
 export type { CurveKeys } from "./link.js";
-export { loadCurveKeys, KeyError } from "./keys.js";
+export { loadCurveKeys, curveKeys, keyPaths, KeyError, type KeyPaths, type KeySource } from "./keys.js";
 
 import { workflowsOf } from "./registry.js";
 import { Worker, type WorkerOptions } from "./worker.js";
