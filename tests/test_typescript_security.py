@@ -16,7 +16,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `tests.confor
 
 from shoal import Client  # noqa: E402
 from shoal.security import keygen, read_certificate  # noqa: E402
-from tests.conformance import TS_SDK  # noqa: E402
+from tests.conformance import IMPLEMENTATIONS, TS_SDK  # noqa: E402
+from tests.conformance.__main__ import run_scenario  # noqa: E402
+from tests.conformance.scenarios import SCENARIOS  # noqa: E402
 from tests.conformance.node import ensure_built, tools  # noqa: E402
 from tests.conftest import DEFAULT_TOML, Cluster, Proc, wait_for  # noqa: E402
 
@@ -138,15 +140,20 @@ def test_a_worker_key_of_another_group_is_forbidden_and_exits_2_with_the_reason(
 
 
 def test_the_typescript_client_with_a_client_key_enqueues_and_waits(node: str, secured: Cluster, keys: Path) -> None:
-    """Keys as options, then from SHOAL_KEY / SHOAL_BROKER_KEY; without any, no answer (and a hint)."""
+    """Keys as options, from SHOAL_KEY / SHOAL_BROKER_KEY, from `[security]` of SHOAL_CONFIG (paths
+    relative to the working directory); with none or the wrong broker key, no answer, and it says why."""
     worker = ts_worker(secured, node, "--key", secret(keys, "conf-1"), "--broker-key", str(keys / "secrets" / "broker.key"))
     wait_for(lambda: joined(secured, python_client(secured, keys), worker), 30, "the worker to join")
+    (secured.tmp / "client.toml").write_text('[security]\nkey = "keys/secrets/app.key_secret"\n'
+                                             'broker_public_key = "keys/secrets/broker.key"\n')
     script = secured.tmp / "enqueue.mjs"
     script.write_text(f"""
 import {{ Client }} from {json.dumps((TS_SDK / "dist" / "index.js").as_uri())};
 const [endpoint, key, brokerKey] = process.argv.slice(2);
 const out = {{}};
-for (const [name, keys] of [["options", {{ key, brokerKey }}], ["env", {{ env: {{ SHOAL_KEY: key, SHOAL_BROKER_KEY: brokerKey }} }}]]) {{
+const sources = [["options", {{ key, brokerKey }}], ["env", {{ env: {{ SHOAL_KEY: key, SHOAL_BROKER_KEY: brokerKey }} }}],
+                 ["config", {{ env: {{ SHOAL_CONFIG: "client.toml" }} }}]];
+for (const [name, keys] of sources) {{
   const client = new Client(endpoint, 10, keys);
   const result = await client.wait(await client.enqueue("conf-echo", {{ via: name }}), 30);
   out[name] = [result.status, result.value];
@@ -166,6 +173,7 @@ console.log(JSON.stringify(out));
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["options"] == ["completed", {"echo": {"via": "options"}, "impl": "typescript"}], out
     assert out["env"] == ["completed", {"echo": {"via": "env"}, "impl": "typescript"}], out
+    assert out["config"] == ["completed", {"echo": {"via": "config"}, "impl": "typescript"}], out
     assert out["plain"].startswith(f"BrokerUnreachable: no answer from the broker at {secured.endpoint} within 1.0s"), out
     assert "requires CURVE and this program has no key" in out["plain"], out
     assert out["wrong"].startswith(f"BrokerUnreachable: no answer from the broker at {secured.endpoint} within 1.0s"), out
@@ -190,3 +198,13 @@ def test_bad_key_settings_stop_the_worker_naming_the_file(node: str, tmp_path: P
     (tmp_path / "shoal.toml").unlink()
     assert "key is set (--key) but broker_public_key is not" in run("--key", "w.key_secret")
     assert "broker_public_key is set (SHOAL_BROKER_KEY) but key is not" in run(SHOAL_BROKER_KEY="w.key")
+
+
+@pytest.mark.parametrize("scenario", ["hello_and_credit", "job_and_result", "cancel_stops_a_running_job"])
+@pytest.mark.parametrize("implementation", ["python", "typescript"])
+def test_conformance_scenarios_with_curve_on(node: str, implementation: str, scenario: str, tmp_path: Path) -> None:
+    """The suite's basic scenarios with the broker's CURVE on and the keys in SHOAL_KEY /
+    SHOAL_BROKER_KEY (the cancel one needs the client's admin role)."""
+    chosen = next(s for s in SCENARIOS if s.name == scenario)
+    run_scenario(chosen, IMPLEMENTATIONS[implementation], tmp_path, curve=True)
+    assert "CURVE on, 2 keys allowed" in (tmp_path / "01-broker.log").read_text()

@@ -4,9 +4,7 @@
  * Job ids are made here, so a request re-sent after a lost answer never makes a second job.
  * Unanswered requests are re-sent with backoff (1 s doubling to 4 s) until their deadline.
  */
-import { hostname } from "node:os";
-import { findConfig, readConfig } from "./config.js";
-import { curveKeys, keyPaths, settled } from "./keys.js";
+import { resolveCurve, type KeyOptions } from "./keys.js";
 import { Link, type CurveKeys } from "./link.js";
 import { Command, decode, encode, idFromStr, idToStr, newJobId, num, packValue, unpackValue, type Body } from "./protocol.js";
 import { RemoteError } from "./step.js";
@@ -41,32 +39,6 @@ export class BrokerUnreachable extends Error {
   override name = "BrokerUnreachable";
 }
 
-/**
- * Where the client's CURVE keys come from: `key` (this program's NAME.key_secret) and `brokerKey`
- * (the broker's public NAME.key), each else SHOAL_KEY / SHOAL_BROKER_KEY, else `[security] key` /
- * `broker_public_key` of `config` (else SHOAL_CONFIG, else ./shoal.toml), as the Python Client.
- */
-export interface ClientKeys {
-  key?: string;
-  brokerKey?: string;
-  config?: string;
-  /** The environment to read (default process.env) and the directory relative paths start from. */
-  env?: Record<string, string | undefined>;
-  cwd?: string;
-}
-
-/** The keys `options` name, loaded; undefined for a plain connection. Throws KeyError or ConfigError. */
-export function clientCurve(options: ClientKeys = {}): CurveKeys | undefined {
-  const env = options.env ?? process.env;
-  const cwd = options.cwd ?? process.cwd();
-  let paths = keyPaths(options, env);
-  if (!settled(paths)) { // as Python: the config file is read only when the flags and environment leave a key open
-    const file = findConfig(options.config, env, cwd);
-    if (file !== null) paths = keyPaths(options, env, readConfig(file, "default", env.SHOAL_SERVER || hostname(), cwd).security);
-  }
-  return curveKeys(paths, cwd);
-}
-
 interface Pending {
   frames: Buffer[];
   deadline: number;
@@ -94,13 +66,13 @@ export class Client {
 
   /**
    * `endpoint` defaults to SHOAL_BROKER, else tcp://127.0.0.1:5555; `timeoutS` bounds each call.
-   * `keys`: CURVE key files (`{ key, brokerKey }`, see ClientKeys: else SHOAL_KEY / SHOAL_BROKER_KEY,
+   * `keys`: CURVE key files (`{ key, brokerKey }`, see KeyOptions: else SHOAL_KEY / SHOAL_BROKER_KEY,
    * else shoal.toml's `[security]`), or keys already loaded (`CurveKeys`). A missing, unreadable or
    * malformed key file, or half a pair, throws KeyError here.
    */
   constructor(endpoint = process.env.SHOAL_BROKER ?? "tcp://127.0.0.1:5555", private readonly timeoutS = 10,
-              keys: ClientKeys | CurveKeys = {}) {
-    const curve = "serverKey" in keys ? keys : clientCurve(keys);
+              keys: KeyOptions | CurveKeys = {}) {
+    const curve = "serverKey" in keys ? keys : resolveCurve(keys);
     this.link = new Link(endpoint, (frames) => this.onFrames(frames), curve);
     this.timer = setInterval(() => this.tick(), 100);
     this.timer.unref();
@@ -123,7 +95,7 @@ export class Client {
         this.pending.delete(rid);
         const why = this.link.handshakeError;
         p.reject(new BrokerUnreachable(`no answer from the broker at ${this.link.endpoint} within ${(p.timeoutMs / 1000).toFixed(1)}s` +
-          (why ? `: ${why}` : this.link.curve ? "" : " (a broker with CURVE on never answers a client without a key: give one, see ClientKeys)")));
+          (why ? `: ${why}` : this.link.curve ? "" : " (a broker with CURVE on never answers a client without a key: give one, see KeyOptions)")));
       } else if (now >= p.resendAt) { // same rid and job ids: safe to repeat
         p.resendMs = Math.min(p.resendMs * 2, 4000);
         p.resendAt = now + p.resendMs;

@@ -9,7 +9,9 @@
  * CURVE on never answers it). One set without the other is an error.
  */
 import { readFileSync } from "node:fs";
+import { hostname } from "node:os";
 import { resolve } from "node:path";
+import { findConfig, readConfig } from "./config.js";
 import type { CurveKeys } from "./link.js";
 
 /** A key file that cannot be used, or half a pair: the message names the file or setting and what is wrong. */
@@ -65,6 +67,32 @@ export function curveKeys(paths: KeyPaths, cwd = process.cwd()): CurveKeys | und
     secretKey: field(own, "secret-key", key),
     serverKey: field(read(brokerKey, cwd), "public-key", brokerKey),
   };
+}
+
+/**
+ * Where a client's or an embedded worker's CURVE keys come from: `key` (this program's NAME.key_secret) and `brokerKey`
+ * (the broker's public NAME.key), each else SHOAL_KEY / SHOAL_BROKER_KEY, else `[security] key` /
+ * `broker_public_key` of `config` (else SHOAL_CONFIG, else ./shoal.toml), as the Python Client and worker.
+ */
+export interface KeyOptions {
+  key?: string;
+  brokerKey?: string;
+  config?: string;
+  /** The environment to read (default process.env) and the directory relative paths start from. */
+  env?: Record<string, string | undefined>;
+  cwd?: string;
+}
+
+/** The keys `options` name, loaded; undefined for a plain connection. Throws KeyError or ConfigError. */
+export function resolveCurve(options: KeyOptions = {}): CurveKeys | undefined {
+  const env = options.env ?? process.env;
+  const cwd = options.cwd ?? process.cwd();
+  let paths = keyPaths(options, env);
+  if (!settled(paths)) { // as Python: the config file is read only when the flags and environment leave a key open
+    const file = findConfig(options.config, env, cwd);
+    if (file !== null) paths = keyPaths(options, env, readConfig(file, "default", env.SHOAL_SERVER || hostname(), cwd).security);
+  }
+  return curveKeys(paths, cwd);
 }
 
 /** This peer's key pair (a `.key_secret` file) and the broker's public key (a `.key` file). */
