@@ -4,7 +4,7 @@ import { chmodSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "../args.js";
-import { curveKeys, KeyError } from "../keys.js";
+import { curveKeys, KeyError, resolveCurve } from "../keys.js";
 
 // zmq.auth certificates as `shoal keygen` writes them (these two keys are Z85 text, not a real pair)
 const PUBLIC = "rq8@u=kj9NOVH(ed6Gr^Dwy9h6ruZHWT]3[GN6+3";
@@ -56,4 +56,16 @@ test("a bad [security] key value names file, line and key; unknown [security] ke
   assert.match(parseArgs(["--app", "a.js"], {}, d).warnings.join("\n"), /shoal\.toml:3: security\.kye: unknown key/);
   writeFileSync(join(d, "shoal.toml"), '[security]\nkey = 7\n');
   assert.throws(() => parseArgs(["--app", "a.js"], {}, d), /shoal\.toml:2: security\.key: expected a non-empty string, found 7/);
+});
+
+test("resolveCurve: options, then the environment, then [security] of the config, read only when needed", () => {
+  const d = keysDir();
+  writeFileSync(join(d, "shoal.toml"), "[security]\nkey = 7\n"); // a bad file: read, it would throw
+  const keys = { key: "w.key_secret", brokerKey: "broker.key", env: {}, cwd: d };
+  assert.equal(resolveCurve(keys)?.secretKey, SECRET, "both given: the config is not read");
+  assert.equal(resolveCurve({ env: { SHOAL_KEY: "w.key_secret", SHOAL_BROKER_KEY: "broker.key" }, cwd: d })?.serverKey, PUBLIC);
+  assert.throws(() => resolveCurve({ key: "w.key_secret", env: {}, cwd: d }), /shoal\.toml:2: security\.key: expected a non-empty string/);
+  writeFileSync(join(d, "other.toml"), '[security]\nbroker_public_key = "broker.key"\n');
+  assert.equal(resolveCurve({ key: "w.key_secret", config: "other.toml", env: {}, cwd: d })?.publicKey, PUBLIC);
+  assert.equal(resolveCurve({ env: {}, cwd: mkdtempSync(join(tmpdir(), "shoal-ts-empty-")) }), undefined, "nothing anywhere: a plain connection");
 });
