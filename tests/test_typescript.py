@@ -98,44 +98,6 @@ def test_the_cli_refuses_a_bad_command_line_and_a_group_with_no_workflows(node: 
     assert missing.returncode == 2 and "no such file" in missing.stderr, missing.stderr
 
 
-def test_curve_keys_from_shoal_keygen_files_secure_the_connection(node: str, tmp_path: Path) -> None:
-    """--key / --broker-key: the worker's HELLO reaches a CURVE server socket (the broker's side
-    of security is its own issue's work; here a pyzmq ROUTER stands in for the transport only)."""
-    import zmq
-    import zmq.auth
-
-    from shoal import protocol as P
-
-    broker_public, broker_secret = zmq.auth.create_certificates(str(tmp_path), "broker")
-    _, worker_secret = zmq.auth.create_certificates(str(tmp_path), "worker")
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.ROUTER)
-    sock.curve_publickey, sock.curve_secretkey = zmq.auth.load_certificate(broker_secret)
-    sock.curve_server = True
-    sock.linger = 0
-    port = sock.bind_to_random_port("tcp://127.0.0.1")
-    args = [*IMPLEMENTATIONS["typescript"], "--group", "conf", "--connect", f"tcp://127.0.0.1:{port}",
-            "--key", worker_secret, "--broker-key", broker_public]
-    log = open(tmp_path / "worker.log", "wb")
-    proc = subprocess.Popen([node, *args[1:]], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        assert sock.poll(20_000), f"no message arrived over CURVE:\n{(tmp_path / 'worker.log').read_text()}"
-        identity, *frames = sock.recv_multipart()
-        command, body = P.decode(frames)
-        assert command == P.HELLO and body["group"] == "conf" and body["pid"] == proc.pid, body
-    finally:
-        proc.kill()
-        proc.wait(10)
-        log.close()
-        sock.close()
-        ctx.term()
-    bad = subprocess.run([node, *args[1:-2], "--broker-key", str(tmp_path / "missing.key")],
-                         capture_output=True, text=True, timeout=30)
-    assert bad.returncode == 2 and "missing.key: cannot read the key file" in bad.stderr, bad.stderr
-    half = subprocess.run([node, *args[1:-2]], capture_output=True, text=True, timeout=30)
-    assert half.returncode == 2 and "CURVE needs both --key" in half.stderr, half.stderr
-
-
 def test_a_hello_the_broker_refuses_ends_the_worker_with_the_reason(node: str, harness: Harness, tmp_path: Path) -> None:
     harness.start_worker()  # the Python worker claims conf-echo for group conf
     app = tmp_path / "claims.mjs"
@@ -194,16 +156,17 @@ def test_a_bad_config_value_stops_the_worker_naming_file_line_and_key(node: str,
 
 def test_the_typescript_worker_knows_every_key_shoal_toml_has(node: str) -> None:
     """Its list of known keys (an unknown one is a warning) stays the Python config's list."""
-    from shoal.conf.checks import BROKER_KEYS, GROUP_KEYS
+    from shoal.conf.checks import BROKER_KEYS, GROUP_KEYS, SECURITY_KEYS
     from shoal.conf.tables import TOP_LEVEL_TABLES
 
     done = subprocess.run([node, "--input-type=module", "-e",
                            f"import * as c from {json.dumps((TS_SDK / 'dist' / 'config.js').as_uri())};"
-                           "console.log(JSON.stringify([c.KNOWN_BROKER_KEYS, c.KNOWN_GROUP_KEYS, c.TOP_LEVEL_TABLES]))"],
+                           "console.log(JSON.stringify([c.KNOWN_BROKER_KEYS, c.KNOWN_GROUP_KEYS, c.KNOWN_SECURITY_KEYS, c.TOP_LEVEL_TABLES]))"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    broker, group, tables = json.loads(done.stdout)
-    assert (sorted(broker), sorted(group), sorted(tables)) == (sorted(BROKER_KEYS), sorted(GROUP_KEYS), sorted(TOP_LEVEL_TABLES))
+    broker, group, security, tables = json.loads(done.stdout)
+    assert (sorted(broker), sorted(group), sorted(security), sorted(tables)) == (
+        sorted(BROKER_KEYS), sorted(GROUP_KEYS), sorted(SECURITY_KEYS), sorted(TOP_LEVEL_TABLES))
 
 
 def test_a_handler_that_ignores_its_timeout_gets_its_worker_replaced(node: str, harness: Harness, tmp_path: Path) -> None:

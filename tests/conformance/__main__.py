@@ -2,7 +2,7 @@
 
 The command is split like a shell would; the suite appends ``--group conf --connect ENDPOINT
 --concurrency N`` and sets SHOAL_BROKER, SHOAL_GROUP, SHOAL_CONFIG, SHOAL_HEARTBEAT_INTERVAL and
-SHOAL_GRACE. Prints one line per scenario and ``N passed, N failed``; exits 1 on any failure.
+SHOAL_GRACE (and with ``--curve`` SHOAL_KEY and SHOAL_BROKER_KEY). Prints one line per scenario and ``N passed, N failed``; exits 1 on any failure.
 """
 from __future__ import annotations
 
@@ -18,9 +18,10 @@ from .harness import Harness, ScenarioFailed
 from .scenarios import SCENARIOS, Scenario
 
 
-def run_scenario(sc: Scenario, worker_cmd: list[str], tmp: Path) -> None:
-    """Run one scenario in ``tmp`` with a fresh broker; raises ``ScenarioFailed`` with the logs."""
-    harness = Harness(tmp, worker_cmd, **sc.options)
+def run_scenario(sc: Scenario, worker_cmd: list[str], tmp: Path, curve: bool = False) -> None:
+    """Run one scenario in ``tmp`` with a fresh broker (with CURVE on if ``curve``); raises
+    ``ScenarioFailed`` with the logs."""
+    harness = Harness(tmp, worker_cmd, curve=curve, **sc.options)
     try:
         harness.start_broker()
         try:
@@ -38,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     target.add_argument("--implementation", choices=sorted(IMPLEMENTATIONS), help="one that ships with Shoal")
     parser.add_argument("--only", action="append", help="run only this scenario (repeatable)")
     parser.add_argument("--keep", action="store_true", help="keep each scenario's directory (logs, data)")
+    parser.add_argument("--curve", action="store_true",
+                        help="the broker with CURVE on; the worker gets its key in SHOAL_KEY / SHOAL_BROKER_KEY")
     args = parser.parse_args(argv)
     cmd = shlex.split(args.worker) if args.worker else IMPLEMENTATIONS[args.implementation]
     chosen = [s for s in SCENARIOS if not args.only or s.name in args.only]
@@ -49,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tempfile.mkdtemp(prefix=f"shoal-conf-{sc.name}-"))
         started = time.monotonic()
         try:
-            run_scenario(sc, cmd, tmp)
+            run_scenario(sc, cmd, tmp, args.curve)
         except Exception as exc:  # one scenario's failure must not hide the others'
             failed += 1
             print(f"FAIL {sc.name} ({time.monotonic() - started:.1f}s): {exc}\n  logs in {tmp}", flush=True)

@@ -32,6 +32,31 @@ grace = "{grace}s"
 """
 
 
+SECURITY = """
+[security]
+broker_secret_key = "{broker_secret}"
+clients = "{clients}"
+admins = "{clients}"
+
+[security.workers]
+conf = "{workers}"
+"""
+
+
+def make_keys(root: Path) -> dict[str, str]:
+    """`shoal keygen` keys for a CURVE run: the broker's, a client's (client and admin: scenarios
+    cancel) and a worker key for group conf, each public one in its allow-list directory."""
+    from shoal.security import keygen
+
+    paths = {"broker_secret": str(keygen("broker", root / "secrets")[1]), "broker": str(root / "secrets" / "broker.key")}
+    for name, role in (("client", "clients"), ("worker", "workers")):
+        public, secret = keygen(name, root / "secrets")
+        (root / role).mkdir(parents=True)
+        (root / role / public.name).write_bytes(public.read_bytes())
+        paths[name], paths[role] = str(secret), str(root / role)
+    return paths
+
+
 class ScenarioFailed(AssertionError):
     """A scenario's expectation did not hold; the message says which, with the logs' tails."""
 
@@ -40,8 +65,10 @@ class Harness:
     """One scenario's broker, workers, client and marks file, under ``tmp``."""
 
     def __init__(self, tmp: Path, worker_cmd: list[str], *, grace_s: float = 3.0, lease_s: float = 4.0,
-                 heartbeat_s: float = 0.2, workflows_extra: str = "") -> None:
+                 heartbeat_s: float = 0.2, workflows_extra: str = "", curve: bool = False) -> None:
         self.tmp = tmp
+        # curve: the broker has CURVE on; workers get their key in SHOAL_KEY / SHOAL_BROKER_KEY
+        self.keys = make_keys(tmp / "keys") if curve else None
         self.worker_cmd = worker_cmd
         self.config = tmp / "shoal.toml"
         # workflows_extra: more tables after [workflows] (a group's own settings)
@@ -59,11 +86,15 @@ class Harness:
         env.update({"SHOAL_CONFIG": str(self.config), "SHOAL_GROUP": GROUP,
                     "SHOAL_HEARTBEAT_INTERVAL": str(heartbeat_s), "SHOAL_GRACE": str(grace_s)})
         self.env = env
+        self.worker_env = {} if self.keys is None else {"SHOAL_KEY": self.keys["worker"], "SHOAL_BROKER_KEY": self.keys["broker"]}
         self._n = 0
 
     def write_config(self, broker_extra: str = "") -> None:
         """(Re)write shoal.toml; ``broker_extra`` adds lines to its [broker] table (read at the next start)."""
-        self.config.write_text(TOML.format(broker_extra=broker_extra, **self._settings))
+        text = TOML.format(broker_extra=broker_extra, **self._settings)
+        if self.keys is not None:
+            text += SECURITY.format(**self.keys)
+        self.config.write_text(text)
 
     def _log(self, name: str) -> Path:
         self._n += 1
@@ -87,7 +118,7 @@ class Harness:
     def start_worker(self, concurrency: int = 2, wait: bool = True) -> Process:
         """Start the implementation under test; by default wait until the broker lists it."""
         args = [*self.worker_cmd, "--group", GROUP, "--connect", self.endpoint, "--concurrency", str(concurrency)]
-        proc = Process(args, self._log("worker"), {**self.env, "SHOAL_BROKER": self.endpoint}, self.tmp)
+        proc = Process(args, self._log("worker"), {**self.env, **self.worker_env, "SHOAL_BROKER": self.endpoint}, self.tmp)
         self.procs.append(proc)
         if wait:
             self.wait_joined(proc)
@@ -104,7 +135,8 @@ class Harness:
     @property
     def client(self) -> Client:
         if self._client is None:
-            self._client = Client(self.endpoint, timeout=10)
+            curve = {} if self.keys is None else {"key": self.keys["client"], "broker_key": self.keys["broker"]}
+            self._client = Client(self.endpoint, timeout=10, **curve)
         return self._client
 
     def restart_client(self) -> Client:

@@ -7,6 +7,7 @@ import { hostname } from "node:os";
 import { findConfig, readConfig, type FileSettings } from "./config.js";
 import { parseDuration } from "./durations.js";
 import { isEndpoint } from "./endpoints.js";
+import { keyPaths, type KeyPaths } from "./keys.js";
 
 export interface CliOptions {
   group: string;
@@ -28,9 +29,8 @@ export interface CliOptions {
   /** The config file read, if any, and the keys in it this worker does not know. */
   config: string | null;
   warnings: string[];
-  /** CURVE: this worker's `.key_secret` file and the broker's public `.key` file (both or neither). */
-  key: string;
-  brokerKey: string;
+  /** CURVE: this worker's `.key_secret` file and the broker's public `.key` file, each with its origin (both or neither). */
+  keys: KeyPaths;
   help: boolean;
 }
 
@@ -52,8 +52,8 @@ by a flag or the environment come from shoal.toml, as the Python worker reads th
   --grace               drain time on SIGTERM, like "30s" (default: SHOAL_GRACE, else the group's grace, else 30s)
   --heartbeat-interval  like "200ms" or seconds (default: SHOAL_HEARTBEAT_INTERVAL, else [broker] heartbeat_interval, else 1s)
   --server              server name: picks [servers.NAME] blocks, shown by the broker (default: SHOAL_SERVER, else the host name)
-  --key                 CURVE: this worker's NAME.key_secret from \`shoal keygen\` (default: SHOAL_KEY)
-  --broker-key          CURVE: the broker's public NAME.key (default: SHOAL_BROKER_KEY)
+  --key                 CURVE: this worker's NAME.key_secret from \`shoal keygen\` (default: SHOAL_KEY, else [security] key)
+  --broker-key          CURVE: the broker's public NAME.key (default: SHOAL_BROKER_KEY, else [security] broker_public_key)
 
 From shoal.toml only: the group's timeout, max_jobs, max_memory and nice, [broker] max_step_bytes.`;
 
@@ -115,14 +115,11 @@ export function parseArgs(argv: string[], env: Env = {}, cwd = process.cwd(), ho
     group, server, app: given.get("app") ?? "", help, config: null, warnings: [],
     connect: DEFAULTS.connect, concurrency: DEFAULTS.concurrency, graceS: DEFAULTS.graceS, heartbeatS: DEFAULTS.heartbeatS,
     timeoutS: 0, maxJobs: 0, maxMemoryMb: 0, nice: 0, maxStepBytes: DEFAULTS.maxStepBytes,
-    key: given.get("key") ?? env.SHOAL_KEY ?? "", brokerKey: given.get("broker-key") ?? env.SHOAL_BROKER_KEY ?? "",
+    keys: {},
   };
   if (help) return options;
   if (!options.app) throw new UsageError("--app FILE is required (the file that defines the workflows)");
   if (!group) throw new UsageError("--group must not be empty");
-  if (Boolean(options.key) !== Boolean(options.brokerKey)) {
-    throw new UsageError("CURVE needs both --key (this worker's .key_secret) and --broker-key (the broker's .key)");
-  }
   const connect = fromText(given, env, "connect", "SHOAL_BROKER", (t) => (isEndpoint(t) ? t : undefined),
     "an endpoint like tcp://HOST:PORT or ipc:///path");
   const concurrency = fromText(given, env, "concurrency", null, wholeNumber, "an integer of at least 1");
@@ -133,6 +130,7 @@ export function parseArgs(argv: string[], env: Env = {}, cwd = process.cwd(), ho
   const file: Partial<FileSettings> = path === null ? {} : readConfig(path, group, server, cwd);
   options.config = path;
   options.warnings = file.warnings ?? [];
+  options.keys = keyPaths({ key: given.get("key"), brokerKey: given.get("broker-key") }, env, file.security);
   options.connect = connect ?? file.bind ?? DEFAULTS.connect;
   options.concurrency = concurrency ?? file.concurrency ?? DEFAULTS.concurrency;
   options.graceS = graceS ?? file.graceS ?? DEFAULTS.graceS;

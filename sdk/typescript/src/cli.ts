@@ -6,7 +6,7 @@ import { resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { parseArgs, UsageError, USAGE } from "./args.js";
 import { ConfigError } from "./config.js";
-import { KeyError, loadCurveKeys } from "./keys.js";
+import { curveKeys, KeyError } from "./keys.js";
 import { allWorkflows, workflowsOf } from "./registry.js";
 import { Worker } from "./worker.js";
 
@@ -30,7 +30,7 @@ async function main(): Promise<number> {
   for (const warning of options.warnings) process.stderr.write(`shoal-worker: warning: ${warning}\n`);
   let curve;
   try {
-    curve = options.key ? loadCurveKeys(options.key, options.brokerKey) : undefined;
+    curve = curveKeys(options.keys);
   } catch (err) {
     if (!(err instanceof KeyError)) throw err;
     process.stderr.write(`shoal-worker: ${err.message}\n`);

@@ -4,6 +4,7 @@
  * Job ids are made here, so a request re-sent after a lost answer never makes a second job.
  * Unanswered requests are re-sent with backoff (1 s doubling to 4 s) until their deadline.
  */
+import { resolveCurve, type KeyOptions } from "./keys.js";
 import { Link, type CurveKeys } from "./link.js";
 import { Command, decode, encode, idFromStr, idToStr, newJobId, num, packValue, unpackValue, type Body } from "./protocol.js";
 import { RemoteError } from "./step.js";
@@ -41,6 +42,7 @@ export class BrokerUnreachable extends Error {
 interface Pending {
   frames: Buffer[];
   deadline: number;
+  timeoutMs: number;
   resendAt: number;
   resendMs: number;
   resolve: (body: Body) => void;
@@ -62,8 +64,15 @@ export class Client {
   private nextRid = 1;
   private readonly timer: NodeJS.Timeout;
 
-  /** `endpoint` defaults to SHOAL_BROKER, else tcp://127.0.0.1:5555; `timeoutS` bounds each call. */
-  constructor(endpoint = process.env.SHOAL_BROKER ?? "tcp://127.0.0.1:5555", private readonly timeoutS = 10, curve?: CurveKeys) {
+  /**
+   * `endpoint` defaults to SHOAL_BROKER, else tcp://127.0.0.1:5555; `timeoutS` bounds each call.
+   * `keys`: CURVE key files (`{ key, brokerKey }`, see KeyOptions: else SHOAL_KEY / SHOAL_BROKER_KEY,
+   * else shoal.toml's `[security]`), or keys already loaded (`CurveKeys`). A missing, unreadable or
+   * malformed key file, or half a pair, throws KeyError here.
+   */
+  constructor(endpoint = process.env.SHOAL_BROKER ?? "tcp://127.0.0.1:5555", private readonly timeoutS = 10,
+              keys: KeyOptions | CurveKeys = {}) {
+    const curve = "serverKey" in keys ? keys : resolveCurve(keys);
     this.link = new Link(endpoint, (frames) => this.onFrames(frames), curve);
     this.timer = setInterval(() => this.tick(), 100);
     this.timer.unref();
@@ -74,7 +83,7 @@ export class Client {
     const frames = encode(command, { ...body, rid });
     const now = performance.now();
     return new Promise((resolve, reject) => {
-      this.pending.set(rid, { frames, deadline: now + timeoutS * 1000, resendAt: now + 1000, resendMs: 1000, resolve, reject });
+      this.pending.set(rid, { frames, deadline: now + timeoutS * 1000, timeoutMs: timeoutS * 1000, resendAt: now + 1000, resendMs: 1000, resolve, reject });
       this.link.send(frames);
     });
   }
@@ -84,7 +93,9 @@ export class Client {
     for (const [rid, p] of this.pending) {
       if (now >= p.deadline) {
         this.pending.delete(rid);
-        p.reject(new BrokerUnreachable(`no answer from the broker at ${this.link.endpoint} in time`));
+        const why = this.link.handshakeError;
+        p.reject(new BrokerUnreachable(`no answer from the broker at ${this.link.endpoint} within ${(p.timeoutMs / 1000).toFixed(1)}s` +
+          (why ? `: ${why}` : this.link.curve ? "" : " (a broker with CURVE on never answers a client without a key: give one, see KeyOptions)")));
       } else if (now >= p.resendAt) { // same rid and job ids: safe to repeat
         p.resendMs = Math.min(p.resendMs * 2, 4000);
         p.resendAt = now + p.resendMs;

@@ -11,6 +11,7 @@ import { resolve } from "node:path";
 import { parse, TomlError } from "smol-toml";
 import { describe, DURATION_HINT, parseDuration, parseSize } from "./durations.js";
 import { connectable, isEndpoint } from "./endpoints.js";
+import type { KeyPaths } from "./keys.js";
 import { keyLines, type KeyLines } from "./tomllines.js";
 
 /** A config file that cannot be used: every problem, one a line, each with its place. */
@@ -30,12 +31,14 @@ export interface FileSettings {
   maxJobs?: number;
   maxMemoryMb?: number;
   nice?: number;
+  /** `[security] key` and `broker_public_key`: this program's CURVE key files, each with its place. */
+  security: KeyPaths;
   /** Keys this worker does not know, each with its place. */
   warnings: string[];
 }
 
 type Check = (value: unknown) => unknown;
-type Field = Exclude<keyof FileSettings, "path" | "warnings">;
+type Field = Exclude<keyof FileSettings, "path" | "warnings" | "security">;
 
 const integer = (minimum: number, maximum?: number): Check => (value) => {
   const n = typeof value === "bigint" ? Number(value) : value;
@@ -92,6 +95,7 @@ export const KNOWN_BROKER_KEYS = ["bind", "data", "max_message_bytes", "max_step
   "max_size", "min_free_disk", "snapshot_interval", "snapshot_entries", "snapshot_keep", "supervise", "events", "metrics", "insecure", "metrics_token"];
 export const KNOWN_GROUP_KEYS = ["app", "workers", "max_workers", "concurrency", "retries", "backoff", "backoff_max",
   "idle_timeout", "lease", "grace", "timeout", "nice", "max_jobs", "max_memory", "retention", "rate", "max_pending", "starvation"];
+export const KNOWN_SECURITY_KEYS = ["broker_secret_key", "clients", "admins", "key", "broker_public_key"];
 export const TOP_LEVEL_TABLES = ["broker", "workflows", "servers", "cron", "rates", "security"];
 
 type Table = Record<string, unknown>;
@@ -143,16 +147,18 @@ class Reader {
     let broker: Values = {};
     let workflows = { keys: {} as Values, groups: {} as Record<string, Values> };
     let here = { keys: {} as Values, groups: {} as Record<string, Values> };
+    let security: KeyPaths = {};
     for (const [name, value] of Object.entries(doc)) {
       if (!TOP_LEVEL_TABLES.includes(name)) this.warn([name], "unknown table");
       else if (!isTable(value)) this.problem([name], `expected a table [${name}], found ${describe(value)}`);
       else if (name === "broker") broker = this.keys(value, ["broker"], BROKER_READ, KNOWN_BROKER_KEYS);
       else if (name === "workflows") workflows = this.workflows(value, ["workflows"]);
       else if (name === "servers") here = this.servers(value, server) ?? here;
+      else if (name === "security") security = this.security(value);
     }
     if (this.problems.length) throw new ConfigError(this.problems.join("\n"));
     const layers = [workflows.keys, workflows.groups[group] ?? {}, here.keys, here.groups[group] ?? {}];
-    const settings: FileSettings = { path: this.path, warnings: this.warnings, ...broker, ...Object.assign({}, ...layers) };
+    const settings: FileSettings = { path: this.path, warnings: this.warnings, security, ...broker, ...Object.assign({}, ...layers) };
     if (settings.bind !== undefined) settings.bind = connectable(settings.bind);
     return settings;
   }
@@ -195,6 +201,21 @@ class Reader {
       if (isTable(value)) groups[name] = this.keys(value, [...path, name], GROUP_READ, KNOWN_GROUP_KEYS);
     }
     return { keys: this.keys(plain, path, GROUP_READ, KNOWN_GROUP_KEYS), groups };
+  }
+
+  /** `[security]`: this program's own key files; the broker's keys (and `[security.workers]`) are only known here. */
+  private security(table: Table): KeyPaths {
+    const found: KeyPaths = {};
+    for (const [key, value] of Object.entries(table)) {
+      if (key === "workers" && isTable(value)) continue; // the broker's allow-lists
+      if (!KNOWN_SECURITY_KEYS.includes(key)) {
+        this.warn(["security", key], "unknown key");
+      } else if (key === "key" || key === "broker_public_key") {
+        if (typeof value !== "string" || !value.trim()) this.problem(["security", key], `expected a non-empty string, found ${describe(value)}`);
+        else found[key === "key" ? "key" : "brokerKey"] = { path: value, origin: this.at(["security", key]) };
+      }
+    }
+    return found;
   }
 
   /** Every server's blocks are checked (a typo shows wherever the file loads); `server`'s are returned. */

@@ -17,10 +17,13 @@ export class Link {
   private sending = false;
   private closed = false;
   private idleWaiters: (() => void)[] = [];
+  /** Why the last handshake with the broker failed (a CURVE broker refusing our key, say); null once one succeeds. */
+  handshakeError: string | null = null;
 
-  constructor(readonly endpoint: string, onMessage: (frames: Buffer[]) => void, curve?: CurveKeys) {
-    // Security goes here, before connect: with CURVE keys the broker authenticates this peer
-    // (the broker's side of it is the security issue's work).
+  /** `onHandshakeError` hears each failed handshake, explained (the broker's refusals are silent otherwise). */
+  constructor(readonly endpoint: string, onMessage: (frames: Buffer[]) => void, readonly curve?: CurveKeys,
+              private readonly onHandshakeError?: (why: string) => void) {
+    // CURVE keys go on before connect: the broker's authenticator admits only keys in its allow-lists.
     const options: Record<string, unknown> = { linger: 0 };
     if (curve !== undefined) {
       options.curveServerKey = curve.serverKey;
@@ -28,8 +31,40 @@ export class Link {
       options.curveSecretKey = curve.secretKey;
     }
     this.sock = new zmq.Dealer(options);
+    void this.watch();
     this.sock.connect(endpoint);
     void this.receive(onMessage);
+  }
+
+  /** libzmq's socket events: the one place a refused CURVE handshake shows on this side. */
+  private async watch(): Promise<void> {
+    try {
+      for await (const event of this.sock.events) {
+        if (this.closed) return;
+        if (event.type === "handshake") this.handshakeError = null;
+        if (!event.type.startsWith("handshake:error")) continue;
+        const why = this.explain(event.type, (event as { error?: NodeJS.ErrnoException }).error);
+        if (why === null) continue;
+        this.handshakeError = why;
+        this.onHandshakeError?.(why);
+      }
+    } catch {
+      // the observer ends with the socket; nothing to report
+    }
+  }
+
+  private explain(type: string, error?: NodeJS.ErrnoException): string | null {
+    const at = `the broker at ${this.endpoint}`;
+    if (type === "handshake:error:auth") {
+      return `${at} refused this key (${this.curve?.publicKey}): it is in none of its allow-lists (unknown or revoked)`;
+    }
+    if (type === "handshake:error:protocol" && error?.code === "ERR_ZMTP_MECHANISM_MISMATCH") {
+      return this.curve ? `${at} does not use CURVE, but this program has a key: drop --key / SHOAL_KEY / [security] key`
+        : `${at} requires CURVE and this program has no key: give one (--key and --broker-key, SHOAL_KEY and SHOAL_BROKER_KEY, or [security] key and broker_public_key)`;
+    }
+    // a CURVE handshake the broker breaks off: most often our broker key is not its key
+    if (this.curve) return `the CURVE handshake with ${at} failed (${error?.code ?? error?.message ?? type}): is the broker key its public key?`;
+    return null;
   }
 
   private async receive(onMessage: (frames: Buffer[]) => void): Promise<void> {

@@ -85,6 +85,9 @@ export class Worker {
   private finishing = false;
   /** Why the broker refused this worker (exit code 2), if it did. */
   refused: string | null = null;
+  /** Whether the broker ever answered: a CURVE broker never answers a key it does not admit. */
+  private heardOnce = false;
+  private handshakeLogged: string | null = null;
   jobsDone = 0;
 
   constructor(readonly options: WorkerOptions) {
@@ -105,8 +108,8 @@ export class Worker {
       this.finish = resolve;
       this.connect(false);
       this.lastHeard = monotonic();
-      this.log("info", `shoal worker (typescript) for group ${JSON.stringify(o.group)} connected to ${o.endpoint} with ` +
-        `${o.concurrency} slots; workflows: ${[...o.workflows.keys()].join(", ")}`);
+      this.log("info", `shoal worker (typescript) for group ${JSON.stringify(o.group)} connected to ${o.endpoint} ` +
+        `(${o.curve ? `CURVE, key ${o.curve.publicKey}` : "no CURVE key"}) with ${o.concurrency} slots; workflows: ${[...o.workflows.keys()].join(", ")}`);
       this.timer = setInterval(() => this.tick(), Math.max(10, Math.min(100, this.hbMs / 4)));
     });
   }
@@ -125,7 +128,11 @@ export class Worker {
   // --- connection ------------------------------------------------------------------
   private connect(reconnecting: boolean): void {
     this.link?.close(0);
-    this.link = new Link(this.options.endpoint, (frames) => this.onFrames(frames), this.options.curve);
+    this.link = new Link(this.options.endpoint, (frames) => this.onFrames(frames), this.options.curve, (why) => {
+      // once per reason, not per reconnect: the worker keeps retrying (the key may be admitted by a reload)
+      if (why !== this.handshakeLogged) this.log("error", `${why}; retrying`);
+      this.handshakeLogged = why;
+    });
     if (reconnecting) this.announce();
     else this.sendHello();
   }
@@ -187,7 +194,9 @@ export class Worker {
       }
     } else if (now - this.lastHeard > this.hbMs * this.liveness) {
       const wait = this.backoff.next();
-      this.log("warning", `broker at ${this.options.endpoint} is silent; reconnecting in ${(wait / 1000).toFixed(1)}s`);
+      this.log("warning", `broker at ${this.options.endpoint} is silent; reconnecting in ${(wait / 1000).toFixed(1)}s` +
+        // a refused handshake was logged already; a broker that is up and silent may drop us unexplained
+        (this.heardOnce || this.handshakeLogged ? "" : " (it never answered: if its CURVE is on, check this worker's key and broker key)"));
       this.reconnectAt = now + wait;
     } else if (now - this.lastSent >= this.hbMs) {
       this.send(Command.HEARTBEAT, {});
@@ -223,6 +232,7 @@ export class Worker {
     let body: Body;
     const now = monotonic();
     this.lastHeard = now;
+    this.heardOnce = true;
     this.outbox.heard(now);
     this.backoff.reset();
     this.reconnectAt = null; // the connection works again: no new socket needed

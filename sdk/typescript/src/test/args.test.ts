@@ -23,11 +23,10 @@ test("bad command lines name the flag", () => {
   assert.equal(parseArgs(["--help"]).help, true);
 });
 
-test("CURVE key files: both or neither, from flags or SHOAL_KEY / SHOAL_BROKER_KEY", () => {
-  const o = parseArgs(["--app", "a.js", "--key", "w.key_secret", "--broker-key", "b.key"]);
-  assert.deepEqual([o.key, o.brokerKey], ["w.key_secret", "b.key"]);
+test("CURVE key files: a flag beats SHOAL_KEY / SHOAL_BROKER_KEY, each remembers where it came from", () => {
+  const o = parseArgs(["--app", "a.js", "--key", "w.key_secret", "--broker-key", "b.key"], { SHOAL_KEY: "env" });
+  assert.deepEqual(o.keys, { key: { path: "w.key_secret", origin: "--key" }, brokerKey: { path: "b.key", origin: "--broker-key" } });
   const e = parseArgs(["--app", "a.js"], { SHOAL_KEY: "k", SHOAL_BROKER_KEY: "bk" });
-  assert.deepEqual([e.key, e.brokerKey], ["k", "bk"]);
-  assert.equal(parseArgs(["--app", "a.js"]).key, "");
-  assert.throws(() => parseArgs(["--app", "a.js", "--key", "w.key_secret"]), /needs both --key/);
+  assert.deepEqual(e.keys, { key: { path: "k", origin: "SHOAL_KEY" }, brokerKey: { path: "bk", origin: "SHOAL_BROKER_KEY" } });
+  assert.deepEqual(parseArgs(["--app", "a.js"]).keys, { key: undefined, brokerKey: undefined });
 });
