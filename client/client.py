@@ -2,7 +2,7 @@
 
 ``Client`` sends each request on the calling thread's own socket (``connection``);
 ``AsyncClient`` on the event loop's socket (``aio``). Both build requests and read
-replies through ``_Requests``.
+replies through ``Requests``.
 """
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def _jobs_body(state: str | None, group: str | None, limit: int) -> dict[str, An
     return body
 
 
-class _Requests:
+class Requests:
     """Builds request bodies and reads replies; shared by the sync and async clients."""
 
     def __init__(self, endpoint: str | None, timeout: float, max_message_bytes: int,
@@ -139,7 +139,7 @@ class Client:
         """``key``/``broker_key``: CURVE certificate paths, this program's secret one and the broker's
         public one (else SHOAL_KEY / SHOAL_BROKER_KEY, else ``[security]`` of ``config``, SHOAL_CONFIG
         or ./shoal.toml). Neither anywhere: a plain connection."""
-        self._r = _Requests(endpoint, timeout, max_message_bytes, key, broker_key, config)
+        self._r = Requests(endpoint, timeout, max_message_bytes, key, broker_key, config)
         self.endpoint = self._r.endpoint
         self._conn = Connection(self.endpoint, self._r.curve)
 
@@ -297,7 +297,7 @@ class AsyncClient:
                  max_message_bytes: int = P.DEFAULT_MAX_MESSAGE_BYTES, *, key: str | None = None,
                  broker_key: str | None = None, config: str | None = None) -> None:
         """``key``/``broker_key``/``config``: as for ``Client``."""
-        self._r = _Requests(endpoint, timeout, max_message_bytes, key, broker_key, config)
+        self._r = Requests(endpoint, timeout, max_message_bytes, key, broker_key, config)
         self.endpoint = self._r.endpoint
         self._conn = AsyncConnection(self.endpoint, self._r.curve)
 

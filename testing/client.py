@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterator, Protocol
 
 from shoal import protocol as P
 from shoal.client import Client
-from shoal.client.client import _Requests
+from shoal.client.client import Requests
 from shoal.client.connection import remote_error
 from shoal.client.results import event_of
 from shoal.errors import WaitTimeout
@@ -69,7 +69,7 @@ class SimClient(Client):
     def __init__(self, driver: Driver, timeout: float = 10.0,
                  max_message_bytes: int = P.DEFAULT_MAX_MESSAGE_BYTES) -> None:
         # Not Client.__init__: that opens a ZeroMQ context. The request builder is the same one.
-        self._r = _Requests(ENDPOINT, timeout, max_message_bytes)
+        self._r = Requests(ENDPOINT, timeout, max_message_bytes)
         self.endpoint = ENDPOINT
         self._conn = SimConnection(driver)  # type: ignore[assignment]
         self._driver = driver

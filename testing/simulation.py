@@ -19,7 +19,7 @@ from typing import Any, Callable, Union
 from shoal import protocol as P
 from shoal.broker.core import Broker
 from shoal.broker.core import Outgoing
-from shoal.broker.recovery.history_reader import _history_reply  # the same reply the server's reader sends
+from shoal.broker.recovery.history_reader import history_reply  # the same reply the server's reader sends
 from shoal.broker.storage.memstore import MemoryStore
 from shoal.conf import Settings, load_settings
 from shoal.errors import ConfigError
@@ -185,7 +185,7 @@ class Simulation:
         answers = []
         for identity, rid, job_id in wanted:
             entries = [(seq, entry) for seq, entry in self.store.iter_log() if entry[2] == job_id]
-            answers.append(Outgoing(identity, _history_reply(rid, job_id, entries, 0)))
+            answers.append(Outgoing(identity, history_reply(rid, job_id, entries, 0)))
         return answers
 
     def _deliver(self, out: Outgoing) -> None:

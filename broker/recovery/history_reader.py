@@ -29,7 +29,7 @@ MAX_HISTORY = 10_000  # rows in one reply; the oldest beyond it are counted, not
 SCAN_REST = 2.0  # after a scan of t seconds the reader rests 2t (at most 1 s)
 
 
-def _history_reply(rid: int, job_id: bytes, entries: list[tuple[int, list]], skipped: int) -> list[bytes]:
+def history_reply(rid: int, job_id: bytes, entries: list[tuple[int, list]], skipped: int) -> list[bytes]:
     """The REPLY (or unknown-job ERROR) frames for one job's log entries, oldest first."""
     if not entries:
         return P.encode(P.ERROR, {"rid": rid, "code": P.E_UNKNOWN_JOB, "message":
@@ -76,7 +76,7 @@ class HistoryReader:
                 started = time.monotonic()
                 try:
                     entries, skipped = self.store.log_of(job_id, MAX_HISTORY)
-                    frames = _history_reply(rid, job_id, entries, skipped)
+                    frames = history_reply(rid, job_id, entries, skipped)
                 except Exception as exc:  # noqa: BLE001 - the client gets the error, the broker goes on
                     log.exception("history of job %s failed", id_to_str(job_id))
                     frames = P.encode(P.ERROR, {"rid": rid, "code": P.E_INTERNAL,
