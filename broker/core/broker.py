@@ -201,6 +201,29 @@ class Broker:
         self.core.undo.clear()
         return added
 
+    def reloaded(self, answered_waits: list[tuple[bytes, bytes, int]]) -> tuple["Broker", list[Outgoing]]:
+        """A broker rebuilt from storage after a commit failed (the store is the truth), with
+        what is not stored carried over: the shell's settings, counters, history scans still
+        running, and every WAIT (those still open and those ``answered_waits`` answered in the
+        lost pass: their jobs are not final after all). A WAIT whose job is final in storage
+        is answered now; the rest stay registered. Enqueues are refused until room is measured."""
+        new = Broker(self.store, self.settings, self.clock, self.core.rng)
+        new.load()
+        new.supervisor, new.events_endpoint = self.supervisor, self.events_endpoint
+        new.send_hwm, new.replies_dropped = self.send_hwm, self.replies_dropped
+        new.history_reading = self.history_reading  # their scans still run and answer
+        new.storage_full = True
+        waits = [(job_id, identity, rid) for job_id, waiting in self.waiters.items() for identity, rid in waiting]
+        answers = []
+        for job_id, identity, rid in waits + answered_waits:
+            if job_id in new.jobs:
+                new.add_waiter(job_id, identity, rid)
+            else:  # final in storage after all (an earlier pass): answer now
+                record = new.record_of(job_id)
+                if record is not None:
+                    answers.append(Outgoing(identity, P.encode(P.REPLY, {"rid": rid, "job": record})))
+        return new, answers
+
     def history_answered(self, identity: bytes) -> None:
         """The reader thread answered one of this peer's HISTORY requests."""
         self.core.history.answered(identity)

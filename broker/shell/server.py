@@ -14,6 +14,7 @@ import time
 import zmq
 
 from shoal.conf.settings import Settings
+from shoal.endpoints import connectable
 from shoal import protocol as P
 from shoal.errors import StorageFull
 from shoal.faults import fault
@@ -81,7 +82,7 @@ class BrokerServer:
         self._trim_at = 0.0  # the next trim-only commit, not before (monotonic)
         self._stop = threading.Event()
         if settings.broker.supervise:
-            supervisor = Supervisor(settings, _local_endpoint(self.endpoint))
+            supervisor = Supervisor(settings, connectable(self.endpoint))
             if self.curve is not None:  # each supervised group gets a key of its own, made now
                 supervisor.keys = self.curve.supervised_keys(list(supervisor.groups))
             self.broker.supervisor = supervisor
@@ -268,30 +269,16 @@ class BrokerServer:
         again and keep the leases they still hold.
         """
         log.error("commit failed, the pass is discarded: %s", reason)
-        old = self.broker
-        refusals = []
-        waits = [(job_id, identity, rid) for job_id, waiting in old.waiters.items() for identity, rid in waiting]
+        refusals, answered = [], []
         for out in outbox:
             command, body = P.decode(out.frames)
             if out.wait_for is not None:
-                waits.append((out.wait_for, out.identity, body["rid"]))
+                answered.append((out.wait_for, out.identity, body["rid"]))
             elif command in (P.REPLY, P.ERROR) and body.get("rid") is not None:
                 refusals.append(Outgoing(out.identity, P.encode(P.ERROR, {
                     "rid": body["rid"], "code": P.E_STORAGE, "message": f"storage full: {reason}"})))
-        self.broker = Broker(self.store, self.settings, old.clock)
-        self.broker.load()
-        self.broker.supervisor, self.broker.events_endpoint = old.supervisor, old.events_endpoint
-        self.broker.send_hwm, self.broker.replies_dropped = old.send_hwm, old.replies_dropped
-        self.broker.history_reading = old.history_reading  # their scans still run and answer
-        self.broker.storage_full = True
-        for job_id, identity, rid in waits:
-            if job_id in self.broker.jobs:
-                self.broker.add_waiter(job_id, identity, rid)
-            else:  # final in storage after all (an earlier pass): answer now
-                record = self.broker.record_of(job_id)
-                if record is not None:
-                    refusals.append(Outgoing(identity, P.encode(P.REPLY, {"rid": rid, "job": record})))
-        return refusals
+        self.broker, answers = self.broker.reloaded(answered)
+        return refusals + answers
 
     def close(self) -> None:
         """Drain the workers we started, then release the socket and the environment."""
@@ -309,14 +296,6 @@ class BrokerServer:
         if self.metrics is not None:
             self.metrics.close()
         self.store.close()
-
-
-def _local_endpoint(endpoint: str) -> str:
-    """Where workers on this host connect: a wildcard bind is reached on loopback."""
-    for wildcard in ("tcp://0.0.0.0:", "tcp://*:", "tcp://[::]:"):
-        if endpoint.startswith(wildcard):
-            return "tcp://127.0.0.1:" + endpoint[len(wildcard):]
-    return endpoint
 
 
 def serve(settings: Settings) -> int:
