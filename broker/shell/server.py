@@ -36,6 +36,8 @@ PEER_HWM = 10_000  # replies queued per peer before it counts as not reading
 PEER_RCVHWM = 1_000  # messages read ahead per peer; past it TCP holds the peer back
 PASS_BUDGET_S = 0.003  # a pass stops handling after this long, commits and sends
 STALL_S = 2.0  # the loop late by this much stood still: its workers' silence was not theirs
+_MORE = int(zmq.SNDMORE | zmq.NOBLOCK)  # plain ints: no enum arithmetic per frame
+_NOBLOCK = int(zmq.NOBLOCK)
 TRIM_GAP_S = 0.02  # at most this often a commit just to drop log entries behind a snapshot
 
 
@@ -179,11 +181,17 @@ class BrokerServer:
 
     def _send_all(self, outbox: list[Outgoing]) -> bool:
         busy = False
-        broker, sock = self.broker, self.sock
+        broker, send = self.broker, self.sock.send
         # JOBs first: the worker's leg is the longer path of an enqueue-then-wait round trip
-        for out in sorted(outbox, key=lambda o: not o.job_ids):
+        for out in sorted(outbox, key=lambda o: not o.job_ids) if len(outbox) > 1 else outbox:
             try:
-                sock.send_multipart([out.identity, *out.frames], zmq.NOBLOCK)
+                # a send per frame, not send_multipart (a third of its cost, BENCHMARKS.md): the first
+                # frame raises Again or EHOSTUNREACH before anything is queued, as send_multipart's would
+                send(out.identity, _MORE)
+                *head, last = out.frames
+                for frame in head:
+                    send(frame, _MORE)
+                send(last, _NOBLOCK)
             except zmq.Again:  # the peer's queue is full: it does not read what we send
                 broker.undeliverable(out, not_reading=True)
                 busy = True
