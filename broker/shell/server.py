@@ -10,6 +10,7 @@ import logging
 import signal
 import threading
 import time
+from typing import cast
 
 import zmq
 
@@ -242,7 +243,7 @@ class BrokerServer:
             broker.handle(identity, frames)
             # A lone request (a sequential caller) is the common pass: asking whether more is
             # waiting costs a third of the refused recv (zmq.Again) that would tell the same.
-            if n == 0 and not sock.getsockopt(_EVENTS) & _POLLIN:
+            if n == 0 and not cast(int, option(_EVENTS)) & _POLLIN:
                 return
             if n & 3 == 3 and time.monotonic() - started > PASS_BUDGET_S:
                 return
