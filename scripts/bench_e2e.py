@@ -31,7 +31,7 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 SCRIPTS = Path(__file__).resolve().parent
 CPU_KEYS = ("broker_cpu_us", "worker_cpu_us", "job_to_done_p50_us", "job_to_done_p99_us", "enqueue_p50_us",
@@ -178,28 +178,36 @@ def measure_worker(args: argparse.Namespace) -> dict[str, Any]:
             "job_to_done_p99_us": bench.percentile(latencies, 99) * 1e6}
 
 
-def ab(args: argparse.Namespace) -> int:
-    """Alternate the trees, ``--runs`` each, and print medians."""
-    trees = dict(pair.split("=", 1) for pair in args.ab)
-    runs: dict[str, list[float]] = {name: [] for name in trees}
-    cpu: dict[str, dict[str, list[float]]] = {name: {key: [] for key in CPU_KEYS} for name in trees}
-    print(f"load at start: {load()}", flush=True)
-    for i in range(args.runs):
+def alternate(pairs: list[str], runs: int, script: str, args: list[str]) -> Iterator[tuple[int, str, dict[str, Any]]]:
+    """Run ``script args`` once per tree (``NAME=SITE``) and round, A B A B …, each child with
+    ``PYTHONPATH=SITE`` in front; yields (round, name, the JSON line it printed last)."""
+    trees = dict(pair.split("=", 1) for pair in pairs)
+    for i in range(runs):
         for name, site in trees.items():
             env = dict(os.environ)
             env["PYTHONPATH"] = os.pathsep.join(p for p in [site, env.get("PYTHONPATH", "")] if p)
-            cmd = [sys.executable, __file__, "--json", "--phase", args.phase, "--total", str(args.total), "--batch", str(args.batch),
-                   "--concurrency", str(args.concurrency), "--in-flight", str(args.in_flight)]
-            out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
-            fig = json.loads(out.strip().splitlines()[-1])
-            runs[name].append(fig["jobs_s"])
-            for key in CPU_KEYS:
-                cpu[name][key].append(fig.get(key, 0.0))
-            print(f"run {i + 1} {name}: {fig['jobs_s']:,.0f} jobs/s (send {fig['send_s']:.2f} s), CPU per job: "
-                  f"broker {fig['broker_cpu_us']:.0f} us, worker {fig['worker_cpu_us']:.0f} us"
-                  + (f"; JOB to DONE p50 {fig['job_to_done_p50_us']:.0f} us, p99 {fig['job_to_done_p99_us']:.0f} us"
-                     if "job_to_done_p50_us" in fig else "") + " "
-                  f"[{fig['shoal']}] load {load()}", flush=True)
+            out = subprocess.run([sys.executable, script, *args], env=env, capture_output=True, text=True,
+                                 check=True).stdout
+            yield i, name, json.loads(out.strip().splitlines()[-1])
+
+
+def ab(args: argparse.Namespace) -> int:
+    """Alternate the trees, ``--runs`` each, and print medians."""
+    names = [pair.split("=", 1)[0] for pair in args.ab]
+    runs: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, dict[str, list[float]]] = {name: {key: [] for key in CPU_KEYS} for name in names}
+    print(f"load at start: {load()}", flush=True)
+    child = ["--json", "--phase", args.phase, "--total", str(args.total), "--batch", str(args.batch),
+             "--concurrency", str(args.concurrency), "--in-flight", str(args.in_flight)]
+    for i, name, fig in alternate(args.ab, args.runs, __file__, child):
+        runs[name].append(fig["jobs_s"])
+        for key in CPU_KEYS:
+            cpu[name][key].append(fig.get(key, 0.0))
+        print(f"run {i + 1} {name}: {fig['jobs_s']:,.0f} jobs/s (send {fig['send_s']:.2f} s), CPU per job: "
+              f"broker {fig['broker_cpu_us']:.0f} us, worker {fig['worker_cpu_us']:.0f} us"
+              + (f"; JOB to DONE p50 {fig['job_to_done_p50_us']:.0f} us, p99 {fig['job_to_done_p99_us']:.0f} us"
+                 if "job_to_done_p50_us" in fig else "") + " "
+              f"[{fig['shoal']}] load {load()}", flush=True)
     print(f"load at end: {load()}")
     for name, values in runs.items():
         print(f"{name}: median {statistics.median(values):,.0f} jobs/s (min {min(values):,.0f}, "

@@ -29,7 +29,6 @@ import os
 import pstats
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -135,20 +134,16 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
 
 
 def ab(args: argparse.Namespace) -> int:
-    trees = dict(pair.split("=", 1) for pair in args.ab)
-    figs: dict[str, dict[str, list[float]]] = {name: {k: [] for k in KEYS} for name in trees}
+    from bench_e2e import alternate  # the same alternation as the end-to-end A/B (a script beside this one)
+
+    figs: dict[str, dict[str, list[float]]] = {pair.split("=", 1)[0]: {k: [] for k in KEYS} for pair in args.ab}
     print(f"load at start: {os.getloadavg()[0]:.2f}", flush=True)
-    for i in range(args.runs):
-        for name, site in trees.items():
-            env = dict(os.environ)
-            env["PYTHONPATH"] = os.pathsep.join(p for p in [site, env.get("PYTHONPATH", "")] if p)
-            cmd = [sys.executable, __file__, "--json", "--phase", args.phase, "--rounds", str(args.rounds),
-                   "--per", str(args.per), "--warmup", str(args.warmup)]
-            fig = json.loads(subprocess.run(cmd, env=env, capture_output=True, text=True, check=True,
-                                            cwd=tempfile.gettempdir()).stdout.strip().splitlines()[-1])
-            for k in KEYS:
-                figs[name][k].append(fig[k])
-            print(f"run {i + 1} {name}: " + ", ".join(f"{k[:-3]} {fig[k]:.1f} us" for k in KEYS), flush=True)
+    child = ["--json", "--phase", args.phase, "--rounds", str(args.rounds), "--per", str(args.per),
+             "--warmup", str(args.warmup)]
+    for i, name, fig in alternate(args.ab, args.runs, __file__, child):
+        for k in KEYS:
+            figs[name][k].append(fig[k])
+        print(f"run {i + 1} {name}: " + ", ".join(f"{k[:-3]} {fig[k]:.1f} us" for k in KEYS), flush=True)
     print(f"load at end: {os.getloadavg()[0]:.2f}")
     for name, fig in figs.items():
         print(f"{name}: " + ", ".join(f"{k[:-3]} {statistics.median(v):.1f} ({min(v):.1f}-{max(v):.1f})"
