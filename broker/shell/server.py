@@ -37,10 +37,10 @@ PEER_HWM = 10_000  # replies queued per peer before it counts as not reading
 PEER_RCVHWM = 1_000  # messages read ahead per peer; past it TCP holds the peer back
 PASS_BUDGET_S = 0.003  # a pass stops handling after this long, commits and sends
 STALL_S = 2.0  # the loop late by this much stood still: its workers' silence was not theirs
+TRIM_GAP_S = 0.02  # at most this often a commit just to drop log entries behind a snapshot
 _MORE = int(zmq.SNDMORE | zmq.NOBLOCK)  # plain ints: no enum arithmetic per frame
 _NOBLOCK = int(zmq.NOBLOCK)
 _EVENTS, _POLLIN, _RCVMORE = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.RCVMORE)
-TRIM_GAP_S = 0.02  # at most this often a commit just to drop log entries behind a snapshot
 
 
 class BrokerServer:

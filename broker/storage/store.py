@@ -47,11 +47,6 @@ LOG_BASE = b"log_base"  # meta: every log entry up to this seq was dropped behin
 _LOG_HEAD = b"\x94"  # msgpack fixarray of 4
 _BIN16 = b"\xc4\x10"  # msgpack bin 8 header of a 16-byte job id
 _PACKED_OPS: dict[str, bytes] = {}  # a log entry's op, packed once (a handful of names)
-
-
-def _pack_op(op: str) -> bytes:
-    raw = _PACKED_OPS[op] = pack(op)
-    return raw
 # A snapshot is written and fdatasync'ed this much at a time: the broker's own commit syncs
 # queue behind at most this much snapshot I/O. Measured (BENCHMARKS.md, "Snapshot stalls"):
 # 1 MiB doubled the enqueue p99 during a snapshot, 256 KiB left it where it is without one,
@@ -64,6 +59,11 @@ _YIELD_EVERY = 2_000  # log entries a background scan reads between two offers o
 # it stayed where it is without a snapshot (BENCHMARKS.md). Overwrites are not paced; cutting
 # a recycled file that was longer (freeing blocks, discarded) is paced the same way.
 SNAPSHOT_NEW_BYTES_PER_S = 50 << 20
+
+
+def _pack_op(op: str) -> bytes:
+    raw = _PACKED_OPS[op] = pack(op)
+    return raw
 
 
 def _fsync_path(path: str) -> None:
