@@ -552,15 +552,17 @@ def serve_traced_broker(config: str, data: str, events_path: str) -> int:
 
     events: list[tuple[float, str, Any]] = []
     clock = time.perf_counter
-    send_multipart = zmq.Socket.send_multipart
+    send_all = BrokerServer._send_all
 
-    def traced_send(sock: zmq.Socket, frames: Any, *a: Any, **k: Any) -> Any:
-        if len(frames) == 4:  # [identity, version, command, body]: the broker's own sends
-            # stamped before the call: the peer may act on the message before it returns
-            events.append((clock(), "send", bytes(frames[2]).decode()))
-        return send_multipart(sock, frames, *a, **k)
+    def traced_send_all(server: BrokerServer, outbox: list[Any]) -> bool:
+        busy = False
+        for out in sorted(outbox, key=lambda o: not o.job_ids):  # the loop's order: JOBs first
+            # stamped before the send: the peer may act on the message before it returns
+            events.append((clock(), "send", bytes(out.frames[1]).decode()))
+            busy = send_all(server, [out]) or busy
+        return busy
 
-    zmq.Socket.send_multipart = traced_send  # type: ignore[method-assign]
+    BrokerServer._send_all = traced_send_all  # type: ignore[method-assign]
     settings = load_settings(config, server=None, env={}, flags={"data": data, "bind": "tcp://127.0.0.1:*",
                                                                  "supervise": False})
     server = BrokerServer(settings)

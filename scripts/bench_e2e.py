@@ -12,7 +12,8 @@ prints each run, the medians with min/max, and the load average before and after
 client, broker and worker all come from the tree under test; the phase itself
 (``Cluster`` and ``end_to_end``) is the one in ``scripts/bench.py`` next to this file.
 
-``--phase worker`` measures the worker alone: a real worker process fed by a stand-in
+``--phase enqueue`` is ``bench.py core``'s sequential enqueue alone (one ``Client``, no worker), with
+the broker's CPU per enqueue and the p50/p90 latency. ``--phase worker`` measures the worker alone: a real worker process fed by a stand-in
 broker in this process (a ROUTER that answers HELLO with jobs, and every DONE with as many
 new jobs as it reported), so the worker's CPU per job is seen without the broker's noise;
 ``--in-flight 1`` sends one job at a time, and the JOB-to-DONE latency is the two hand-offs'.
@@ -30,10 +31,11 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 SCRIPTS = Path(__file__).resolve().parent
-CPU_KEYS = ("broker_cpu_us", "worker_cpu_us", "job_to_done_p50_us", "job_to_done_p99_us")
+CPU_KEYS = ("broker_cpu_us", "worker_cpu_us", "job_to_done_p50_us", "job_to_done_p99_us", "enqueue_p50_us",
+            "enqueue_p90_us")
 
 
 def load() -> str:
@@ -80,6 +82,29 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             result[f"{name}_cpu_us"] = (bench.cpu_seconds(pid) - cpu0[name]) / args.total * 1e6
         stop_spies(spies)
     return result
+
+
+def measure_enqueue(args: argparse.Namespace) -> dict[str, Any]:
+    """``--total`` sequential ``Client.enqueue`` calls to a group with no worker (``bench.py core``'s
+    one-thread enqueue): rate, p50/p90 latency and the broker's CPU per enqueue."""
+    import time
+
+    sys.path.insert(0, str(SCRIPTS))
+    import bench  # noqa: E402
+
+    with bench.Cluster("e2e-enqueue") as c:
+        c.start_broker()
+        assert c.broker is not None
+        client, pid = c.client(), c.broker.popen.pid
+        for i in range(200):  # warm-up: the client's socket, the broker's first pages
+            client.enqueue("noop", {"i": i}, group="parked")
+        cpu0, t0 = bench.cpu_seconds(pid), time.perf_counter()
+        samples = bench.timed_ms(lambda: client.enqueue("noop", {"i": 1}, group="parked"), args.total, 0)
+        elapsed = time.perf_counter() - t0
+        cpu = bench.cpu_seconds(pid) - cpu0
+    return {"jobs_s": args.total / elapsed, "elapsed_s": elapsed, "send_s": 0.0, "broker_cpu_us": cpu / args.total * 1e6,
+            "worker_cpu_us": 0.0, "enqueue_p50_us": bench.percentile(samples, 50) * 1e3,
+            "enqueue_p90_us": bench.percentile(samples, 90) * 1e3}
 
 
 def measure_worker(args: argparse.Namespace) -> dict[str, Any]:
@@ -153,28 +178,36 @@ def measure_worker(args: argparse.Namespace) -> dict[str, Any]:
             "job_to_done_p99_us": bench.percentile(latencies, 99) * 1e6}
 
 
-def ab(args: argparse.Namespace) -> int:
-    """Alternate the trees, ``--runs`` each, and print medians."""
-    trees = dict(pair.split("=", 1) for pair in args.ab)
-    runs: dict[str, list[float]] = {name: [] for name in trees}
-    cpu: dict[str, dict[str, list[float]]] = {name: {key: [] for key in CPU_KEYS} for name in trees}
-    print(f"load at start: {load()}", flush=True)
-    for i in range(args.runs):
+def alternate(pairs: list[str], runs: int, script: str, args: list[str]) -> Iterator[tuple[int, str, dict[str, Any]]]:
+    """Run ``script args`` once per tree (``NAME=SITE``) and round, A B A B …, each child with
+    ``PYTHONPATH=SITE`` in front; yields (round, name, the JSON line it printed last)."""
+    trees = dict(pair.split("=", 1) for pair in pairs)
+    for i in range(runs):
         for name, site in trees.items():
             env = dict(os.environ)
             env["PYTHONPATH"] = os.pathsep.join(p for p in [site, env.get("PYTHONPATH", "")] if p)
-            cmd = [sys.executable, __file__, "--json", "--phase", args.phase, "--total", str(args.total), "--batch", str(args.batch),
-                   "--concurrency", str(args.concurrency), "--in-flight", str(args.in_flight)]
-            out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
-            fig = json.loads(out.strip().splitlines()[-1])
-            runs[name].append(fig["jobs_s"])
-            for key in CPU_KEYS:
-                cpu[name][key].append(fig.get(key, 0.0))
-            print(f"run {i + 1} {name}: {fig['jobs_s']:,.0f} jobs/s (send {fig['send_s']:.2f} s), CPU per job: "
-                  f"broker {fig['broker_cpu_us']:.0f} us, worker {fig['worker_cpu_us']:.0f} us"
-                  + (f"; JOB to DONE p50 {fig['job_to_done_p50_us']:.0f} us, p99 {fig['job_to_done_p99_us']:.0f} us"
-                     if "job_to_done_p50_us" in fig else "") + " "
-                  f"[{fig['shoal']}] load {load()}", flush=True)
+            out = subprocess.run([sys.executable, script, *args], env=env, capture_output=True, text=True,
+                                 check=True).stdout
+            yield i, name, json.loads(out.strip().splitlines()[-1])
+
+
+def ab(args: argparse.Namespace) -> int:
+    """Alternate the trees, ``--runs`` each, and print medians."""
+    names = [pair.split("=", 1)[0] for pair in args.ab]
+    runs: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, dict[str, list[float]]] = {name: {key: [] for key in CPU_KEYS} for name in names}
+    print(f"load at start: {load()}", flush=True)
+    child = ["--json", "--phase", args.phase, "--total", str(args.total), "--batch", str(args.batch),
+             "--concurrency", str(args.concurrency), "--in-flight", str(args.in_flight)]
+    for i, name, fig in alternate(args.ab, args.runs, __file__, child):
+        runs[name].append(fig["jobs_s"])
+        for key in CPU_KEYS:
+            cpu[name][key].append(fig.get(key, 0.0))
+        print(f"run {i + 1} {name}: {fig['jobs_s']:,.0f} jobs/s (send {fig['send_s']:.2f} s), CPU per job: "
+              f"broker {fig['broker_cpu_us']:.0f} us, worker {fig['worker_cpu_us']:.0f} us"
+              + (f"; JOB to DONE p50 {fig['job_to_done_p50_us']:.0f} us, p99 {fig['job_to_done_p99_us']:.0f} us"
+                 if "job_to_done_p50_us" in fig else "") + " "
+              f"[{fig['shoal']}] load {load()}", flush=True)
     print(f"load at end: {load()}")
     for name, values in runs.items():
         print(f"{name}: median {statistics.median(values):,.0f} jobs/s (min {min(values):,.0f}, "
@@ -188,8 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--total", type=int, default=20_000)
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--phase", choices=["e2e", "worker"], default="e2e",
-                        help="e2e: a real broker; worker: the worker alone, fed by a stand-in broker")
+    parser.add_argument("--phase", choices=["e2e", "worker", "enqueue"], default="e2e",
+                        help="e2e: a real broker; worker: the worker alone, fed by a stand-in broker; "
+                             "enqueue: sequential enqueues, no worker (broker CPU per enqueue, p50)")
     parser.add_argument("--in-flight", type=int, default=0,
                         help="worker phase: at most this many jobs out at once (0: the worker's slots; "
                              "1: one at a time, for the JOB-to-DONE latency)")
@@ -201,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.ab:
         return ab(args)
-    fig = measure(args) if args.phase == "e2e" else measure_worker(args)
+    fig = {"e2e": measure, "worker": measure_worker, "enqueue": measure_enqueue}[args.phase](args)
     if "shoal" not in fig:
         import shoal
         fig["shoal"] = str(Path(shoal.__file__).resolve().parent)

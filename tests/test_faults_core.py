@@ -237,6 +237,21 @@ def test_a_result_that_cannot_be_stored_is_deferred_and_the_job_keeps_running(h:
     assert h.state(job_id) == J.COMPLETED and h.record(job_id)["attempts"] == 1
 
 
+
+def test_a_done_whose_results_do_not_fit_together_stores_those_that_fit_and_defers_the_rest(h: Harness) -> None:
+    small_id, big_id = h.new_jobs(2)
+    jobs = {j["id"]: j for j in dispatched(h.hello(slots=2))}
+    small, big = jobs[small_id], jobs[big_id]
+    reserve = h.settings.broker.min_free_disk_mb * 1024 * 1024
+    big_value = P.pack(b"x" * 100_000)
+    h.broker.storage_room = reserve // 2 + 3 * len(big_value) - 1  # room for the small result, not the big one
+    out = h.send(WORKER, P.DONE, {"results": [[small_id, small["token"], P.pack("ok"), 0, 1],
+                                              [big_id, big["token"], big_value, 0, 1]]})
+    [defer] = [m.body for m in out if m.command == P.DEFER]
+    assert defer["results"] == [[big_id, big["token"]]]
+    assert h.state(small_id) == J.COMPLETED and h.state(big_id) == J.RUNNING
+
+
 # --- peers that do not read -------------------------------------------------------------------
 def test_waits_per_client_are_capped_with_a_clear_error(h: Harness) -> None:
     h.broker.MAX_WAITS_PER_PEER = 3

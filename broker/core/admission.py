@@ -173,6 +173,21 @@ class Admission:
         finish; a handler returning big values can still outgrow that room. Past these harder
         limits the result is not stored now (the worker keeps it and sends it again, see
         ``DEFER``) instead of its commit failing, which would throw away the whole pass."""
+        problem = self._result_problem(value_bytes)
+        if problem is None:
+            self._charge(3 * value_bytes)
+        return problem
+
+    def results_fit(self, total_bytes: int) -> bool:
+        """True when results of this many bytes in all fit now and can never be too big, each of
+        them (so one DONE is checked once, not per result): they are then charged together. False
+        charges nothing; the caller checks each result (``result_never_fits``, ``result_refusal``)."""
+        if self.result_never_fits(total_bytes) is not None or self._result_problem(total_bytes) is not None:
+            return False
+        self._charge(3 * total_bytes)
+        return True
+
+    def _result_problem(self, value_bytes: int) -> str | None:
         need = 3 * value_bytes  # in the record, in the log entry, and page overhead
         cap = self.settings.broker.max_size_mb * 1024 * 1024
         if cap and self.storage_used + need > cap * RESULT_LIMIT:
@@ -182,10 +197,12 @@ class Admission:
         if self.storage_room - need < reserve // 2:
             return (f"storage full: a result of {value_bytes:,} bytes would leave the disk under "
                     f"{self.store.path} below half of min_free_disk ({reserve // 2**20} MiB)")
+        return None
+
+    def _charge(self, need: int) -> None:
         self.storage_used += need  # until the next measurement
         self.storage_room -= need
         self.jobs.undo.append((self._uncharge, need))
-        return None
 
     def result_never_fits(self, value_bytes: int) -> str | None:
         """Why a result is too big for this broker even with an empty store (a handler's fault,

@@ -212,6 +212,7 @@ class Broker:
         new.supervisor, new.events_endpoint = self.supervisor, self.events_endpoint
         new.send_hwm, new.replies_dropped = self.send_hwm, self.replies_dropped
         new.history_reading = self.history_reading  # their scans still run and answer
+        new.events_wanted = self.events_wanted  # the shell reads subscriptions only when they change
         new.storage_full = True
         waits = [(job_id, identity, rid) for job_id, waiting in self.waiters.items() for identity, rid in waiting]
         answers = []

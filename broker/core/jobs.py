@@ -221,7 +221,7 @@ class JobTable:
             job.expire_ms = job.finished_ms + int(self.groups(job.group).retention_s * 1000)
             batch.expiry_add.append((job.expire_ms, job.id))
             changes["expire_ms"] = job.expire_ms
-        batch.jobs[job.id] = job.to_record()
+        batch.jobs[job.id] = record = job.to_record()
         batch.log.append((op, job.id, changes))
         if job.key:
             self.hold_key(job)
@@ -236,7 +236,7 @@ class JobTable:
             if parent is not None:
                 self.wake_parent(parent)
         if job.id in self.waiters.waiters:
-            self.waiters.answer(job)
+            self.waiters.answer(job, record)  # the final record just built: not a second one
 
     def _unfinish(self, job: J.Job, active: bool, stored: Any) -> None:
         if active:

@@ -45,6 +45,8 @@ _U64 = struct.Struct(">Q")
 CRON_PREFIX = b"cron:"
 LOG_BASE = b"log_base"  # meta: every log entry up to this seq was dropped behind a snapshot
 _LOG_HEAD = b"\x94"  # msgpack fixarray of 4
+_BIN16 = b"\xc4\x10"  # msgpack bin 8 header of a 16-byte job id
+_PACKED_OPS: dict[str, bytes] = {}  # a log entry's op, packed once (a handful of names)
 # A snapshot is written and fdatasync'ed this much at a time: the broker's own commit syncs
 # queue behind at most this much snapshot I/O. Measured (BENCHMARKS.md, "Snapshot stalls"):
 # 1 MiB doubled the enqueue p99 during a snapshot, 256 KiB left it where it is without one,
@@ -57,6 +59,11 @@ _YIELD_EVERY = 2_000  # log entries a background scan reads between two offers o
 # it stayed where it is without a snapshot (BENCHMARKS.md). Overwrites are not paced; cutting
 # a recycled file that was longer (freeing blocks, discarded) is paced the same way.
 SNAPSHOT_NEW_BYTES_PER_S = 50 << 20
+
+
+def _pack_op(op: str) -> bytes:
+    raw = _PACKED_OPS[op] = pack(op)
+    return raw
 
 
 def _fsync_path(path: str) -> None:
@@ -406,10 +413,14 @@ class Store:
                     raw = packed[id(record)] = pack(record)
                     txn.put(job_id, raw, db=self._jobs)
             head = _LOG_HEAD + pack(wall_ms)
+            ops = _PACKED_OPS
             for op, job_id, changes in batch.log:
                 body = packed.get(id(changes)) or pack(changes)
-                # [wall_ms, op, job_id, changes] as a msgpack array, built from packed parts
-                txn.put(_U64.pack(seq), head + pack(op) + pack(job_id) + body, db=self._log, append=True)
+                op_raw = ops.get(op) or _pack_op(op)
+                # [wall_ms, op, job_id, changes] as a msgpack array, built from packed parts; a
+                # 16-byte id is bin 8 of length 16 (the same bytes pack() gives, without the call)
+                raw_id = _BIN16 + job_id if len(job_id) == 16 else pack(job_id)
+                txn.put(_U64.pack(seq), head + op_raw + raw_id + body, db=self._log, append=True)
                 seq += 1
             for expire_ms, job_id in batch.expiry_del:
                 txn.delete(_U64.pack(expire_ms) + job_id, db=self._expiry)

@@ -148,6 +148,9 @@ def on_done(core: Core, identity: bytes, done: M.Done) -> None:
     deferred: list[list[Any]] = []
     reason = ""
     admission = core.admission
+    # Checked once for the whole DONE when the sum fits (the usual case; stale results are charged
+    # too, until the next measurement); else each result on its own, below.
+    all_fit = admission.results_fit(sum(len(result.value) for result in done.results))
     for result in done.results:
         job = current(core, identity, result.id, result.token)
         if job is None:
@@ -157,16 +160,17 @@ def on_done(core: Core, identity: bytes, done: M.Done) -> None:
             job.value = result.value
             L.cancel_running_done(core, job)
             continue
-        too_big = admission.result_never_fits(len(result.value))
-        if too_big:  # no amount of waiting makes it fit: the attempt fails (retried, then dead)
-            core.leases.settle_sender(identity, job.id, job.token)
-            L.failed_attempt(core, job, J.KIND_STORAGE_FULL, too_big, None, duration_ms=0)
-            continue
-        no_room = admission.result_refusal(len(result.value))
-        if no_room:  # the broker's storage trouble, not the job's: it stays running, the worker keeps it
-            deferred.append([result.id, result.token])
-            reason = no_room
-            continue
+        if not all_fit:
+            too_big = admission.result_never_fits(len(result.value))
+            if too_big:  # no amount of waiting makes it fit: the attempt fails (retried, then dead)
+                core.leases.settle_sender(identity, job.id, job.token)
+                L.failed_attempt(core, job, J.KIND_STORAGE_FULL, too_big, None, duration_ms=0)
+                continue
+            no_room = admission.result_refusal(len(result.value))
+            if no_room:  # the broker's storage trouble, not the job's: it stays running, the worker keeps it
+                deferred.append([result.id, result.token])
+                reason = no_room
+                continue
         core.leases.settle_sender(identity, job.id, job.token)
         L.complete(core, job, result.value)
     if deferred:
