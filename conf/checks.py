@@ -168,7 +168,7 @@ def anything(value: object) -> object:
 def cron_schedule(value: object) -> str:
     """Check a cron expression the way the broker will read it (croniter, optional seconds last)."""
     # Imported here: croniter costs ~50 ms, which a config without [cron] should not pay.
-    from shoal.broker.core.crontab import SCHEDULE_HINT, schedule_problem
+    from shoal.broker.core.cron_checks import SCHEDULE_HINT, schedule_problem
 
     if not isinstance(value, str):
         raise Invalid(SCHEDULE_HINT, value)
@@ -180,7 +180,7 @@ def cron_schedule(value: object) -> str:
 
 def time_zone(value: object) -> str:
     """Check an IANA time zone name against this host's time zone database."""
-    from shoal.broker.core.crontab import ZONE_HINT, zone_problem  # lazily, as above
+    from shoal.broker.core.cron_checks import ZONE_HINT, zone_problem  # lazily, as above
 
     if not isinstance(value, str):
         raise Invalid(ZONE_HINT, value)

@@ -330,7 +330,7 @@ def cmd_job(client: "Client", args: argparse.Namespace) -> int:
     if args.json:
         _emit_json({**_result_dict(result), "steps": [dataclasses.asdict(s) for s in steps]})
         return EXIT_OK
-    print("\n".join(job_lines(result, time.time() * 1000)))
+    print("\n".join(fmt.job_lines(result, time.time() * 1000)))
     if steps:
         rows = [[s.name, s.status, str(s.attempts), fmt.duration(s.duration_ms / 1000),
                  fmt.truncated(fmt.to_json(s.value), 60) if s.error is None else fmt.first_line(s.error)]
@@ -338,29 +338,6 @@ def cmd_job(client: "Client", args: argparse.Namespace) -> int:
         print("\nsteps:")
         print("\n".join(fmt.table(["STEP", "STATUS", "ATTEMPTS", "DURATION", "RESULT"], rows, right=(2, 3))))
     return EXIT_OK
-
-
-def job_lines(r: "Result", now_ms: float) -> list[str]:
-    """The text of ``shoal job``: one ``field: value`` line each, traceback indented at the end."""
-    fields = [("id", r.id), ("status", r.status), ("workflow", r.workflow), ("group", r.group or "(unrouted)"),
-              ("attempts", str(r.attempts)), ("created", fmt.timestamp(r.created_ms)),
-              ("started", fmt.timestamp(r.started_ms)), ("finished", fmt.timestamp(r.finished_ms))]
-    if r.started_ms and r.finished_ms:
-        fields.append(("duration", fmt.duration((r.finished_ms - r.started_ms) / 1000)))
-    elif r.started_ms and r.status == "running":
-        fields.append(("duration", f"{fmt.duration((now_ms - r.started_ms) / 1000)} so far"))
-    if r.status == "completed":
-        fields.append(("value", fmt.truncated(fmt.to_json(r.value))))
-    if r.error:
-        # "error" is the ordinary kind (the handler raised); the others explain a death
-        kind = f" ({r.error_kind})" if r.error_kind and r.error_kind != "error" else ""
-        fields.append(("error", fmt.first_line(r.error) + kind))
-    width = max(len(name) for name, _ in fields) + 2
-    lines = [f"{name + ':':<{width}}{value}" for name, value in fields]
-    if r.traceback:
-        lines.append("traceback:")
-        lines += ["  " + line for line in r.traceback.rstrip().splitlines()]
-    return lines
 
 
 def cmd_dead(client: "Client", args: argparse.Namespace) -> int:

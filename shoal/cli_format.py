@@ -7,7 +7,10 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from shoal.client import Result
 
 VALUE_LIMIT_CHARS = 400  # longer values are cut in `shoal job`; --json shows them whole
 
@@ -74,3 +77,26 @@ def first_line(text: str | None) -> str:
 def plural(count: int, noun: str) -> str:
     """``1 job``, ``3 jobs``."""
     return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def job_lines(r: "Result", now_ms: float) -> list[str]:
+    """The text of ``shoal job``: one ``field: value`` line each, traceback indented at the end."""
+    fields = [("id", r.id), ("status", r.status), ("workflow", r.workflow), ("group", r.group or "(unrouted)"),
+              ("attempts", str(r.attempts)), ("created", timestamp(r.created_ms)),
+              ("started", timestamp(r.started_ms)), ("finished", timestamp(r.finished_ms))]
+    if r.started_ms and r.finished_ms:
+        fields.append(("duration", duration((r.finished_ms - r.started_ms) / 1000)))
+    elif r.started_ms and r.status == "running":
+        fields.append(("duration", f"{duration((now_ms - r.started_ms) / 1000)} so far"))
+    if r.status == "completed":
+        fields.append(("value", truncated(to_json(r.value))))
+    if r.error:
+        # "error" is the ordinary kind (the handler raised); the others explain a death
+        kind = f" ({r.error_kind})" if r.error_kind and r.error_kind != "error" else ""
+        fields.append(("error", first_line(r.error) + kind))
+    width = max(len(name) for name, _ in fields) + 2
+    lines = [f"{name + ':':<{width}}{value}" for name, value in fields]
+    if r.traceback:
+        lines.append("traceback:")
+        lines += ["  " + line for line in r.traceback.rstrip().splitlines()]
+    return lines

@@ -20,9 +20,8 @@ from shoal.broker.core.crontab import (
     Skipped,
     cron_job_id,
     entries_from_settings,
-    schedule_problem,
-    zone_problem,
 )
+from shoal.broker.core.cron_checks import schedule_problem, zone_problem
 
 SECOND = 1000
 MINUTE = 60 * SECOND

@@ -65,27 +65,20 @@ Clock steps
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
-from croniter import CroniterBadDateError, croniter  # type: ignore[import-untyped, unused-ignore]  # no stubs
+from croniter import CroniterBadDateError  # type: ignore[import-untyped, unused-ignore]  # no stubs
 
+from .cron_checks import CHECK_FROM, croniter_for, schedule_problem, zone_problem
 from .cron_hints import UPCOMING, seconds_first_hint
 
 CATCH_UP_POLICIES = ("none", "one", "all")
 MAX_CATCH_UP = 1000     # runs "all" fires for one entry at once: a long outage must not flood a group
 ON_TIME_MS = 10_000     # "none": a tick this late was missed, not merely delayed by a busy loop
-SCHEDULE_HINT = "a cron expression (5 fields, or 6 with seconds)"
-ZONE_HINT = 'an IANA time zone like "Europe/Paris" or "UTC"'
-# Field order with croniter's second_at_beginning=False: seconds, when given, come last.
-_FIELD_NAMES = ("minute", "hour", "day of month", "month", "day of week", "second")
-_ALIASES = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
-# A fixed start for config checks, so whether a schedule "ever fires" does not depend on today.
-_CHECK_FROM = datetime(2000, 1, 1, tzinfo=timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -121,67 +114,6 @@ class CronPlan:
     fire: list[tuple[CronEntry, int]] = field(default_factory=list)   # (entry, tick_ms), oldest first
     skipped: list[Skipped] = field(default_factory=list)
     first_seen: dict[str, int] = field(default_factory=dict)          # name -> now_ms, store as last_fired
-
-
-def schedule_problem(schedule: str) -> str | None:
-    """Why ``schedule`` is not a usable cron expression, or None when it is.
-
-    The reason comes from croniter, narrowed to the field at fault when one is.
-    """
-    fields = schedule.split()
-    if not fields:
-        return "it is empty"
-    if fields[0].startswith("@"):
-        if fields[0].lower() not in _ALIASES:
-            return f"unknown alias; expected one of {', '.join(_ALIASES)}"
-        return None if len(fields) == 1 else "an alias such as @daily stands alone"
-    if len(fields) not in (5, 6):
-        return f"it has {len(fields)} fields"
-    try:
-        ticks = _croniter(schedule, _CHECK_FROM, "check")
-    except Exception as exc:  # croniter raises more than CroniterError on odd input
-        return _field_at_fault(fields) or _reason(exc)
-    try:
-        ticks.get_next(float)
-    except CroniterBadDateError:
-        return "no date ever matches it"
-    return None
-
-
-def zone_problem(name: str) -> str | None:
-    """Why ``name`` is not a time zone this host knows, or None when it is."""
-    try:
-        ZoneInfo(name)
-    except ZoneInfoNotFoundError:
-        return "no such zone in the time zone database"
-    except (ValueError, OSError):  # "../x", "", or a directory such as "Europe"
-        return "not a zone name"
-    return None
-
-
-def _field_at_fault(fields: list[str]) -> str | None:
-    # croniter names the whole expression; trying each field alone among stars says which one.
-    for index, value in enumerate(fields):
-        probe = ["*"] * len(fields)
-        probe[index] = value
-        try:
-            _croniter(" ".join(probe), _CHECK_FROM, "check")
-        except Exception as exc:  # as above
-            return f'the {_FIELD_NAMES[index]} field "{value}" {_reason(exc)}'
-    return None
-
-
-def _reason(exc: Exception) -> str:
-    # croniter starts with "[<expression>] ", which the caller already shows.
-    text = re.sub(r"^\[[^\]]*\]\s*", "", str(exc)).strip()
-    return text or type(exc).__name__
-
-
-def _croniter(schedule: str, start: datetime, hash_id: str) -> croniter:
-    # With a hash_id croniter reads "@daily" as "H H * * *" (some hashed time of day),
-    # not midnight; so aliases get none, and keep their plain meaning.
-    hashed = None if schedule.lstrip().startswith("@") else hash_id.encode()
-    return croniter(schedule, start, hash_id=hashed, second_at_beginning=False)
 
 
 def cron_job_id(name: str, tick_ms: int) -> bytes:
@@ -236,7 +168,7 @@ class _Ticks:
 
     def __init__(self, entry: CronEntry) -> None:
         self.zone = ZoneInfo(entry.timezone or "UTC")
-        self._iter = _croniter(entry.schedule, _CHECK_FROM, entry.name)  # moved before each use
+        self._iter = croniter_for(entry.schedule, CHECK_FROM, entry.name)  # moved before each use
         self._brackets: list[tuple[int | None, int | None]] = []
 
     def at_or_before(self, ms: int) -> int | None:
