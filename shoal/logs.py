@@ -1,6 +1,8 @@
 """Logging set-up shared by the commands: text for people, JSON lines for machines."""
 from __future__ import annotations
 
+import argparse
+
 import json
 import logging
 import sys
@@ -80,3 +82,11 @@ def child_line(line: str, group: str, pid: int, *, as_json: bool) -> str:
         found = {"ts": round(time.time(), 3), "level": "info", "logger": "shoal.worker.output", "msg": text}
     found.update(worker_group=group, worker_pid=pid)
     return json.dumps(found, default=str) + "\n"
+
+
+def add_log_options(parser: argparse.ArgumentParser) -> None:
+    """``--log-level`` and ``--log-format``, the same on every command that runs a process (broker, worker)."""
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                        help="least severe level logged (default info; debug adds one line per lifecycle event)")
+    parser.add_argument("--log-format", default="text", choices=["text", "json"],
+                        help="text for people, or json: every line one JSON object (default text)")

@@ -8,7 +8,7 @@ import sys
 
 from shoal.endpoints import check_endpoint
 from shoal.errors import ConfigError
-from shoal.logs import setup_logging
+from shoal.logs import add_log_options, setup_logging
 
 from .embed import build_worker
 
@@ -25,10 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="this worker's secret CURVE key, NAME.key_secret (default SHOAL_KEY or [security] key)")
     parser.add_argument("--broker-key", dest="broker_public_key", metavar="FILE",
                         help="the broker's public CURVE key (default SHOAL_BROKER_KEY or [security] broker_public_key)")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
-                        help="least severe level logged (default info; debug adds one line per lifecycle event)")
-    parser.add_argument("--log-format", default="text", choices=["text", "json"],
-                        help="text for people, or json: every line one JSON object (default text)")
+    add_log_options(parser)
     return parser
 
 

@@ -7,7 +7,7 @@ import os
 import sys
 
 from shoal.errors import ConfigError, ShoalError
-from shoal.logs import logging_json, setup_logging
+from shoal.logs import add_log_options, logging_json, setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,10 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--insecure", action="store_true",
                         help="allow a bind beyond loopback/ipc without [security] (no CURVE: anyone who reaches "
                              "it owns the queue; or SHOAL_INSECURE=1)")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
-                        help="least severe level logged (default info; debug adds one line per lifecycle event)")
-    parser.add_argument("--log-format", default="text", choices=["text", "json"],
-                        help="text for people, or json: every line one JSON object (default text)")
+    add_log_options(parser)
     return parser
 
 
