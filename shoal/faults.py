@@ -24,6 +24,8 @@ POINTS = frozenset({
     "worker_after_step",        # worker: step.run's result is stored, before the handler goes on
     "during_snapshot",          # broker: a snapshot has started (its thread kills the whole process)
     "snapshot_overwriting",     # broker: the oldest snapshot's file is partly overwritten by a new one
+    "wal_torn",                 # broker: half of a write-ahead record written (never acked), then SIGKILL
+    "after_checkpoint",         # broker: LMDB committed a checkpoint, the write-ahead file not yet rewound
     "event_emit",               # broker, inside a handler: an event is recorded (``trip``: raises)
 })
 
@@ -43,6 +45,11 @@ def check(spec: str) -> None:
 
 _skip = int(os.environ.get("SHOAL_FAULT_AFTER", "0") or 0)
 _seen: dict[str, int] = {}
+
+
+def armed(point: str) -> bool:
+    """Whether ``point`` is armed (for a point that must do something before it fires)."""
+    return point in _armed
 
 
 def fault(point: str) -> None:

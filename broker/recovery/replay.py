@@ -276,7 +276,7 @@ def _write_out(snapshot: Snapshot, data: str, out: str, until: Until | None, pro
     # built under a temporary name and renamed when complete: a failed replay leaves no half directory
     building = tempfile.mkdtemp(prefix=os.path.basename(os.path.abspath(out)) + ".partial-", dir=parent)
     try:
-        target = Store(building)
+        target = Store(building, write_ahead=False)  # renamed into place only when complete
         try:
             final = NewDirJobs(target, JOBS_PER_COMMIT)
             state = State(final=final)

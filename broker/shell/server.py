@@ -120,6 +120,7 @@ class BrokerServer:
             self._trim_along()
             busy = self._commit_and_send()
             self._housekeeping()
+        self._checkpoint()  # in the loop's thread: LMDB's write transaction is this thread's
 
     _stopping_until: float | None = None
 
@@ -144,6 +145,9 @@ class BrokerServer:
         timeout_ms = 0 if busy else min(int(self.broker.next_wakeup_s() * 1000) + 1, 1000)
         if self._trim_to:
             timeout_ms = min(timeout_ms, max(0, int((self._trim_at - time.monotonic()) * 1000) + 1))
+        checkpoint_at = self.store.checkpoint_deadline()
+        if checkpoint_at:
+            timeout_ms = min(timeout_ms, max(0, int((checkpoint_at - time.monotonic()) * 1000) + 1))
         ready = poller.poll(timeout_ms)
         woke = time.monotonic()
         if woke - self._last_pass > timeout_ms / 1000 + STALL_S:  # SIGSTOP, a VM pause
@@ -176,7 +180,9 @@ class BrokerServer:
             self.store.commit(batch, self.broker.clock.wall_ms())
         except StorageFull as exc:
             outbox = self._after_failed_commit(outbox, str(exc))
-        for request in history_wanted:  # read after this commit: it sees every entry so far
+        if history_wanted:  # the reader's thread reads LMDB: it sees every entry so far
+            self._checkpoint()
+        for request in history_wanted:
             self.history.submit(*request)
         if batch:
             fault("after_commit_before_ack")
@@ -218,10 +224,20 @@ class BrokerServer:
         if broker.events:
             broker.events_dropped += self.events.publish(broker.events)
             broker.events = []
+        if self.store.checkpoint_due(time.monotonic()):
+            self._checkpoint()
         self._trim_to = self.snapshots.due()
         if self.metrics is not None and time.monotonic() - self._metrics_at >= 1.0:
             self._metrics_at = time.monotonic()
             self.metrics.text = render_metrics(broker.stats(), broker.events_dropped)
+
+    def _checkpoint(self) -> None:
+        """Commit LMDB's open transaction; a failure loses nothing (the write-ahead file keeps
+        the batches) and is tried again a second later."""
+        try:
+            self.store.checkpoint()
+        except StorageFull as exc:
+            log.error("checkpoint failed, the write-ahead file keeps the batches: %s", exc)
 
     def _drain(self, broker: Broker) -> None:
         """Handle what waits on the socket: everything that arrived together shares one commit,

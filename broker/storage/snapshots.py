@@ -8,6 +8,7 @@ import threading
 import time
 
 from shoal.conf.settings import Settings
+from shoal.errors import StorageFull
 from shoal.faults import fault
 
 from .store import ReadInterrupted, Store
@@ -48,6 +49,11 @@ class Snapshots:
             if behind > 0 and time.monotonic() >= self._retry_at and (
                     behind >= self.entries or time.monotonic() - self._last_at >= self.interval_s):
                 self._last_at = time.monotonic()
+                try:
+                    self.store.checkpoint()  # the copy reads what LMDB has committed: all of it
+                except StorageFull as exc:
+                    log.error("no snapshot now: the checkpoint before it failed: %s", exc)
+                    return 0
                 self._thread = threading.Thread(target=self._take, name="shoal-snapshot", daemon=True)
                 self._thread.start()
         if self._taken_seq > self._trimmed_to:

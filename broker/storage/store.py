@@ -1,9 +1,15 @@
 """LMDB storage: the only module that imports lmdb.
 
-One environment, named databases, one synced write transaction per batch of broker
-decisions (group commit). Every state change in a batch is written twice in that same
-transaction: to the state tables and, as an entry, to the append-only ``log``, which
-is enough to rebuild every job (``broker replay`` builds on it).
+One environment, named databases. Every state change in a batch of broker decisions (one
+pass of the loop: group commit) is written twice: to the state tables and, as an entry, to
+the append-only ``log``, which is enough to rebuild every job (``broker replay`` builds on it).
+
+A batch is durable, and may be acked, once its writes are synced in the write-ahead file
+(wal.py). The same writes go into one LMDB write transaction that stays open across
+batches; it is committed (synced) at a checkpoint: every ``CHECKPOINT_S``, when the file is
+half full, before a snapshot or a history reads LMDB from another thread, and on close. The
+loop's own reads go through that open transaction, so they see every batch. A broker that
+dies between checkpoints leaves its last batches in the file; the next open applies them.
 
 Tables:
     jobs      id(16)                 -> job record (msgpack map)
@@ -20,6 +26,7 @@ A writable ``Store`` holds ``DIR/broker.lock`` (lock.py): one broker per directo
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import shutil
 import struct
@@ -28,7 +35,7 @@ import threading
 import time
 from collections import deque
 from contextlib import contextmanager
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, cast
 
 import lmdb
 
@@ -37,13 +44,20 @@ from shoal.faults import fault
 from shoal.protocol import pack, unpack
 
 from .batch import Batch
-from ..shell.lock import DataDirLock
+from .wal import WalError, WriteAheadFile
+from ..shell.lock import DataDirInUse, DataDirLock
 from ..recovery.snapshot import Snapshot
+
+log = logging.getLogger("shoal.broker")
 
 SCHEMA_VERSION = 1
 _U64 = struct.Struct(">Q")
 CRON_PREFIX = b"cron:"
 LOG_BASE = b"log_base"  # meta: every log entry up to this seq was dropped behind a snapshot
+WAL_EPOCH = b"wal_epoch"  # meta: the write-ahead file's records of this epoch are not in LMDB yet
+# A batch's writes, as the write-ahead file keeps them (msgpack lists; tables by index in _TABLES)
+_PUT, _APPEND, _DELETE, _DROP_STEPS, _TRIM = range(5)
+_T_JOBS, _T_LOG, _T_EXPIRY, _T_ROUTES, _T_COUNTERS, _T_STEPS, _T_META = range(7)
 _LOG_HEAD = b"\x94"  # msgpack fixarray of 4
 _BIN16 = b"\xc4\x10"  # msgpack bin 8 header of a 16-byte job id
 _PACKED_OPS: dict[str, bytes] = {}  # a log entry's op, packed once (a handful of names)
@@ -110,7 +124,9 @@ class Store:
     no lock, no writes, safe beside a live broker.
     """
 
-    def __init__(self, path: str, map_size_mb: int = 1024, readonly: bool = False) -> None:
+    CHECKPOINT_S = 0.05  # the open transaction is committed at most this long after its first batch
+
+    def __init__(self, path: str, map_size_mb: int = 1024, readonly: bool = False, write_ahead: bool = True) -> None:
         self.path = path
         self.readonly = readonly
         self.lock: DataDirLock | None = None
@@ -120,7 +136,16 @@ class Store:
         self._background_readers = 0
         self.growth_wanted = False
         self.closing = False  # close() stops background readers before the environment goes
+        self._txn: lmdb.Transaction[bytes] | None = None  # the open write transaction (batches since the checkpoint)
+        self._owner = 0                             # the thread that opened it (the loop's): its reads use it
+        self._pending: list[bytes] = []             # their write-ahead payloads, to write them again
+        self.checkpoint_at = 0.0                    # monotonic; 0: nothing waits for a checkpoint
+        self._retry_at = 0.0                        # after a failed checkpoint, none before this
+        self.epoch = 0
+        self.wal: WriteAheadFile | None = None
+        self.write_ahead = write_ahead and not readonly
         if readonly:
+            _recover_if_stopped(path)
             self.env = _open_readonly(path)
         else:
             os.makedirs(path, exist_ok=True)
@@ -141,6 +166,9 @@ class Store:
                 raise
         try:
             self._open_tables()
+            if not readonly:
+                self.wal = WriteAheadFile(os.path.join(path, "wal"))
+                self._recover()
         except BaseException:
             self.close()
             raise
@@ -155,6 +183,7 @@ class Store:
         self._counters = self._table(b"counters")
         self._steps = self._table(b"steps")
         self._meta = self._table(b"meta")
+        self._dbs = [getattr(self, f"_{name}") for name in _TABLES]
         self.next_seq = self._load_next_seq()
         self._check_schema()
 
@@ -167,6 +196,16 @@ class Store:
             raise NotADataDir(f"{self.path} is not a Shoal data directory (it has no {name.decode()!r} table)") from None
 
     # --- reading --------------------------------------------------------------
+    @contextmanager
+    def _reading(self) -> Iterator["lmdb.Transaction[bytes]"]:
+        """The loop's reads see every batch: through the open write transaction, if any (it is
+        the writing thread's; other threads read what the last checkpoint committed)."""
+        if self._txn is not None and threading.get_ident() == self._owner:
+            yield self._txn
+            return
+        with self.env.begin(buffers=False) as txn:
+            yield cast("lmdb.Transaction[bytes]", txn)
+
     def _check_schema(self) -> None:
         with self.env.begin(write=not self.readonly) as txn:
             raw = txn.get(b"schema", db=self._meta)
@@ -188,18 +227,18 @@ class Store:
         """The stored record of one job, or None."""
         if len(job_id) != 16:
             return None
-        with self.env.begin(buffers=False) as txn:
+        with self._reading() as txn:
             raw = txn.get(job_id, db=self._jobs)
         return None if raw is None else _load(raw)
 
     def has_jobs(self, job_ids: list[bytes]) -> set[bytes]:
         """Which of these ids are stored."""
-        with self.env.begin() as txn:
+        with self._reading() as txn:
             return {j for j in job_ids if len(j) == 16 and txn.get(j, db=self._jobs) is not None}
 
     def iter_jobs(self) -> Iterator[dict[str, Any]]:
         """Every stored job record (used once at start to rebuild the in-memory queues)."""
-        with self.env.begin() as txn:
+        with self._reading() as txn:
             for _, raw in txn.cursor(db=self._jobs):
                 yield _load(raw)
 
@@ -208,7 +247,7 @@ class Store:
         out: dict[str, dict[str, Any]] = {}
         if len(job_id) != 16:
             return out
-        with self.env.begin() as txn:
+        with self._reading() as txn:
             cur = txn.cursor(db=self._steps)
             if cur.set_range(job_id):
                 for key, raw in cur:
@@ -219,18 +258,18 @@ class Store:
 
     def routes(self) -> dict[str, dict[str, Any]]:
         """The routing table learned from workers' HELLOs."""
-        with self.env.begin() as txn:
+        with self._reading() as txn:
             return {k.decode(): _load(v) for k, v in txn.cursor(db=self._routes)}
 
     def counters(self) -> dict[str, dict[str, int]]:
         """Cumulative per-group counters."""
-        with self.env.begin() as txn:
+        with self._reading() as txn:
             return {k.decode(): _load(v) for k, v in txn.cursor(db=self._counters)}
 
     def expired(self, now_ms: int, limit: int = 1000) -> list[tuple[int, bytes]]:
         """Finished jobs whose retention ended, oldest first."""
         out: list[tuple[int, bytes]] = []
-        with self.env.begin() as txn:
+        with self._reading() as txn:
             cur = txn.cursor(db=self._expiry)
             for key in cur.iternext(keys=True, values=False):
                 expire_ms = _U64.unpack(key[:8])[0]
@@ -241,7 +280,7 @@ class Store:
 
     def iter_log(self, start_seq: int = 1) -> Iterator[tuple[int, list[Any]]]:
         """Log entries from ``start_seq`` on: (seq, [wall_ms, op, id, changes])."""
-        with self.env.begin() as txn:
+        with self._reading() as txn:
             cur = txn.cursor(db=self._log)
             if not cur.set_range(_U64.pack(start_seq)):
                 return
@@ -281,6 +320,8 @@ class Store:
     def snapshot(self) -> Iterator[Snapshot]:
         """Every table as of one moment (one read transaction): a replay that compares the
         log with the tables never sees a commit land between reading one and the other."""
+        if not self.readonly:
+            self.checkpoint()  # a read transaction sees what LMDB has committed
         try:
             txn = self.env.begin(buffers=False)
         except lmdb.MapResizedError:  # a live broker grew the map since we opened it
@@ -308,6 +349,7 @@ class Store:
         return written
 
     def _append_raw(self, items: list[tuple[int, bytes]]) -> int:
+        self.checkpoint()  # a write transaction of its own: none may be open in this thread
         while True:
             try:
                 with self.env.begin(write=True) as txn:
@@ -322,23 +364,149 @@ class Store:
         return len(items)
 
     def commit(self, batch: Batch, wall_ms: int) -> None:
-        """Write one batch in one synced transaction; grows the map when it is full.
+        """Make one batch durable: its writes synced in the write-ahead file and applied to the
+        open LMDB transaction (``write_ahead=False``: one synced LMDB commit of its own).
+        Grows the map when it is full.
 
-        Raises ``StorageFull`` when the map is at ``max_size`` or the disk is full; the
-        transaction was aborted, so nothing of the batch is stored.
+        Raises ``StorageFull`` when the map is at ``max_size``, the disk is full or the
+        write-ahead file cannot be written; nothing of the batch is stored then.
         """
         if not batch:
             return
+        ops, seq = self._ops(batch, wall_ms)
+        if not self.write_ahead:
+            self._commit_alone(ops)
+        else:
+            payload = pack(ops)
+            wal = cast(WriteAheadFile, self.wal)
+            if not wal.fits(len(payload)):
+                try:
+                    self.checkpoint()  # before the batch is in the transaction: it must not land in LMDB unacked
+                except StorageFull as exc:  # the file grows instead, if the disk lets it
+                    log.error("checkpoint failed, the write-ahead file keeps the batches: %s", exc)
+            self._apply_live(ops)
+            try:
+                wal.append(self.epoch, payload)
+            except WalError as exc:
+                self._restart_txn()  # the batch leaves the transaction; the ones before it stay
+                raise StorageFull(f"{exc}; the batch is not stored") from None
+            if not self._pending:
+                self.checkpoint_at = time.monotonic() + self.CHECKPOINT_S
+            self._pending.append(payload)
+        self.next_seq = seq
+
+    def _commit_alone(self, ops: list[list[Any]]) -> None:
         while True:
             try:
-                self._write(batch, wall_ms)
+                with self.env.begin(write=True) as txn:
+                    self._apply(txn, ops)
                 return
             except lmdb.MapFullError:
                 self._grow()
             except lmdb.Error as exc:
-                if "space" in str(exc).lower() or "quota" in str(exc).lower():
-                    raise StorageFull(f"the disk under {self.path} is full: {exc}") from None
+                _raise_if_full(exc, self.path)
                 raise
+
+    def _apply_live(self, ops: list[list[Any]]) -> None:
+        """Apply to the open transaction (opened if none); a full map is grown and the
+        transaction's batches written again before this one."""
+        while True:
+            if self._txn is None:
+                self._txn = self._begin()
+            try:
+                self._apply(self._txn, ops)
+                return
+            except lmdb.MapFullError:
+                self._restart_txn(grow=True)
+            except lmdb.Error as exc:
+                self._restart_txn()
+                _raise_if_full(exc, self.path)
+                raise
+
+    def _begin(self) -> "lmdb.Transaction[bytes]":
+        self._owner = threading.get_ident()  # LMDB: a write transaction is its thread's alone
+        return cast("lmdb.Transaction[bytes]", self.env.begin(write=True))
+
+    def _restart_txn(self, grow: bool = False) -> None:
+        """Abort the open transaction and write its acked batches into a new one (growing the
+        map between the two when ``grow``: LMDB resizes only with no transaction open)."""
+        if self._txn is not None:
+            self._txn.abort()
+            self._txn = None
+        try:
+            if grow:
+                self._grow()
+        finally:
+            if self._pending:
+                txn = self._txn = self._begin()
+                for payload in self._pending:
+                    self._apply(txn, _load(payload))
+
+    def checkpoint_deadline(self) -> float:
+        """When the loop must wake for a checkpoint (monotonic), 0 when none waits."""
+        return max(self.checkpoint_at, self._retry_at) if self.checkpoint_at else 0.0
+
+    def checkpoint_due(self, now: float) -> bool:
+        """Whether the loop should checkpoint now: the oldest uncommitted batch is
+        ``CHECKPOINT_S`` old, or the write-ahead file is half full."""
+        if not self.checkpoint_at or now < self._retry_at:
+            return False
+        return now >= self.checkpoint_at or cast(WriteAheadFile, self.wal).half_full()
+
+    def checkpoint(self) -> None:
+        """Commit the open transaction (synced), then write the file from its start again.
+
+        The new epoch is stored in that same commit: after it, the file's records are of an
+        older epoch and never applied again. Raises ``StorageFull`` when LMDB cannot commit
+        (a full disk): the transaction is rebuilt and the acked batches stay in the file."""
+        while (txn := self._txn) is not None:
+            try:
+                txn.put(WAL_EPOCH, pack(self.epoch + 1), db=self._meta)
+                txn.commit()
+                break
+            except lmdb.MapFullError:  # (_restart_txn aborts it: a no-op after a failed commit)
+                try:
+                    self._restart_txn(grow=True)
+                except StorageFull:
+                    self._retry_at = time.monotonic() + 1.0
+                    raise
+            except lmdb.Error as exc:
+                self._restart_txn()
+                self._retry_at = time.monotonic() + 1.0  # try again, not every pass
+                _raise_if_full(exc, self.path)
+                raise StorageFull(f"the checkpoint of {self.path} failed: {exc}") from None
+        if txn is None:
+            return
+        self._txn = None
+        self.epoch += 1
+        self._pending = []
+        self.checkpoint_at = 0.0
+        fault("after_checkpoint")
+        cast(WriteAheadFile, self.wal).rewind()
+
+    def _recover(self) -> None:
+        """Apply the batches a broker acked after its last checkpoint, then checkpoint."""
+        with self.env.begin() as txn:
+            raw = txn.get(WAL_EPOCH, db=self._meta)
+        self.epoch = 0 if raw is None else int(_load(raw))
+        wal = cast(WriteAheadFile, self.wal)
+        while True:
+            applied = 0
+            try:
+                with self.env.begin(write=True) as txn:
+                    for payload in wal.records(self.epoch):
+                        self._apply(txn, _load(payload))
+                        applied += 1
+                    txn.put(WAL_EPOCH, pack(self.epoch + 1), db=self._meta)
+                break
+            except lmdb.MapFullError:
+                self._grow()
+        self.epoch += 1
+        wal.rewind()
+        if applied:
+            log.warning("%s: applied %d batch(es) from the write-ahead file (the broker had stopped "
+                        "without a checkpoint)", self.path, applied)
+        self.next_seq = self._load_next_seq()
 
     max_bytes = 0  # the configured cap (0: none but the disk); set by the server
 
@@ -395,55 +563,73 @@ class Store:
         """Bytes in live pages of every table (freed pages, reused by LMDB, are not counted)."""
         psize = self.env.stat()["psize"]
         pages = 0
-        with self.env.begin() as txn:
+        with self._reading() as txn:
             for db in (None, self._jobs, self._log, self._expiry, self._routes, self._counters, self._steps,
                        self._meta):
                 st = txn.stat(db) if db is not None else self.env.stat()
                 pages += st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]
         return pages * psize
 
-    def _write(self, batch: Batch, wall_ms: int) -> None:
+    def _ops(self, batch: Batch, wall_ms: int) -> tuple[list[list[Any]], int]:
+        """A batch as the writes that store it, in the order they are applied; and the next seq."""
         seq = self.next_seq
+        ops: list[list[Any]] = []
+        add = ops.append
         packed: dict[int, bytes] = {}  # an enqueue's record is both the job and its log entry: pack once
-        with self.env.begin(write=True) as txn:
-            for job_id, record in batch.jobs.items():
-                if record is None:
-                    txn.delete(job_id, db=self._jobs)
-                else:
-                    raw = packed[id(record)] = pack(record)
-                    txn.put(job_id, raw, db=self._jobs)
-            head = _LOG_HEAD + pack(wall_ms)
-            ops = _PACKED_OPS
-            for op, job_id, changes in batch.log:
-                body = packed.get(id(changes)) or pack(changes)
-                op_raw = ops.get(op) or _pack_op(op)
-                # [wall_ms, op, job_id, changes] as a msgpack array, built from packed parts; a
-                # 16-byte id is bin 8 of length 16 (the same bytes pack() gives, without the call)
-                raw_id = _BIN16 + job_id if len(job_id) == 16 else pack(job_id)
-                txn.put(_U64.pack(seq), head + op_raw + raw_id + body, db=self._log, append=True)
-                seq += 1
-            for expire_ms, job_id in batch.expiry_del:
-                txn.delete(_U64.pack(expire_ms) + job_id, db=self._expiry)
-            for expire_ms, job_id in batch.expiry_add:
-                txn.put(_U64.pack(expire_ms) + job_id, b"", db=self._expiry)
-            for job_id in batch.drop_steps:
-                self._delete_steps(txn, job_id)
-            for (job_id, name), step in batch.steps.items():
-                txn.put(job_id + name.encode(), pack(step), db=self._steps)
-            for name, route in batch.routes.items():
-                txn.put(name.encode(), pack(route), db=self._routes)
-            for group, counts in batch.counters.items():
-                txn.put(group.encode(), pack(counts), db=self._counters)
-            for name, tick_ms in batch.cron.items():
-                txn.put(CRON_PREFIX + name.encode(), pack(tick_ms), db=self._meta)
-            if batch.trim_log_to:
-                self._trim_log(txn, batch.trim_log_to, self.TRIM_WITH_WORK if batch.log else self.TRIM_PER_COMMIT)
-        self.next_seq = seq
+        for job_id, record in batch.jobs.items():
+            if record is None:
+                add([_DELETE, _T_JOBS, job_id])
+            else:
+                raw = packed[id(record)] = pack(record)
+                add([_PUT, _T_JOBS, job_id, raw])
+        head = _LOG_HEAD + pack(wall_ms)
+        names = _PACKED_OPS
+        for op, job_id, changes in batch.log:
+            body = packed.get(id(changes)) or pack(changes)
+            op_raw = names.get(op) or _pack_op(op)
+            # [wall_ms, op, job_id, changes] as a msgpack array, built from packed parts; a
+            # 16-byte id is bin 8 of length 16 (the same bytes pack() gives, without the call)
+            raw_id = _BIN16 + job_id if len(job_id) == 16 else pack(job_id)
+            add([_APPEND, _T_LOG, _U64.pack(seq), head + op_raw + raw_id + body])
+            seq += 1
+        for expire_ms, job_id in batch.expiry_del:
+            add([_DELETE, _T_EXPIRY, _U64.pack(expire_ms) + job_id])
+        for expire_ms, job_id in batch.expiry_add:
+            add([_PUT, _T_EXPIRY, _U64.pack(expire_ms) + job_id, b""])
+        for job_id in batch.drop_steps:
+            add([_DROP_STEPS, job_id])
+        for (job_id, name), step in batch.steps.items():
+            add([_PUT, _T_STEPS, job_id + name.encode(), pack(step)])
+        for name, route in batch.routes.items():
+            add([_PUT, _T_ROUTES, name.encode(), pack(route)])
+        for group, counts in batch.counters.items():
+            add([_PUT, _T_COUNTERS, group.encode(), pack(counts)])
+        for name, tick_ms in batch.cron.items():
+            add([_PUT, _T_META, CRON_PREFIX + name.encode(), pack(tick_ms)])
+        if batch.trim_log_to:
+            add([_TRIM, batch.trim_log_to, self.TRIM_WITH_WORK if batch.log else self.TRIM_PER_COMMIT])
+        return ops, seq
+
+    def _apply(self, txn: lmdb.Transaction, ops: list[list[Any]]) -> None:
+        """Do a batch's writes in ``txn``: the same for a live batch and one read back from the file."""
+        dbs = self._dbs
+        for op in ops:
+            code = op[0]
+            if code == _PUT:
+                txn.put(op[2], op[3], db=dbs[op[1]])
+            elif code == _APPEND:
+                txn.put(op[2], op[3], db=dbs[op[1]], append=True)
+            elif code == _DELETE:
+                txn.delete(op[2], db=dbs[op[1]])
+            elif code == _DROP_STEPS:
+                self._delete_steps(txn, op[1])
+            else:
+                self._trim_log(txn, op[1], op[2])
 
     def cron_last_fired(self) -> dict[str, int]:
         """Each cron entry's last fired tick (ms), kept in ``meta`` under ``cron:<name>``."""
         out: dict[str, int] = {}
-        with self.env.begin() as txn:
+        with self._reading() as txn:
             cur = txn.cursor(db=self._meta)
             if cur.set_range(CRON_PREFIX):
                 for key, raw in cur:
@@ -479,7 +665,7 @@ class Store:
             out["file_bytes"] = os.path.getsize(os.path.join(self.path, "data.mdb"))
         except OSError:
             out["file_bytes"] = 0
-        with self.env.begin() as txn:
+        with self._reading() as txn:
             out["entries"] = {name: txn.stat(getattr(self, f"_{name}"))["entries"] for name in _TABLES}
         out["log_first_seq"], out["log_last_seq"] = self.log_first_seq(), self.last_seq()
         snaps = []
@@ -494,7 +680,7 @@ class Store:
 
     def log_first_seq(self) -> int:
         """The oldest seq still in the log (0 when it is empty)."""
-        with self.env.begin() as txn:
+        with self._reading() as txn:
             cur = txn.cursor(db=self._log)
             return int(_U64.unpack(cur.key())[0]) if cur.first() else 0
 
@@ -513,6 +699,8 @@ class Store:
         Runs fine in a background thread: LMDB copies without blocking writers, and py-lmdb
         releases the GIL while it does.
         """
+        if threading.get_ident() == self._owner:
+            self.checkpoint()  # called from the loop's thread (the server checkpoints before its thread)
         os.makedirs(directory, exist_ok=True)
         building = tempfile.mkdtemp(prefix=".snap-partial-", dir=directory)
         try:
@@ -611,7 +799,7 @@ class Store:
 
     def last_seq(self) -> int:
         """The seq of the newest log entry, or the trim point when the log is empty."""
-        with self.env.begin() as txn:
+        with self._reading() as txn:
             return self._last_seq_in(txn)
 
     def _last_seq_in(self, txn: lmdb.Transaction) -> int:
@@ -635,10 +823,48 @@ class Store:
             if not self._readers.wait_for(lambda: not self._background_readers, timeout=10.0):
                 raise ShoalError(f"a background read of {self.path} did not stop; not closing under it")
         try:
+            if self._txn is not None and threading.get_ident() != self._owner:
+                # LMDB's write transaction is its thread's: not committed from here. The file
+                # keeps its batches and the next open applies them.
+                log.error("%s: closed from a thread other than the loop's; the write-ahead file "
+                          "keeps the last batches", self.path)
+                self._txn = None
+            if self._txn is not None:
+                try:
+                    self.checkpoint()
+                except StorageFull as exc:  # the acked batches stay in the file: the next open applies them
+                    log.error("%s: the last checkpoint failed (%s); the write-ahead file keeps its batches",
+                              self.path, exc)
+                    if self._txn is not None:
+                        self._txn.abort()
+                        self._txn = None
+            if self.wal is not None:
+                self.wal.close()
+                self.wal = None
             self.env.close()
         finally:
             if self.lock is not None:
                 self.lock.release()
+
+
+def _raise_if_full(exc: lmdb.Error, path: str) -> None:
+    if "space" in str(exc).lower() or "quota" in str(exc).lower():
+        raise StorageFull(f"the disk under {path} is full: {exc}") from None
+
+
+def _recover_if_stopped(path: str) -> None:
+    """Before ``broker replay`` reads a directory: a broker killed between checkpoints left its
+    last acked batches only in the write-ahead file. With no broker running there (its lock
+    is free), they are applied now, as that broker's next start would. Beside a live broker
+    the reader sees its last checkpoint (at most ``Store.CHECKPOINT_S`` old)."""
+    if not (os.path.isfile(os.path.join(path, "wal")) and os.path.isfile(os.path.join(path, "data.mdb"))):
+        return
+    try:
+        Store(path).close()
+    except DataDirInUse:
+        return
+    except (OSError, lmdb.Error) as exc:  # not ours to write (a read-only copy): read it as it is
+        log.warning("%s: could not apply its write-ahead file (%s); reading its last checkpoint", path, exc)
 
 
 def _unpack_entry(raw: bytes) -> Any:
