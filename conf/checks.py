@@ -288,6 +288,7 @@ BROKER_KEYS: dict[str, Key] = {
     "snapshot_entries": Key("snapshot_entries", integer(1), _int_text),
     "snapshot_keep": Key("snapshot_keep", integer(1), _int_text),
     "supervise": Key("supervise", boolean, _bool_text),
+    "write_ahead": Key("write_ahead", boolean, _bool_text),
     "events": Key("events", endpoint),
     "metrics": Key("metrics", host_port),
     "metrics_token": Key("metrics_token", text),

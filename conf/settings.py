@@ -49,6 +49,7 @@ class BrokerSettings:
     snapshot_entries: int = 1_000_000   # ...or after this many log entries, whichever comes first
     snapshot_keep: int = 2              # newest snapshots kept under DATA/snapshots
     supervise: bool = True
+    write_ahead: bool = True           # ack after the write-ahead file's sync (false: after LMDB's own commit)
     events: str = ""                   # PUB endpoint for lifecycle events ("" = next to bind, any port)
     metrics: str = ""                  # host:port for Prometheus text metrics over HTTP ("" = off)
     metrics_token: str = ""            # when set, /metrics wants "Authorization: Bearer <token>"

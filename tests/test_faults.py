@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import Cluster, Proc, lines, wait_for
+from conftest import DEFAULT_TOML, Cluster, Proc, lines, wait_for
 from history_check import check_history, norm
 
 # Enqueues `record` jobs one by one (each running JOB_S seconds, PAUSE seconds apart); writes
@@ -361,7 +361,8 @@ class Trace:
 
     def __init__(self, text: str) -> None:
         self.main_tid = 0
-        self.syncs: list[tuple[float, float, int]] = []   # (start, end, tid)
+        self.syncs: list[tuple[float, float, int, str]] = []   # (start, end, tid, the synced file's name)
+        files: dict[int, str] = {}  # fd -> the file's name, from openat
         self.requests: list[tuple[float, int]] = []       # (end of the read, tid) of each ENQUEUE
         self.acks: list[tuple[float, int, str]] = []      # (start of the write, tid, line)
         unfinished: dict[tuple[int, str], tuple[float, str]] = {}  # (tid, syscall) -> (start, first half)
@@ -383,8 +384,11 @@ class Trace:
                 end = ts + float(duration.group(1)) if duration else ts
             if name == "execve" and not self.main_tid:
                 self.main_tid = tid
+            elif name == "openat" and (opened := re.search(r"= (\d+)", call)):
+                files[int(opened.group(1))] = os.path.basename(_payload(call).decode(errors="replace"))
             elif name in ("fdatasync", "fsync") and re.search(r"= 0\b", call):
-                self.syncs.append((start, end, tid))
+                fd = re.search(r"sync\((\d+)", call)
+                self.syncs.append((start, end, tid, files.get(int(fd.group(1)), "?") if fd else "?"))
             elif name in ("recvfrom", "recvmsg") and b"ENQUEUE" in _payload(call):
                 self.requests.append((end, tid))
             elif name in ("sendto", "sendmsg") and b"existed" in _payload(call):
@@ -397,14 +401,20 @@ class Trace:
 ENQUEUES = 50
 
 
-def test_every_enqueue_ack_leaves_the_broker_after_an_fsync_by_its_main_thread(cluster_factory) -> None:
+@pytest.mark.parametrize("write_ahead, synced", [(True, "wal"), (False, "data.mdb")],
+                         ids=["write-ahead", "lmdb-commit"])
+def test_every_enqueue_ack_leaves_the_broker_after_an_fsync_by_its_main_thread(
+        cluster_factory, write_ahead: bool, synced: str) -> None:
+    """The sync between an ENQUEUE's arrival and its ack is of the write-ahead file (default), or
+    of LMDB's data file with ``write_ahead = false``."""
     strace = shutil.which("strace")
     if strace is None:
         pytest.skip("strace is not installed: cannot check the order of fsync and ack syscalls")
-    cluster = cluster_factory()
+    setting = f"[broker]\nwrite_ahead = {str(write_ahead).lower()}\n"
+    cluster = cluster_factory(DEFAULT_TOML.replace("[broker]\n", setting))
     trace_path = cluster.tmp / "broker.strace"
     args = [strace, "-f", "-ttt", "-T", "-xx", "-s", "256", "-o", str(trace_path),
-            "-e", "trace=execve,fdatasync,fsync,sendto,sendmsg,recvfrom,recvmsg,write",
+            "-e", "trace=execve,openat,fdatasync,fsync,sendto,sendmsg,recvfrom,recvmsg,write",
             sys.executable, "-m", "shoal.broker", "--config", str(cluster.config), "--data", str(cluster.data),
             "--bind", "tcp://127.0.0.1:*", "--no-supervise"]  # what Cluster.start_broker runs, traced
     proc = Proc(args, cluster.tmp / "strace-broker.log", cluster.env, cluster.tmp)
@@ -430,7 +440,7 @@ def test_every_enqueue_ack_leaves_the_broker_after_an_fsync_by_its_main_thread(c
     assert len(trace.requests) == ENQUEUES, f"expected {ENQUEUES} ENQUEUE reads in the trace, found {len(trace.requests)}"
     assert len(trace.acks) == ENQUEUES, f"expected {ENQUEUES} enqueue acks in the trace, found {len(trace.acks)}"
     assert {tid for _, tid, _ in trace.acks}.isdisjoint({trace.main_tid})  # zmq's I/O thread writes them
-    main_syncs = [(start, end) for start, end, tid in trace.syncs if tid == trace.main_tid]
+    main_syncs = [(start, end) for start, end, tid, name in trace.syncs if tid == trace.main_tid and name == synced]
     assert len(main_syncs) >= ENQUEUES, f"only {len(main_syncs)} syncs by the main thread for {ENQUEUES} enqueues"
     previous_ack = 0.0
     for n, ((arrived, _), (acked, _, call)) in enumerate(zip(trace.requests, trace.acks)):

@@ -6,6 +6,7 @@ the process killing itself after its last commit), then a real reopen of the dir
 from __future__ import annotations
 
 import os
+import signal
 import struct
 import subprocess
 import sys
@@ -15,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from conftest import DEFAULT_TOML
+
 from shoal.broker.storage.batch import Batch
-from shoal.broker.storage.store import Store, _recover_if_stopped
+from shoal.broker.storage.store import Store, _recover_if_stopped, _wal_pending
 from shoal.broker.storage.wal import HEAD_BYTES, INITIAL_BYTES
 from shoal.errors import StorageFull
 
@@ -30,7 +33,7 @@ CHILD = textwrap.dedent("""
     from shoal.broker.storage.batch import Batch
     from shoal.broker.storage.store import Store
     path, n, checkpoint_after = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    store = Store(path)
+    store = Store(path, write_ahead=sys.argv[4] == "1")
     store.CHECKPOINT_S = 3600.0
     for i in range(n):
         b = Batch()
@@ -56,9 +59,11 @@ READER = textwrap.dedent("""
 """)
 
 
-def run_child(path: Path, n: int, checkpoint_after: int = 0, fault: str = "", after: int = 0) -> list[str]:
+def run_child(path: Path, n: int, checkpoint_after: int = 0, fault: str = "", after: int = 0,
+              write_ahead: bool = True) -> list[str]:
     env = dict(os.environ, SHOAL_FAULT=fault, SHOAL_FAULT_AFTER=str(after))
-    done = subprocess.run([sys.executable, "-c", CHILD, str(path), str(n), str(checkpoint_after)],
+    done = subprocess.run([sys.executable, "-c", CHILD, str(path), str(n), str(checkpoint_after),
+                           "1" if write_ahead else "0"],
                           capture_output=True, text=True, timeout=30, env=env)
     assert done.returncode == -9, done.stderr
     return [line for line in done.stdout.split() if line != "checkpointed"]
@@ -209,3 +214,37 @@ def test_a_damaged_header_ends_the_read_there(tmp_path: Path) -> None:
         fh.write(struct.pack("<I", 1 << 31))
     jobs, seqs = stored(tmp_path / "d")
     assert jobs == set(acked[:2]) and seqs == [1, 2]
+
+
+def test_without_write_ahead_each_batch_is_its_own_lmdb_commit(tmp_path: Path) -> None:
+    acked = run_child(tmp_path / "d", 20, write_ahead=False)
+    assert not _wal_pending(str(tmp_path / "d"))  # nothing went through the file
+    jobs, seqs = stored(tmp_path / "d")
+    assert jobs == set(acked) and seqs == list(range(1, 21))
+
+
+def test_reading_a_cleanly_stopped_directory_writes_nothing(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "d"))
+    one_job(store, 1)
+    store.close()
+    assert not _wal_pending(str(tmp_path / "d"))
+    before = {name: os.stat(tmp_path / "d" / name).st_mtime_ns for name in ("data.mdb", "wal")}
+    read = subprocess.run([sys.executable, "-c", READER, str(tmp_path / "d")], capture_output=True, text=True,
+                          timeout=30)
+    assert read.returncode == 0, read.stderr
+    assert read.stdout.split() == [(1).to_bytes(16, "big").hex()]
+    assert {name: os.stat(tmp_path / "d" / name).st_mtime_ns for name in ("data.mdb", "wal")} == before
+
+
+def test_a_broker_with_write_ahead_off_keeps_every_acked_job_through_a_sigkill(cluster_factory) -> None:
+    cluster = cluster_factory(DEFAULT_TOML.replace("[broker]\n", "[broker]\nwrite_ahead = false\n"))
+    broker = cluster.start_broker()
+    client = cluster.client()
+    ids = [client.enqueue("echo", {"n": n}, group="email") for n in range(20)]
+    broker.signal(signal.SIGKILL)
+    broker.wait()
+    cluster.start_broker()
+    cluster.start_worker("email", 4)
+    client = cluster.client()
+    assert all(client.wait(i, timeout=30).status == "completed" for i in ids)
+    cluster.stop_and_verify()

@@ -52,7 +52,7 @@ class BrokerServer:
         refuse_exposure(settings, [settings.broker.bind, settings.broker.events])  # before anything is opened
         max_mb = settings.broker.max_size_mb
         self.store = Store(settings.broker.data, min(settings.broker.map_size_mb, max_mb) if max_mb else
-                           settings.broker.map_size_mb)
+                           settings.broker.map_size_mb, write_ahead=settings.broker.write_ahead)
         self.store.max_bytes = max_mb * 1024 * 1024
         self.broker = Broker(self.store, settings, clock)
         self.broker.load()

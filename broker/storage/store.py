@@ -865,12 +865,35 @@ def _recover_if_stopped(path: str) -> None:
     the reader sees its last checkpoint (at most ``Store.CHECKPOINT_S`` old)."""
     if not (os.path.isfile(os.path.join(path, "wal")) and os.path.isfile(os.path.join(path, "data.mdb"))):
         return
+    if not _wal_pending(path):
+        return  # a broker that stopped cleanly (or a snapshot's copy): nothing to apply, nothing written
     try:
         Store(path).close()
     except DataDirInUse:
         return
     except (OSError, lmdb.Error) as exc:  # not ours to write (a read-only copy): read it as it is
         log.warning("%s: could not apply its write-ahead file (%s); reading its last checkpoint", path, exc)
+
+
+def _wal_pending(path: str) -> bool:
+    """Whether ``DIR/wal`` starts with a whole record of the epoch LMDB holds (read without the lock)."""
+    try:
+        env = lmdb.open(path, readonly=True, create=False, max_dbs=16, lock=True)
+    except lmdb.Error:
+        return False  # not an environment: _open_readonly says so
+    try:
+        with env.begin() as txn:
+            raw = txn.get(WAL_EPOCH, db=env.open_db(b"meta", txn=txn, create=False))
+        epoch = 0 if raw is None else int(_load(bytes(raw)))
+    except lmdb.Error:
+        return False
+    finally:
+        env.close()
+    wal = WriteAheadFile(os.path.join(path, "wal"), create=False)
+    try:
+        return next(iter(wal.records(epoch)), None) is not None
+    finally:
+        wal.close()
 
 
 def _unpack_entry(raw: bytes) -> Any:

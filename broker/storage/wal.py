@@ -43,12 +43,13 @@ class WalError(OSError):
 class WriteAheadFile:
     """``DIR/wal``: append, sync, rewind after a checkpoint, read back after a crash."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, create: bool = True) -> None:
+        """``create=False``: an existing file, only read (``records``)."""
         self.path = path
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self.fd = os.open(path, (os.O_RDWR | os.O_CREAT if create else os.O_RDONLY) | os.O_CLOEXEC, 0o600)
         self.size = os.fstat(self.fd).st_size
         self.pos = 0  # where the next record goes
-        if self.size < INITIAL_BYTES:
+        if create and self.size < INITIAL_BYTES:
             self._fill(INITIAL_BYTES)
 
     def _fill(self, size: int) -> None:
