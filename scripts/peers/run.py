@@ -82,7 +82,7 @@ def on_rabbitmq(system: str, label: str) -> Variant:
 
 
 VARIANTS = [
-    Variant("shoal", "Shoal", "sys_shoal", None, "LMDB, synced commit before the ack", durable=True),
+    Variant("shoal", "Shoal", "sys_shoal", None, "write-ahead file synced before the ack (fdatasync), LMDB commit every 50 ms", durable=True),
     *on_redis("celery", "Celery"),
     on_rabbitmq("celery", "Celery"),
     *on_redis("rq", "RQ", note="its default worker forks a child per job and runs one job at a time"),
