@@ -6,6 +6,7 @@ their replies go out only after that commit.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
@@ -338,6 +339,10 @@ class BrokerServer:
 
 def serve(settings: Settings) -> int:
     """Run a broker in this process until SIGTERM or Ctrl-C; returns the exit code."""
+    # Every job born allocates a few dozen objects: the youngest generation is collected every
+    # 50,000 allocations instead of every 700 (bulk enqueue +7%, median of 6 alternated runs;
+    # BENCHMARKS.md, "The write-ahead file"). Cycles are still collected.
+    gc.set_threshold(50_000, 20, 100)
     server = BrokerServer(settings)
     extra = f", metrics on http://{server.metrics.address}/metrics" if server.metrics else ""
     banner("shoal.broker", f"shoal broker listening on {server.endpoint} (data {settings.broker.data}, "
