@@ -242,6 +242,12 @@ def cmd_storage(client: "Client", args: argparse.Namespace) -> int:
     entries = info["entries"]
     print(f"tables    {entries['jobs']:,} jobs, {entries['steps']:,} steps, {entries['expiry']:,} awaiting expiry")
     print(f"log       {entries['log']:,} entries, seq {info['log_first_seq']:,}..{info['log_last_seq']:,}")
+    wal = info.get("wal")
+    if wal and wal["write_ahead"]:
+        print(f"wal       {mib(wal['bytes'])} file; {wal['batches']:,} batches ({mib(wal['used_bytes'])}) "
+              "acked since LMDB's last checkpoint")
+    elif wal:
+        print("wal       off (write_ahead = false): every batch is its own synced LMDB commit")
     for snap in info["snapshots"]:
         print(f"snapshot  {snap['name']}  seq {snap['seq']:,}  {mib(snap['bytes'])}")
     if not info["snapshots"]:

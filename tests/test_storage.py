@@ -1,6 +1,7 @@
 """Snapshots, log compaction, replay from a snapshot, and a full store."""
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -47,6 +48,7 @@ def test_shoal_storage_shows_state_log_and_snapshots(cluster_factory) -> None:
                          capture_output=True, text=True, timeout=30, env=cluster.env)
     assert out.returncode == 0, out.stderr
     assert "150 jobs" in out.stdout and "snapshot  snap-" in out.stdout and "log " in out.stdout
+    assert re.search(r"^wal       4\.0 MiB file; [\d,]+ batches", out.stdout, re.M), out.stdout
 
 
 @pytest.mark.timeout(180)

@@ -682,6 +682,9 @@ class Store:
                 size = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
                 snaps.append({"name": name, "seq": int(name[len("snap-"):]), "bytes": size})
         out["snapshots"] = snaps
+        wal = self.wal
+        out["wal"] = {"bytes": wal.size if wal else 0, "used_bytes": wal.pos if wal else 0,
+                      "batches": len(self._pending), "write_ahead": self.write_ahead}
         return out
 
     def log_first_seq(self) -> int:
