@@ -23,6 +23,7 @@ what keeps ``fdatasync`` at one write.
 """
 from __future__ import annotations
 
+import errno
 import os
 import struct
 import zlib
@@ -107,7 +108,9 @@ class WriteAheadFile:
             if armed("wal_torn"):  # a crash test: half the record out, then the process dies
                 os.pwrite(self.fd, (head + payload)[:(HEAD_BYTES + len(payload)) // 2], self.pos)
                 fault("wal_torn")
-            os.pwritev(self.fd, [head, payload], self.pos)
+            written = os.pwritev(self.fd, [head, payload], self.pos)
+            if written != HEAD_BYTES + len(payload):  # a short write: torn, never acked
+                raise OSError(errno.EIO, f"wrote {written} of {HEAD_BYTES + len(payload)} bytes")
             os.fdatasync(self.fd)
         except OSError as exc:
             raise WalError(exc.errno, f"the write-ahead file {self.path}: {exc.strerror or exc}") from None
