@@ -20,6 +20,7 @@ from shoal.security import apply_client_curve, resolve_keys
 from shoal.workflow import Workflow
 
 from .aio import AsyncConnection
+from .coalesce import EnqueueBatcher
 from .connection import Connection
 from .results import CancelResult, HistoryEntry, JobId, Result, Stats, StepInfo, event_of
 
@@ -300,6 +301,7 @@ class AsyncClient:
         self._r = Requests(endpoint, timeout, max_message_bytes, key, broker_key, config)
         self.endpoint = self._r.endpoint
         self._conn = AsyncConnection(self.endpoint, self._r.curve)
+        self._batcher = EnqueueBatcher(lambda body: self._send(P.ENQUEUE, body), max_message_bytes)
 
     async def __aenter__(self) -> "AsyncClient":
         return self
@@ -326,12 +328,14 @@ class AsyncClient:
     async def enqueue_many(self, workflow: Workflow | str, payloads: Iterable[Any], *, group: str | None = None,
                            delay: float | None = None, priority: int = 0, key: str | None = None,
                            key_ttl: float | None = None, ids: Iterable[str] | None = None) -> list[JobId]:
-        """Enqueue many jobs in one round trip and one transaction."""
+        """Enqueue many jobs in one round trip and one transaction. Calls made concurrently (in
+        one turn of the event loop) leave as one ENQUEUE, each answered with its own ids
+        (``client/coalesce.py``)."""
         items = self._r.job_items(workflow, payloads, group, delay, priority, key, key_ttl, ids)
         if not items:
             return []
         try:
-            reply = await self._send(P.ENQUEUE, {"jobs": items})
+            reply = await self._batcher.enqueue(items)
         except BrokerUnreachable as exc:
             raise self._r.unknown_outcome(exc, items) from None
         return self._r.ids_from(reply, items)

@@ -30,6 +30,7 @@ disk you mean to measure, since every acknowledged enqueue waits for an fsync th
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import math
 import os
@@ -307,6 +308,26 @@ def enqueue_threads(client: Client, threads: int, per_thread: int) -> float:
     return threads * per_thread / elapsed
 
 
+def enqueue_async(endpoint: str, in_flight: int, total: int) -> float:
+    """Jobs per second of ``AsyncClient.enqueue`` with ``in_flight`` tasks on one event loop."""
+    from shoal import AsyncClient
+
+    async def main() -> float:
+        async with AsyncClient(endpoint, timeout=30.0) as client:
+            per_task = total // in_flight
+
+            async def task() -> None:
+                for i in range(per_task):
+                    await client.enqueue("noop", {"i": i}, group="bench")
+
+            await client.enqueue("noop", {"i": -1}, group="bench")  # connected before the clock starts
+            t0 = time.perf_counter()
+            await asyncio.gather(*(task() for _ in range(in_flight)))
+            return per_task * in_flight / (time.perf_counter() - t0)
+
+    return asyncio.run(main())
+
+
 def enqueue_batches(client: Client, total: int, batch: int) -> float:
     """Jobs per second of ``enqueue_many`` in batches of ``batch`` (client-side encoding included)."""
     t0 = time.perf_counter()
@@ -369,6 +390,7 @@ def core_params(args: argparse.Namespace) -> dict[str, Any]:
     quick = args.quick
     return {"enqueue_n": 500 if quick else 2_000, "threads": 16, "per_thread": 100 if quick else 500,
             "enqueue_many_total": 10_000 if quick else 50_000, "enqueue_many_batch": 1_000,
+            "async_in_flight": 64, "async_total": 3_200 if quick else 12_800,
             "e2e_total": 5_000 if quick else 20_000, "e2e_batch": 100, "concurrency": args.concurrency,
             "roundtrip_samples": 300 if quick else 1_000, "roundtrip_warmup": 100,
             "zmq_samples": 1_000 if quick else 3_000, "commit_samples": 100 if quick else 300}
@@ -398,6 +420,10 @@ def run_core(args: argparse.Namespace, p: dict[str, Any], run: int) -> dict[str,
     with cluster("enqueue16") as c:
         c.start_broker()
         fig["enqueue_16t_jobs_s"] = enqueue_threads(c.client(), p["threads"], p["per_thread"])
+    progress(f"enqueue x{p['async_total']}, AsyncClient, {p['async_in_flight']} in flight")
+    with cluster("enqueue-async") as c:
+        c.start_broker()
+        fig["enqueue_async_jobs_s"] = enqueue_async(c.endpoint, p["async_in_flight"], p["async_total"])
     progress(f"enqueue_many {p['enqueue_many_total']} in batches of {p['enqueue_many_batch']}")
     with cluster("enqueue-many") as c:
         c.start_broker()
@@ -435,6 +461,8 @@ def core_rows(p: dict[str, Any]) -> list[Row]:
             note="{enqueue_1t_x_floor:.2f} x floor rate 1/(rt + commit) = {floor_enqueue_jobs_s:,.0f}/s"),
         Row(f"enqueue, {p['threads']} threads, one client (n={p['threads']}x{p['per_thread']})",
             "enqueue_16t_jobs_s", "jobs/s", note="{enqueue_16t_x_1t:.1f} x one thread (group commit)"),
+        Row(f"enqueue, AsyncClient, {p['async_in_flight']} in flight (n={p['async_total']:,})",
+            "enqueue_async_jobs_s", "jobs/s", target=(">=", 20_000.0)),
         Row(f"enqueue_many, batches of {p['enqueue_many_batch']:,} (n={p['enqueue_many_total']:,})",
             "enqueue_many_jobs_s", "jobs/s", target=(">=", 50_000.0)),
         Row(f"end to end, 1 worker x{p['concurrency']} (n={p['e2e_total']:,}, batches of {p['e2e_batch']})",

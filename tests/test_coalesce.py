@@ -1,0 +1,122 @@
+"""Concurrent AsyncClient enqueues leave as one ENQUEUE, and each caller still gets its own answer.
+
+The batcher alone first (its ``send`` is a recording coroutine: the batcher is a pure piece of
+the client), then a real broker: merged requests whose parts are refused for one caller only.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from shoal import AsyncClient, GroupSaturated
+from shoal.client.coalesce import MAX_ITEMS, EnqueueBatcher
+from shoal.errors import BrokerUnreachable, StorageFull
+
+from conftest import DEFAULT_TOML
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def item(n: int, payload: bytes = b"\x90") -> dict[str, Any]:
+    return {"id": n.to_bytes(16, "big"), "wf": "noop", "payload": payload}
+
+
+class Broker:
+    """A stand-in for the reply side of ENQUEUE: records each request; refuses what ``refuse`` says."""
+
+    def __init__(self, refuse: Any = None) -> None:
+        self.requests: list[list[int]] = []
+        self.refuse = refuse
+
+    async def send(self, body: dict[str, Any]) -> dict[str, Any]:
+        ns = [int.from_bytes(i["id"], "big") for i in body["jobs"]]
+        self.requests.append(ns)
+        await asyncio.sleep(0)
+        if self.refuse is not None:
+            self.refuse(ns)
+        return {"ids": [i["id"] for i in body["jobs"]], "existed": [False] * len(ns),
+                "deduplicated": [n % 2 == 1 for n in ns]}
+
+
+def run(broker: Broker, calls: list[list[dict[str, Any]]]) -> list[Any]:
+    async def main() -> list[Any]:
+        batcher = EnqueueBatcher(broker.send, 1 << 20)
+        return await asyncio.gather(*(batcher.enqueue(c) for c in calls), return_exceptions=True)
+    return asyncio.run(main())
+
+
+def test_calls_of_one_turn_leave_together_and_each_gets_its_own_part_of_the_reply() -> None:
+    broker = Broker()
+    replies = run(broker, [[item(1)], [item(2), item(3)], [item(4)]])
+    assert broker.requests == [[1, 2, 3, 4]]
+    assert [r["ids"] for r in replies] == [[item(1)["id"]], [item(2)["id"], item(3)["id"]], [item(4)["id"]]]
+    assert [r["deduplicated"] for r in replies] == [[True], [False, True], [False]]
+
+
+def test_a_turn_with_more_than_the_cap_makes_several_requests_in_order() -> None:
+    broker = Broker()
+    replies = run(broker, [[item(n)] for n in range(MAX_ITEMS * 2 + 5)])
+    assert [len(r) for r in broker.requests] == [MAX_ITEMS, MAX_ITEMS, 5]
+    assert [n for r in broker.requests for n in r] == list(range(MAX_ITEMS * 2 + 5))
+    assert all(r["ids"] == [item(n)["id"]] for n, r in enumerate(replies))
+
+
+def test_a_big_call_goes_alone() -> None:
+    broker = Broker()
+    run(broker, [[item(1)], [item(n) for n in range(100, 100 + MAX_ITEMS)]])
+    assert sorted(map(len, broker.requests)) == [1, MAX_ITEMS]
+
+
+def test_a_refusal_of_the_merged_request_is_asked_again_per_caller() -> None:
+    def refuse(ns: list[int]) -> None:
+        if 2 in ns:  # the broker refuses any request holding job 2 (as a saturated group would)
+            raise StorageFull("storage full: no room")
+    broker = Broker(refuse)
+    replies = run(broker, [[item(1)], [item(2)], [item(3)]])
+    assert broker.requests[0] == [1, 2, 3] and sorted(broker.requests[1:]) == [[1], [2], [3]]
+    assert replies[0]["ids"] == [item(1)["id"]] and replies[2]["ids"] == [item(3)["id"]]
+    assert isinstance(replies[1], StorageFull)
+
+
+def test_no_answer_is_every_callers_answer() -> None:
+    def unreachable(ns: list[int]) -> None:
+        raise BrokerUnreachable("no answer from the broker at tcp://127.0.0.1:1 within 1s")
+    broker = Broker(unreachable)
+    replies = run(broker, [[item(1)], [item(2)]])
+    assert broker.requests == [[1, 2]]  # not asked again: the outcome is unknown, not refused
+    assert all(isinstance(r, BrokerUnreachable) for r in replies)
+
+
+def test_a_real_broker_answers_merged_enqueues_each_on_their_own(cluster_factory) -> None:
+    """64 tasks on one AsyncClient: every job stored once, dedup keys shared across tasks, and a
+    group at its max_pending refuses only the callers who enqueued into it."""
+    toml = DEFAULT_TOML + "\n[workflows.full]\nmax_pending = 1\n"
+    cluster = cluster_factory(toml)
+    cluster.start_broker()
+    sync = cluster.client()
+    sync.enqueue("echo", {"fill": True}, group="full")  # the group "full" is at its max_pending now
+
+    async def main() -> list[Any]:
+        async with AsyncClient(cluster.endpoint, timeout=20) as client:
+            calls = []
+            for n in range(64):
+                if n % 16 == 5:
+                    calls.append(client.enqueue("echo", {"n": n}, group="full"))
+                elif n % 8 == 3:
+                    calls.append(client.enqueue("echo", {"n": n}, group="email", key="shared"))
+                else:
+                    calls.append(client.enqueue("echo", {"n": n}, group="email"))
+            return await asyncio.gather(*calls, return_exceptions=True)
+
+    results = asyncio.run(main())
+    refused = [n for n, r in enumerate(results) if isinstance(r, GroupSaturated)]
+    assert refused == [5, 21, 37, 53]
+    keyed = {results[n] for n in range(64) if n % 8 == 3 and n % 16 != 5}
+    assert len(keyed) == 1  # one job holds the key; every keyed caller got it
+    plain = [results[n] for n in range(64) if n % 8 != 3 and n % 16 != 5]
+    assert len(set(plain)) == len(plain)
+    cluster.start_worker("email", 8)
+    assert all(sync.wait(j, timeout=30).status == "completed" for j in set(plain) | keyed)
+    assert sync.stats()["email"]["completed"] == len(plain) + 1
