@@ -21,6 +21,7 @@ from shoal.workflow import Workflow
 
 from .aio import AsyncConnection
 from .coalesce import EnqueueBatcher
+from .combine import Combiner
 from .connection import Connection
 from .results import CancelResult, HistoryEntry, JobId, Result, Stats, StepInfo, event_of
 
@@ -143,6 +144,7 @@ class Client:
         self._r = Requests(endpoint, timeout, max_message_bytes, key, broker_key, config)
         self.endpoint = self._r.endpoint
         self._conn = Connection(self.endpoint, self._r.curve)
+        self._combiner = Combiner(lambda body: self._call(P.ENQUEUE, body), max_message_bytes)
 
     def __enter__(self) -> "Client":
         return self
@@ -176,12 +178,14 @@ class Client:
     def enqueue_many(self, workflow: Workflow | str, payloads: Iterable[Any], *, group: str | None = None,
                      delay: float | None = None, priority: int = 0, key: str | None = None,
                      key_ttl: float | None = None, ids: Iterable[str] | None = None) -> list[JobId]:
-        """Enqueue many jobs in one round trip and one transaction (``ids``: one per payload, see ``enqueue``)."""
+        """Enqueue many jobs in one round trip and one transaction (``ids``: one per payload, see ``enqueue``).
+        Calls made at once from several threads leave as one ENQUEUE, each answered with its own
+        ids (``client/combine.py``)."""
         items = self._r.job_items(workflow, payloads, group, delay, priority, key, key_ttl, ids)
         if not items:
             return []
         try:
-            reply = self._call(P.ENQUEUE, {"jobs": items})
+            reply = self._combiner.enqueue(items)
         except BrokerUnreachable as exc:
             raise self._r.unknown_outcome(exc, items) from None
         return self._r.ids_from(reply, items)

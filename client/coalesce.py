@@ -24,7 +24,7 @@ from shoal.errors import BrokerUnreachable, ShoalError
 # enough that 64 tasks in flight make two staggered requests, so the client prepares one while
 # the broker commits the other: 64 in flight, cap 16: 13.0k/s, 32: 15.6k/s, 64: 11.7k/s.
 MAX_ITEMS = 32
-_REPLY_LISTS = ("ids", "existed", "deduplicated")  # per item in an ENQUEUE reply
+REPLY_LISTS = ("ids", "existed", "deduplicated")  # per item in an ENQUEUE reply
 
 Send = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 Waiting = tuple[list[dict[str, Any]], "asyncio.Future[dict[str, Any]]"]
@@ -96,7 +96,7 @@ class EnqueueBatcher:
         for items, future in batch:
             end = start + len(items)
             if not future.done():
-                future.set_result({key: reply[key][start:end] for key in _REPLY_LISTS if key in reply})
+                future.set_result({key: reply[key][start:end] for key in REPLY_LISTS if key in reply})
             start = end
 
 

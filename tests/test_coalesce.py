@@ -1,4 +1,5 @@
-"""Concurrent AsyncClient enqueues leave as one ENQUEUE, and each caller still gets its own answer.
+"""Concurrent enqueues (AsyncClient tasks, Client threads) leave as one ENQUEUE, and each caller
+still gets its own answer.
 
 The batcher alone first (its ``send`` is a recording coroutine: the batcher is a pure piece of
 the client), then a real broker: merged requests whose parts are refused for one caller only.
@@ -6,15 +7,17 @@ the client), then a real broker: merged requests whose parts are refused for one
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import pytest
 
 from shoal import AsyncClient, GroupSaturated
 from shoal.client.coalesce import MAX_ITEMS, EnqueueBatcher
+from shoal.client.combine import MAX_LEADERS, Combiner
 from shoal.errors import BrokerUnreachable, StorageFull
 
-from conftest import DEFAULT_TOML
+from conftest import DEFAULT_TOML, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -120,3 +123,114 @@ def test_a_real_broker_answers_merged_enqueues_each_on_their_own(cluster_factory
     cluster.start_worker("email", 8)
     assert all(sync.wait(j, timeout=30).status == "completed" for j in set(plain) | keyed)
     assert sync.stats()["email"]["completed"] == len(plain) + 1
+
+
+# --- the threaded Client: flat combining ---------------------------------------------------------
+class ThreadedBroker:
+    """The reply side of ENQUEUE for ``Combiner``: records requests and holds each until
+    ``release`` is set, so the threads that come after the leaders queue behind them."""
+
+    def __init__(self, refuse: Any = None) -> None:
+        self.requests: list[list[int]] = []
+        self.refuse = refuse
+        self.release = threading.Event()
+        self.lock = threading.Lock()
+
+    def send(self, body: dict[str, Any]) -> dict[str, Any]:
+        ns = [int.from_bytes(i["id"], "big") for i in body["jobs"]]
+        with self.lock:
+            self.requests.append(ns)
+        assert self.release.wait(10)
+        if self.refuse is not None:
+            self.refuse(ns)
+        return {"ids": [i["id"] for i in body["jobs"]], "existed": [False] * len(ns),
+                "deduplicated": [n % 2 == 1 for n in ns]}
+
+
+def run_threads(broker: ThreadedBroker, calls: list[list[dict[str, Any]]]) -> list[Any]:
+    combiner = Combiner(broker.send, 1 << 20)
+    results: list[Any] = [None] * len(calls)
+
+    def call(n: int) -> None:
+        try:
+            results[n] = combiner.enqueue(calls[n])
+        except Exception as exc:  # noqa: BLE001 - compared below
+            results[n] = exc
+
+    threads = [threading.Thread(target=call, args=(n,)) for n in range(len(calls))]
+    for n, t in enumerate(threads[:MAX_LEADERS], 1):  # the leaders, one at a time: their requests are held
+        t.start()
+        wait_for(lambda n=n: len(broker.requests) == n, what="a leader's request")
+    for t in threads[MAX_LEADERS:]:
+        t.start()
+    wait_for(lambda: len(combiner._queue) == len(calls) - MAX_LEADERS, what="the other callers to queue")
+    broker.release.set()
+    for t in threads:
+        t.join(10)
+        assert not t.is_alive()
+    return results
+
+
+def test_threads_that_queue_behind_a_request_leave_together_with_their_own_answers() -> None:
+    broker = ThreadedBroker()
+    results = run_threads(broker, [[item(n)] for n in range(12)])
+    assert broker.requests[:MAX_LEADERS] == [[n] for n in range(MAX_LEADERS)]  # the leaders go at once
+    assert broker.requests[MAX_LEADERS:] == [list(range(MAX_LEADERS, 12))]  # the queue, as one request
+    assert sorted(n for r in broker.requests for n in r) == list(range(12))  # each job sent once
+    assert [r["ids"] for r in results] == [[item(n)["id"]] for n in range(12)]
+    assert [r["deduplicated"] for r in results] == [[n % 2 == 1] for n in range(12)]
+
+
+def test_a_refused_merged_request_is_sent_again_by_each_thread_alone() -> None:
+    def refuse(ns: list[int]) -> None:
+        if 7 in ns:
+            raise StorageFull("storage full: no room")
+    broker = ThreadedBroker(refuse)
+    results = run_threads(broker, [[item(n)] for n in range(12)])
+    assert isinstance(results[7], StorageFull)
+    assert all(r["ids"] == [item(n)["id"]] for n, r in enumerate(results) if n != 7)
+    assert [7] in broker.requests  # asked alone after the merged refusal
+
+
+def test_threads_unanswered_together_each_raise_unreachable() -> None:
+    def unreachable(ns: list[int]) -> None:
+        if len(ns) > 1:
+            raise BrokerUnreachable("no answer from the broker at tcp://127.0.0.1:1 within 1s")
+    broker = ThreadedBroker(unreachable)
+    results = run_threads(broker, [[item(n)] for n in range(6)])
+    merged = next(r for r in broker.requests if len(r) > 1)
+    assert all(isinstance(results[n], BrokerUnreachable) for n in merged)
+
+
+def test_sixteen_threads_on_a_real_broker_each_get_their_own_answer(cluster_factory) -> None:
+    toml = DEFAULT_TOML + "\n[workflows.full]\nmax_pending = 1\n"
+    cluster = cluster_factory(toml)
+    cluster.start_broker()
+    client = cluster.client(timeout=20)
+    client.enqueue("echo", {"fill": True}, group="full")
+    results: dict[tuple[int, int], Any] = {}
+
+    def producer(t: int) -> None:
+        for i in range(20):
+            try:
+                if i == 7:
+                    results[t, i] = client.enqueue("echo", {"t": t}, group="full")
+                elif i == 3:
+                    results[t, i] = client.enqueue("echo", {"t": t}, group="email", key="shared")
+                else:
+                    results[t, i] = client.enqueue("echo", {"t": t, "i": i}, group="email")
+            except GroupSaturated as exc:
+                results[t, i] = exc
+
+    threads = [threading.Thread(target=producer, args=(t,)) for t in range(16)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(60)
+    assert all(isinstance(results[t, 7], GroupSaturated) for t in range(16))
+    assert len({results[t, 3] for t in range(16)}) == 1
+    plain = [results[t, i] for t in range(16) for i in range(20) if i not in (3, 7)]
+    assert len(set(plain)) == len(plain) == 16 * 18
+    cluster.start_worker("email", 8)
+    assert all(client.wait(j, timeout=30).status == "completed" for j in plain)
+    assert client.stats()["email"]["completed"] == len(plain) + 1

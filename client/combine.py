@@ -1,0 +1,129 @@
+"""Concurrent ``Client`` enqueues from many threads leave as one ENQUEUE (flat combining).
+
+The thread that finds no enqueue in flight leads. It sends its own jobs, and those of every
+thread that queued meanwhile, as one ENQUEUE on its own socket; it cuts the reply back per
+caller; then it hands the lead to the first thread that queued during its round, and returns.
+At most ``MAX_LEADERS`` rounds are in flight; a caller that finds fewer leads at once. So a
+lone caller is its own leader and sends at once, with no hand-off, and the sequential path
+is what it was (1,360 and 1,377 jobs/s, alternated). Sixteen threads sharing a ``Client`` make a few requests of many jobs each, and
+the broker admits and commits those on its bulk path (BENCHMARKS.md, "16 threads").
+
+The answers are the same as the async client's (``coalesce.py``). ENQUEUE is all or nothing,
+so if the broker refuses the merged request nothing was stored, and each caller sends its
+own jobs again, alone, from its own thread. If the broker does not answer, every caller
+raises ``BrokerUnreachable`` with its own ids.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable
+
+from shoal.errors import BrokerUnreachable, ShoalError
+
+from .coalesce import MAX_ITEMS, REPLY_LISTS
+
+Send = Callable[[dict[str, Any]], dict[str, Any]]
+MAX_LEADERS = 2  # rounds in flight at once (1 to 4 measured alike with 16 threads: the client's GIL is the limit)
+
+
+class _Turn:
+    """One caller's jobs, and what became of them."""
+
+    __slots__ = ("items", "event", "reply", "error", "lead", "alone")
+
+    def __init__(self, items: list[dict[str, Any]]) -> None:
+        self.items = items
+        self.event: threading.Event | None = None  # a waiting caller's (a leader needs none)
+        self.reply: dict[str, Any] | None = None
+        self.error: BaseException | None = None
+        self.lead = False   # handed the lead: send the queue's next round
+        self.alone = False  # the merged request was refused: send these jobs alone
+
+    def outcome(self) -> dict[str, Any]:
+        if self.error is not None:
+            raise self.error
+        assert self.reply is not None
+        return self.reply
+
+
+class Combiner:
+    """``send`` makes one ENQUEUE request on the calling thread's socket."""
+
+    def __init__(self, send: Send, max_message_bytes: int) -> None:
+        self._send = send
+        self._max_bytes = max_message_bytes // 2
+        self._lock = threading.Lock()
+        self._queue: list[_Turn] = []
+        self._leaders = 0  # threads in a round; at MAX_LEADERS, anyone arriving queues behind them
+
+    def enqueue(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        """The ENQUEUE reply for ``items`` (their part of it, when merged with others)."""
+        if len(items) >= MAX_ITEMS or sum(len(item["payload"]) for item in items) >= self._max_bytes:
+            return self._send({"jobs": items})  # big enough on its own
+        turn = _Turn(items)
+        with self._lock:
+            if self._leaders >= MAX_LEADERS:
+                turn.event = threading.Event()
+            else:
+                self._leaders += 1
+            self._queue.append(turn)
+        if turn.event is not None:
+            turn.event.wait()  # a leader answers every turn it takes, or hands this one the lead
+            if not turn.lead:
+                return self._send({"jobs": items}) if turn.alone else turn.outcome()
+        self._lead()
+        return self._send({"jobs": items}) if turn.alone else turn.outcome()
+
+    def _lead(self) -> None:
+        """One round: take the queue's head (this thread's turn first), send it, answer it,
+        then hand the lead to whoever queued meanwhile."""
+        with self._lock:
+            taken, count = 0, 0
+            for turn in self._queue:
+                if taken and count + len(turn.items) > MAX_ITEMS:
+                    break
+                taken += 1
+                count += len(turn.items)
+            batch, self._queue[:taken] = self._queue[:taken], []
+        try:
+            self._round(batch)
+        finally:
+            for turn in batch:
+                if turn.reply is None and turn.error is None:
+                    turn.alone = True  # interrupted before an answer: each tries on its own
+            with self._lock:
+                if self._queue:
+                    head = self._queue[0]
+                    head.lead = True
+                    assert head.event is not None
+                    head.event.set()
+                else:
+                    self._leaders -= 1
+            for turn in batch[1:]:
+                assert turn.event is not None
+                turn.event.set()
+
+    def _round(self, batch: list[_Turn]) -> None:
+        if len(batch) == 1:
+            try:
+                batch[0].reply = self._send({"jobs": batch[0].items})
+            except Exception as exc:  # noqa: BLE001 - the caller's own error, raised in its thread
+                batch[0].error = exc
+            return
+        try:
+            reply = self._send({"jobs": [item for turn in batch for item in turn.items]})
+        except BrokerUnreachable as exc:
+            for turn in batch:
+                turn.error = exc
+            return
+        except ShoalError:  # refused as a whole: nothing was stored; each asks alone (``alone``)
+            return
+        except Exception as exc:  # noqa: BLE001 - a closed client: everyone's
+            for turn in batch:
+                turn.error = exc
+            return
+        start = 0
+        for turn in batch:
+            end = start + len(turn.items)
+            turn.reply = {key: reply[key][start:end] for key in REPLY_LISTS if key in reply}
+            start = end
