@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterator, Protocol
 from shoal import protocol as P
 from shoal.client import Client
 from shoal.client.client import Requests
+from shoal.client.combine import Combiner
 from shoal.client.connection import remote_error
 from shoal.client.results import event_of
 from shoal.errors import WaitTimeout
@@ -72,6 +73,7 @@ class SimClient(Client):
         self._r = Requests(ENDPOINT, timeout, max_message_bytes)
         self.endpoint = ENDPOINT
         self._conn = SimConnection(driver)  # type: ignore[assignment]
+        self._combiner = Combiner(lambda body: self._call(P.ENQUEUE, body), max_message_bytes)
         self._driver = driver
 
     def deliver(self, command: bytes, body: dict[str, Any]) -> None:
