@@ -68,7 +68,11 @@ class Combiner:
                 self._leaders += 1
             self._queue.append(turn)
         if turn.event is not None:
-            turn.event.wait()  # a leader answers every turn it takes, or hands this one the lead
+            try:
+                turn.event.wait()  # a leader answers every turn it takes, or hands this one the lead
+            except BaseException:  # interrupted (Ctrl-C in the main thread): leave no one waiting on us
+                self._withdraw(turn)
+                raise
             if not turn.lead:
                 return self._send({"jobs": items}) if turn.alone else turn.outcome()
         self._lead()
@@ -92,16 +96,31 @@ class Combiner:
                 if turn.reply is None and turn.error is None:
                     turn.alone = True  # interrupted before an answer: each tries on its own
             with self._lock:
-                if self._queue:
-                    head = self._queue[0]
-                    head.lead = True
-                    assert head.event is not None
-                    head.event.set()
-                else:
-                    self._leaders -= 1
+                self._hand_on()
             for turn in batch[1:]:
                 assert turn.event is not None
                 turn.event.set()
+
+    def _hand_on(self) -> None:
+        """(Holding the lock.) This round is over: the queue's head leads the next, or there is
+        one leader fewer."""
+        if self._queue:
+            head = self._queue[0]
+            head.lead = True
+            assert head.event is not None
+            head.event.set()
+        else:
+            self._leaders -= 1
+
+    def _withdraw(self, turn: _Turn) -> None:
+        """A waiting caller gives up: still queued, its jobs were never sent and leave the queue;
+        handed the lead meanwhile, it passes the lead on. (Taken into a round already, its jobs
+        are sent and nobody waits for it.)"""
+        with self._lock:
+            if turn in self._queue:
+                self._queue.remove(turn)
+                if turn.lead:
+                    self._hand_on()
 
     def _round(self, batch: list[_Turn]) -> None:
         if len(batch) == 1:

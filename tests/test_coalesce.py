@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import types
 from typing import Any
 
 import pytest
@@ -234,3 +235,40 @@ def test_sixteen_threads_on_a_real_broker_each_get_their_own_answer(cluster_fact
     cluster.start_worker("email", 8)
     assert all(client.wait(j, timeout=30).status == "completed" for j in plain)
     assert client.stats()["email"]["completed"] == len(plain) + 1
+
+
+def test_a_waiting_thread_interrupted_leaves_the_queue_and_no_one_waits_for_it(monkeypatch) -> None:
+    """Ctrl-C lands in a caller queued behind the leaders: its jobs are never sent, and the
+    callers queued after it are still answered (the lead is never left with it)."""
+    import shoal.client.combine as combine
+
+    class Interrupted(threading.Event):
+        def wait(self, timeout: float | None = None) -> bool:
+            if threading.current_thread() is threading.main_thread():
+                raise KeyboardInterrupt
+            return super().wait(timeout)
+
+    # only the combiner's events (Thread.start waits on one of threading's own in this thread)
+    monkeypatch.setattr(combine, "threading", types.SimpleNamespace(Event=Interrupted, Lock=threading.Lock))
+    broker = ThreadedBroker()
+    combiner = Combiner(broker.send, 1 << 20)
+    results: dict[int, Any] = {}
+
+    def call(n: int) -> None:
+        results[n] = combiner.enqueue([item(n)])
+
+    leaders = [threading.Thread(target=call, args=(n,)) for n in range(MAX_LEADERS)]
+    for n, t in enumerate(leaders, 1):
+        t.start()
+        wait_for(lambda n=n: len(broker.requests) == n, what="a leader's request")
+    with pytest.raises(KeyboardInterrupt):
+        combiner.enqueue([item(99)])  # queued behind the leaders, interrupted while waiting
+    after = threading.Thread(target=call, args=(50,))
+    after.start()
+    wait_for(lambda: len(combiner._queue) == 1, what="the next caller to queue")
+    broker.release.set()
+    for t in [*leaders, after]:
+        t.join(10)
+        assert not t.is_alive()
+    assert results[50]["ids"] == [item(50)["id"]]
+    assert 99 not in {n for r in broker.requests for n in r}
