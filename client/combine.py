@@ -46,6 +46,11 @@ class _Turn:
         return self.reply
 
 
+def _waiting(turn: _Turn) -> bool:
+    """A caller waiting to be taken into a round (not a leader, nor handed the lead)."""
+    return turn.event is not None and not turn.lead
+
+
 class Combiner:
     """``send`` makes one ENQUEUE request on the calling thread's socket."""
 
@@ -75,20 +80,22 @@ class Combiner:
                 raise
             if not turn.lead:
                 return self._send({"jobs": items}) if turn.alone else turn.outcome()
-        self._lead()
+        self._lead(turn)
         return self._send({"jobs": items}) if turn.alone else turn.outcome()
 
-    def _lead(self) -> None:
-        """One round: take the queue's head (this thread's turn first), send it, answer it,
-        then hand the lead to whoever queued meanwhile."""
+    def _lead(self, own: _Turn) -> None:
+        """One round: this thread's turn and the waiting ones queued after it (never another
+        leader's), sent together and answered; then the lead goes to whoever waits."""
         with self._lock:
-            taken, count = 0, 0
+            self._queue.remove(own)
+            batch, kept, count = [own], [], len(own.items)
             for turn in self._queue:
-                if taken and count + len(turn.items) > MAX_ITEMS:
-                    break
-                taken += 1
-                count += len(turn.items)
-            batch, self._queue[:taken] = self._queue[:taken], []
+                if _waiting(turn) and count + len(turn.items) <= MAX_ITEMS:
+                    batch.append(turn)
+                    count += len(turn.items)
+                else:
+                    kept.append(turn)  # a leader about to take its own round, or past the cap
+            self._queue = kept
         try:
             self._round(batch)
         finally:
@@ -104,13 +111,13 @@ class Combiner:
     def _hand_on(self) -> None:
         """(Holding the lock.) This round is over: the queue's head leads the next, or there is
         one leader fewer."""
-        if self._queue:
-            head = self._queue[0]
+        head = next((turn for turn in self._queue if _waiting(turn)), None)
+        if head is None:
+            self._leaders -= 1
+        else:
             head.lead = True
             assert head.event is not None
             head.event.set()
-        else:
-            self._leaders -= 1
 
     def _withdraw(self, turn: _Turn) -> None:
         """A waiting caller gives up: still queued, its jobs were never sent and leave the queue;
@@ -119,7 +126,7 @@ class Combiner:
         with self._lock:
             if turn in self._queue:
                 self._queue.remove(turn)
-                if turn.lead:
+                if turn.lead:  # handed the lead as the interruption came: someone else takes it
                     self._hand_on()
 
     def _round(self, batch: list[_Turn]) -> None:
