@@ -27,6 +27,19 @@ MAX_ITEMS = 32
 REPLY_LISTS = ("ids", "existed", "deduplicated")  # per item in an ENQUEUE reply
 
 Send = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+def payload_bytes(items: list[dict[str, Any]]) -> int:
+    return sum(len(item["payload"]) for item in items)
+
+
+def split_reply(reply: dict[str, Any], counts: list[int]) -> list[dict[str, Any]]:
+    """A merged ENQUEUE's reply cut back into one reply per caller (``counts``: each caller's jobs)."""
+    parts, start = [], 0
+    for count in counts:
+        parts.append({key: reply[key][start:start + count] for key in REPLY_LISTS if key in reply})
+        start += count
+    return parts
 Waiting = tuple[list[dict[str, Any]], "asyncio.Future[dict[str, Any]]"]
 
 
@@ -43,7 +56,7 @@ class EnqueueBatcher:
 
     async def enqueue(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         """The ENQUEUE reply for ``items`` (their part of it, when merged with others)."""
-        size = sum(len(item["payload"]) for item in items)
+        size = payload_bytes(items)
         if len(items) >= MAX_ITEMS or size >= self._max_bytes:
             return await self._send({"jobs": items})  # big enough on its own
         if self._items + len(items) > MAX_ITEMS or self._bytes + size > self._max_bytes:
@@ -92,12 +105,9 @@ class EnqueueBatcher:
             if not isinstance(exc, Exception):
                 raise
             return
-        start = 0
-        for items, future in batch:
-            end = start + len(items)
+        for (_, future), part in zip(batch, split_reply(reply, [len(items) for items, _ in batch])):
             if not future.done():
-                future.set_result({key: reply[key][start:end] for key in REPLY_LISTS if key in reply})
-            start = end
+                future.set_result(part)
 
 
 def _fail(future: "asyncio.Future[dict[str, Any]]", exc: BaseException) -> None:

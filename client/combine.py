@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from shoal.errors import BrokerUnreachable, ShoalError
 
-from .coalesce import MAX_ITEMS, REPLY_LISTS
+from .coalesce import MAX_ITEMS, payload_bytes, split_reply
 
 Send = Callable[[dict[str, Any]], dict[str, Any]]
 MAX_LEADERS = 2  # rounds in flight at once (1 to 4 measured alike with 16 threads: the client's GIL is the limit)
@@ -63,7 +63,7 @@ class Combiner:
 
     def enqueue(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         """The ENQUEUE reply for ``items`` (their part of it, when merged with others)."""
-        if len(items) >= MAX_ITEMS or sum(len(item["payload"]) for item in items) >= self._max_bytes:
+        if len(items) >= MAX_ITEMS or payload_bytes(items) >= self._max_bytes:
             return self._send({"jobs": items})  # big enough on its own
         turn = _Turn(items)
         with self._lock:
@@ -88,13 +88,15 @@ class Combiner:
         leader's), sent together and answered; then the lead goes to whoever waits."""
         with self._lock:
             self._queue.remove(own)
-            batch, kept, count = [own], [], len(own.items)
+            batch, kept = [own], []
+            count, size = len(own.items), payload_bytes(own.items)
             for turn in self._queue:
-                if _waiting(turn) and count + len(turn.items) <= MAX_ITEMS:
+                more = payload_bytes(turn.items)
+                if _waiting(turn) and count + len(turn.items) <= MAX_ITEMS and size + more <= self._max_bytes:
                     batch.append(turn)
-                    count += len(turn.items)
+                    count, size = count + len(turn.items), size + more
                 else:
-                    kept.append(turn)  # a leader about to take its own round, or past the cap
+                    kept.append(turn)  # a leader about to take its own round, or past a cap (as coalesce.py's)
             self._queue = kept
         try:
             self._round(batch)
@@ -148,8 +150,5 @@ class Combiner:
             for turn in batch:
                 turn.error = exc
             return
-        start = 0
-        for turn in batch:
-            end = start + len(turn.items)
-            turn.reply = {key: reply[key][start:end] for key in REPLY_LISTS if key in reply}
-            start = end
+        for turn, part in zip(batch, split_reply(reply, [len(turn.items) for turn in batch])):
+            turn.reply = part
