@@ -48,7 +48,15 @@ def wedged(payload, step):
     return "late"
 
 
-WORKFLOWS = {w.name: w for w in (gated, echo, wedged)}
+@workflow("handoff-until-cancelled", worker="handoff")
+def until_cancelled(payload, step):
+    deadline = time.monotonic() + 10
+    while not step.cancelled and time.monotonic() < deadline:
+        time.sleep(0.001)  # work in small pieces, checking the flag between them
+    return "stopped" if step.cancelled else "never told"
+
+
+WORKFLOWS = {w.name: w for w in (gated, echo, wedged, until_cancelled)}
 
 
 def _job(i: int, wf: str = "handoff-echo") -> dict:
@@ -157,6 +165,27 @@ def test_results_keep_their_order_through_the_batched_hand_off(tmp_path: Path) -
             results.extend(wire.expect(P.DONE)["results"])
         assert [(r[0], r[1], P.unpack(r[2])) for r in results] == [(_job(i)["id"], i + 1, i) for i in range(300)]
         wait_for(lambda: not shell.inflight, what="the in-flight table to empty")
+        drain_over_wire(shell, thread, wire)
+    finally:
+        stop_over_wire(shell, thread, wire)
+
+
+def test_a_cancel_right_behind_its_job_reaches_the_run(tmp_path: Path) -> None:
+    """The jobs a pass reads go to the runner when the pass ends; a CANCEL read in the same pass
+    as its JOB must still find the run (the shell hands its jobs over before acting on it)."""
+    wire = WireEnd(f"ipc://{tmp_path}/broker.sock")
+    options = WorkerOptions(f"ipc://{tmp_path}/broker.sock", "handoff", 2, heartbeat_interval_s=0.1, liveness=1000)
+    shell = WorkerShell(options, Runner(WORKFLOWS, "handoff", 2))
+    thread = threading.Thread(target=shell.run, daemon=True)
+    thread.start()
+    try:
+        wire.expect(P.HELLO)
+        for i in range(5):  # back to back, so that most pairs land in one read
+            job = _job(i, "handoff-until-cancelled")
+            wire.send(P.JOB, {"jobs": [job]})
+            wire.send(P.CANCEL, {"id": job["id"], "token": job["token"]})
+            result = wire.expect(P.DONE)["results"][0]  # a sync run that heeded its cancel returns
+            assert (result[0], P.unpack(result[2])) == (job["id"], "stopped")
         drain_over_wire(shell, thread, wire)
     finally:
         stop_over_wire(shell, thread, wire)

@@ -33,6 +33,8 @@ class Calls:
 
     def send_due(self, now: float, send: Callable[[list[bytes]], None]) -> None:
         """Send new requests, and again those unanswered for ``CALL_RESEND_S``."""
+        if not self._open and self._new.empty():
+            return  # no step is waiting on the broker (every pass of a plain job's loop)
         while True:
             try:
                 command, body, fut = self._new.get_nowait()
