@@ -16,7 +16,7 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import zmq
 
@@ -279,7 +279,7 @@ class WorkerShell:
         while True:
             # Asking whether a message waits costs a fraction of the refused recv (zmq.Again,
             # an exception) that would tell the same; the poll said one does when we come here.
-            if heard and not sock.getsockopt(_EVENTS) & _POLLIN:
+            if heard and not cast(int, sock.getsockopt(_EVENTS)) & _POLLIN:
                 return True
             try:
                 frames = sock.recv_multipart(_NOBLOCK)
