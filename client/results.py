@@ -115,7 +115,8 @@ class JobId(str):
     @classmethod
     def of(cls, raw: bytes, deduplicated: bool) -> "JobId":
         out = cls(id_to_str(raw))
-        out.deduplicated = deduplicated
+        if deduplicated:  # else the class's False: no instance dict made for the common case
+            out.deduplicated = True
         return out
 
 

@@ -41,17 +41,23 @@ class _IdRecorder:
 
     def __init__(self) -> None:
         self.local = threading.local()
-        self.original: Callable[[], bytes] = client_module.new_job_id
+        self.one: Callable[[], bytes] = client_module.new_job_id
+        self.many: Callable[[int], list[bytes]] = client_module.new_job_ids
 
     def install(self) -> None:
-        def recording() -> bytes:
-            raw = self.original()
+        def one() -> bytes:
+            raw = self.one()
             self.made().append(id_to_str(raw))
             return raw
-        client_module.new_job_id = recording
+
+        def many(count: int) -> list[bytes]:
+            raws = self.many(count)
+            self.made().extend(id_to_str(raw) for raw in raws)
+            return raws
+        client_module.new_job_id, client_module.new_job_ids = one, many
 
     def uninstall(self) -> None:
-        client_module.new_job_id = self.original
+        client_module.new_job_id, client_module.new_job_ids = self.one, self.many
 
     def made(self) -> list[str]:
         if not hasattr(self.local, "ids"):

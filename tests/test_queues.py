@@ -9,7 +9,7 @@ import pytest
 
 from shoal.broker.core.queues import ReadyQueue, Schedule
 from shoal.errors import UnknownJob
-from shoal.ids import id_from_str, id_to_str, new_job_id
+from shoal.ids import id_from_str, id_to_str, new_job_id, new_job_ids
 
 
 def drain(queue: ReadyQueue) -> list[bytes]:
@@ -171,6 +171,19 @@ def test_new_job_ids_are_unique_and_strictly_increasing_within_a_process() -> No
     ids = [new_job_id() for _ in range(10_000)]
     assert len(set(ids)) == len(ids)
     assert all(a < b for a, b in itertools.pairwise(ids))
+
+
+def test_ids_made_a_batch_at_a_time_keep_the_order_across_the_counter_and_single_ids() -> None:
+    """``new_job_ids`` (one ``enqueue_many``) and ``new_job_id`` share the clock and counter:
+    mixed, even past 4,096 ids in one millisecond (the counter borrows the next), every id is
+    new, later than the one before, and a UUIDv7."""
+    made = [new_job_id(), *new_job_ids(10_000), new_job_id(), *new_job_ids(5), *new_job_ids(2), new_job_id()]
+    assert len(made) == 10_010 and len(set(made)) == len(made)
+    assert all(a < b for a, b in itertools.pairwise(made))
+    for raw in made:
+        parsed = uuid.UUID(bytes=raw)
+        assert parsed.version == 7 and parsed.variant == uuid.RFC_4122
+    assert new_job_ids(0) == []
 
 
 def test_a_job_id_is_a_uuid7_carrying_the_current_time() -> None:
