@@ -20,7 +20,7 @@ from shoal.security import apply_client_curve, resolve_keys
 from shoal.workflow import Workflow
 
 from .aio import AsyncConnection
-from .coalesce import EnqueueBatcher
+from .coalesce import MAX_ITEMS, EnqueueBatcher
 from .combine import Combiner
 from .connection import Connection
 from .results import CancelResult, HistoryEntry, JobId, Result, Stats, StepInfo, event_of
@@ -115,9 +115,14 @@ class Requests:
         return given
 
     @staticmethod
-    def ids_from(reply: dict[str, Any], items: list[dict[str, Any]]) -> list[JobId]:
+    def ids_from(reply: dict[str, Any], items: list[dict[str, Any]], made: list[JobId] | None = None) -> list[JobId]:
+        """The call's ids as the broker answered them; ``made``: those of ``items``, made before
+        the reply came, taken when the broker answered with them all (no held key gave another)."""
         ids = reply.get("ids") or [i["id"] for i in items]
-        flags = reply.get("deduplicated") or [False] * len(ids)
+        flags = reply.get("deduplicated")
+        if made and not (flags and any(flags)) and ids == [i["id"] for i in items]:
+            return made
+        flags = flags or [False] * len(ids)
         return [JobId.of(raw, bool(flag)) for raw, flag in zip(ids, flags)]
 
     @staticmethod
@@ -194,7 +199,13 @@ class Client:
         if not items:
             return []
         try:
-            reply = self._combiner.enqueue(items)
+            if len(items) < MAX_ITEMS:
+                reply = self._combiner.enqueue(items)
+            else:  # sent alone, as the combiner would; the ids' text is made while the broker works
+                made: list[JobId] = []
+                reply = self._conn.call(P.ENQUEUE, {"jobs": items}, self._r.timeout,
+                                        meanwhile=lambda: made.extend(JobId.of(i["id"], False) for i in items))
+                return self._r.ids_from(reply, items, made)
         except BrokerUnreachable as exc:
             raise self._r.unknown_outcome(exc, items) from None
         return self._r.ids_from(reply, items)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -152,8 +153,10 @@ class Connection:
         self._open_count = 0
         self.closed = False
 
-    def call(self, command: bytes, body: dict[str, Any], timeout_s: float, is_wait: bool = False) -> dict[str, Any]:
-        """Send a request on this thread's socket and block until its reply (or raise)."""
+    def call(self, command: bytes, body: dict[str, Any], timeout_s: float, is_wait: bool = False,
+             meanwhile: Callable[[], object] | None = None) -> dict[str, Any]:
+        """Send a request on this thread's socket and block until its reply (or raise);
+        ``meanwhile`` runs once the request is out, while the broker works on it."""
         mine: _ThreadSocket | None = getattr(self._local, "socket", None)
         if mine is None:
             mine = self._open()
@@ -162,13 +165,15 @@ class Connection:
             try:
                 if mine.sock is None or self.closed:
                     raise RuntimeError("the client is closed")
-                return self._exchange(mine.sock, req)
+                return self._exchange(mine.sock, req, meanwhile)
             finally:
                 if self.closed:
                     self._close_one(mine)
 
-    def _exchange(self, sock: zmq.Socket, req: Request) -> dict[str, Any]:
+    def _exchange(self, sock: zmq.Socket, req: Request, meanwhile: Callable[[], object] | None = None) -> dict[str, Any]:
         send_now(sock, req.frames)
+        if meanwhile is not None:
+            meanwhile()
         while True:
             now = time.monotonic()
             wait_s = min(req.due() - now, CLOSE_CHECK_S)

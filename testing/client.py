@@ -43,12 +43,15 @@ class SimConnection:
         """A REPLY or ERROR for the client (replies to WAITs that already timed out stay unread)."""
         self.inbox[body.get("rid")] = (command, body)
 
-    def call(self, command: bytes, body: dict[str, Any], timeout_s: float, is_wait: bool = False) -> dict[str, Any]:
+    def call(self, command: bytes, body: dict[str, Any], timeout_s: float, is_wait: bool = False,
+             meanwhile: Callable[[], object] | None = None) -> dict[str, Any]:
         """Send one request and return its reply body, or raise the error the real client raises."""
         rid = next(self._rids)
         body["rid"] = rid
         self.inbox.pop(None, None)
         self._driver.send(CLIENT_IDENTITY, P.encode(command, body))
+        if meanwhile is not None:
+            meanwhile()
         if rid not in self.inbox and is_wait:
             if not self._driver.run_until(lambda: rid in self.inbox, timeout_s):
                 raise WaitTimeout(f"the job did not finish within {timeout_s}s of virtual time")

@@ -305,3 +305,20 @@ def test_many_threads_racing_each_get_their_own_ids_and_every_job_is_sent_once()
     assert wrong == []
     every = [i for ids in sent for i in ids]
     assert sorted(every) == sorted(item(t * 1000 + i)["id"] for t in range(32) for i in range(50))
+
+
+def test_a_big_call_gets_its_own_ids_and_a_held_key_still_gives_the_holder(cluster_factory) -> None:
+    """A call of MAX_ITEMS jobs or more goes alone and makes its ids' text while the broker
+    works; the broker's answer still decides: a held key gives the holder's id, deduplicated."""
+    cluster = cluster_factory(DEFAULT_TOML)
+    cluster.start_broker()
+    client = cluster.client(timeout=20)
+    ids = client.enqueue_many("echo", [{"i": i} for i in range(40)], group="email")
+    assert len(set(ids)) == 40 and not any(j.deduplicated for j in ids)
+    assert [r.status for r in (client.get(j) for j in ids)] == ["pending"] * 40
+    again = client.enqueue_many("echo", [{"i": i} for i in range(40)], group="email", ids=ids)
+    assert again == ids and not any(j.deduplicated for j in again)  # a re-send: the same jobs
+    holder = client.enqueue("echo", {"first": True}, group="email", key="one-of-them")
+    keyed = client.enqueue_many("echo", [{"i": i} for i in range(40)], group="email", key="one-of-them")
+    assert keyed == [holder] * 40 and all(j.deduplicated for j in keyed)
+    assert client.stats()["email"]["pending"] == 41
