@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -50,14 +51,17 @@ class AsyncConnection:
         self._pending: dict[int, _InFlight] = {}
 
     async def call(self, command: bytes, body: dict[str, Any], timeout_s: float,
-                   is_wait: bool = False) -> dict[str, Any]:
-        """Send a request and wait for its reply (or its error)."""
+                   is_wait: bool = False, meanwhile: Callable[[], object] | None = None) -> dict[str, Any]:
+        """Send a request and wait for its reply (or its error); ``meanwhile`` runs once the
+        request is out, while the broker works on it."""
         loop = self._bind()
         flight = _InFlight(Request(self.endpoint, command, body, timeout_s, is_wait), loop.create_future())
         self._pending[flight.req.rid] = flight
         try:
             self._send(flight.req.frames)
             self._arm(flight, loop)
+            if meanwhile is not None:
+                meanwhile()
             return await flight.future
         finally:
             self._pending.pop(flight.req.rid, None)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import zmq
 
@@ -115,6 +115,12 @@ class Requests:
         return given
 
     @staticmethod
+    def early_ids(items: list[dict[str, Any]]) -> tuple[list[JobId], Callable[[], None]]:
+        """A list for ``items``' ids as text, and the call that fills it (made while the broker works)."""
+        made: list[JobId] = []
+        return made, lambda: made.extend(JobId.of(i["id"], False) for i in items)
+
+    @staticmethod
     def ids_from(reply: dict[str, Any], items: list[dict[str, Any]], made: list[JobId] | None = None) -> list[JobId]:
         """The call's ids as the broker answered them; ``made``: those of ``items``, made before
         the reply came, taken when the broker answered with them all (no held key gave another)."""
@@ -202,9 +208,8 @@ class Client:
             if len(items) < MAX_ITEMS:
                 reply = self._combiner.enqueue(items)
             else:  # sent alone, as the combiner would; the ids' text is made while the broker works
-                made: list[JobId] = []
-                reply = self._conn.call(P.ENQUEUE, {"jobs": items}, self._r.timeout,
-                                        meanwhile=lambda: made.extend(JobId.of(i["id"], False) for i in items))
+                made, meanwhile = self._r.early_ids(items)
+                reply = self._conn.call(P.ENQUEUE, {"jobs": items}, self._r.timeout, meanwhile=meanwhile)
                 return self._r.ids_from(reply, items, made)
         except BrokerUnreachable as exc:
             raise self._r.unknown_outcome(exc, items) from None
@@ -359,7 +364,12 @@ class AsyncClient:
         if not items:
             return []
         try:
-            reply = await self._batcher.enqueue(items)
+            if len(items) < MAX_ITEMS:
+                reply = await self._batcher.enqueue(items)
+            else:  # sent alone, as the batcher would; the ids' text is made while the broker works
+                made, meanwhile = self._r.early_ids(items)
+                reply = await self._conn.call(P.ENQUEUE, {"jobs": items}, self._r.timeout, meanwhile=meanwhile)
+                return self._r.ids_from(reply, items, made)
         except BrokerUnreachable as exc:
             raise self._r.unknown_outcome(exc, items) from None
         return self._r.ids_from(reply, items)

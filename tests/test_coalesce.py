@@ -322,3 +322,20 @@ def test_a_big_call_gets_its_own_ids_and_a_held_key_still_gives_the_holder(clust
     keyed = client.enqueue_many("echo", [{"i": i} for i in range(40)], group="email", key="one-of-them")
     assert keyed == [holder] * 40 and all(j.deduplicated for j in keyed)
     assert client.stats()["email"]["pending"] == 41
+
+
+def test_a_big_async_call_gets_its_own_ids_and_a_held_key_still_gives_the_holder(cluster_factory) -> None:
+    """The same for ``AsyncClient``: a call of MAX_ITEMS or more goes alone, the answer decides."""
+    cluster = cluster_factory(DEFAULT_TOML)
+    cluster.start_broker()
+
+    async def scenario() -> None:
+        async with AsyncClient(cluster.endpoint, timeout=20) as client:
+            ids = await client.enqueue_many("echo", [{"i": i} for i in range(40)], group="email")
+            assert len(set(ids)) == 40 and not any(j.deduplicated for j in ids)
+            holder = await client.enqueue("echo", {"first": True}, group="email", key="k")
+            keyed = await client.enqueue_many("echo", [{"i": i} for i in range(40)], group="email", key="k")
+            assert keyed == [holder] * 40 and all(j.deduplicated for j in keyed)
+            assert (await client.stats())["email"]["pending"] == 41
+
+    asyncio.run(scenario())
