@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The broker's CPU per message on the hot path, in one process, on the real LMDB store.
 
-    python scripts/bench_hotpath.py [--phase enqueue|e2e] [--rounds N] [--json] [--profile tottime]
+    python scripts/bench_hotpath.py [--phase enqueue|bulk|e2e] [--rounds N] [--json] [--profile tottime]
     python scripts/bench_hotpath.py --ab A=SITE_A B=SITE_B [--runs 5] [--phase ...]
 
 No sockets and no other process: the loop's own steps (``handle``, ``tick``, ``take``, the
@@ -12,6 +12,8 @@ synced write (pwrite, fdatasync), so it is shown apart from the core's.
 
 - ``enqueue``: one ENQUEUE of one job per pass to a group with no worker (the sequential
   ``enqueue`` of ``bench.py core``): µs of CPU per enqueue.
+- ``bulk``: one ENQUEUE of ``--per`` jobs (1,000) per pass to a group with no worker (``bench.py
+  core``'s ``enqueue_many``): µs of CPU per job.
 - ``e2e``: per round, one ENQUEUE of ``--per`` jobs plus a WAIT for each in one pass (tick
   dispatches them to one worker with as many slots), then one DONE of all their results in the
   next pass (which answers the WAITs): µs of CPU per job, enqueue to WAIT reply.
@@ -81,6 +83,18 @@ def enqueue_phase(step: Pass, n: int) -> Callable[[int], None]:
     return one
 
 
+def bulk_phase(step: Pass, per: int) -> Callable[[int], None]:
+    from shoal import protocol as P
+    from shoal.ids import new_job_id
+    client = b"\x00client"
+    payloads = [P.pack({"i": i}) for i in range(per)]
+
+    def one(i: int) -> None:
+        jobs = [{"id": new_job_id(), "wf": "noop", "group": "parked", "payload": payload} for payload in payloads]
+        step([(client, P.encode(P.ENQUEUE, {"rid": i, "jobs": jobs}))])
+    return one
+
+
 def e2e_phase(step: Pass, per: int) -> Callable[[int], None]:
     from shoal import protocol as P
     from shoal.ids import new_job_id
@@ -113,7 +127,9 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
     broker, store = _broker(os.path.join(tmp, "data"))
     try:
         step = Pass(broker, store)
-        one = enqueue_phase(step, args.rounds) if args.phase == "enqueue" else e2e_phase(step, args.per)
+        phases = {"enqueue": lambda: enqueue_phase(step, args.rounds), "bulk": lambda: bulk_phase(step, args.per),
+                  "e2e": lambda: e2e_phase(step, args.per)}
+        one = phases[args.phase]()
         for i in range(args.warmup):
             one(i)
         step.core_s = step.commit_s = 0.0
@@ -154,16 +170,19 @@ def ab(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--phase", choices=["enqueue", "e2e"], default="e2e")
+    parser.add_argument("--phase", choices=["enqueue", "bulk", "e2e"], default="e2e")
     parser.add_argument("--rounds", type=int, default=0, help="enqueues (enqueue) or rounds of --per jobs (e2e)")
-    parser.add_argument("--per", type=int, default=32, help="e2e: jobs per round (and the worker's slots)")
-    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--per", type=int, default=0,
+                        help="e2e: jobs per round and the worker's slots (32); bulk: jobs per ENQUEUE (1,000)")
+    parser.add_argument("--warmup", type=int, default=0, help="rounds before the measured ones (50; bulk: 5)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--profile", metavar="SORT", help="cProfile the measured rounds, sorted by SORT (to stderr)")
     parser.add_argument("--ab", nargs="+", metavar="NAME=SITE")
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args(argv)
-    args.rounds = args.rounds or (2000 if args.phase == "enqueue" else 200)
+    args.rounds = args.rounds or {"enqueue": 2000, "bulk": 30, "e2e": 200}[args.phase]
+    args.per = args.per or (1000 if args.phase == "bulk" else 32)
+    args.warmup = args.warmup or (5 if args.phase == "bulk" else 50)
     if args.ab:
         return ab(args)
     fig = measure(args)
