@@ -6,13 +6,14 @@ holding the ROUTER: the broker side of DEFER is not on this branch yet.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 import zmq
@@ -187,6 +188,22 @@ class WireEnd:
         self.ctx.term()
 
 
+@contextlib.contextmanager
+def wired_shell(tmp_path: Path, group: str, workflows: dict[str, Any],
+                slots: int) -> Iterator[tuple[WorkerShell, threading.Thread, WireEnd]]:
+    """A real WorkerShell of ``group`` with ``slots``, running on its own thread and connected to
+    the test's ROUTER on ipc (its HELLO not read yet); stopped at once on the way out."""
+    wire = WireEnd(f"ipc://{tmp_path}/broker.sock")
+    options = WorkerOptions(f"ipc://{tmp_path}/broker.sock", group, slots, heartbeat_interval_s=0.1, liveness=1000)
+    shell = WorkerShell(options, Runner(workflows, group, slots))
+    thread = threading.Thread(target=shell.run, daemon=True)
+    thread.start()
+    try:
+        yield shell, thread, wire
+    finally:
+        stop_over_wire(shell, thread, wire)
+
+
 def drain_over_wire(shell: WorkerShell, thread: threading.Thread, wire: WireEnd) -> None:
     """Drain the shell: READY 0, then BYE, then its thread ends."""
     shell.drain()
@@ -205,13 +222,8 @@ def stop_over_wire(shell: WorkerShell, thread: threading.Thread, wire: WireEnd) 
 
 def test_deferred_results_are_kept_and_sent_again_until_stored(tmp_path: Path, caplog) -> None:
     caplog.set_level(logging.INFO, logger="shoal.worker")
-    wire = WireEnd(f"ipc://{tmp_path}/broker.sock")
-    options = WorkerOptions(f"ipc://{tmp_path}/broker.sock", "wire", 2, heartbeat_interval_s=0.1, liveness=1000)
-    shell = WorkerShell(options, Runner({"double": double}, "wire", 2))
-    thread = threading.Thread(target=shell.run, daemon=True)
-    thread.start()
     job_id = bytes(range(16))
-    try:
+    with wired_shell(tmp_path, "wire", {"double": double}, 2) as (shell, thread, wire):
         assert wire.expect(P.HELLO)["running"] == []
         wire.send(P.JOB, {"jobs": [{"id": job_id, "token": 7, "wf": "double", "payload": P.pack(21), "attempt": 1}]})
         assert wire.expect(P.DONE)["results"][0][:3] == [job_id, 7, P.pack(42)]
@@ -237,8 +249,6 @@ def test_deferred_results_are_kept_and_sent_again_until_stored(tmp_path: Path, c
         assert len(warnings) == 1 and "storage full" in warnings[0].getMessage()
 
         drain_over_wire(shell, thread, wire)
-    finally:
-        stop_over_wire(shell, thread, wire)
 
 
 def _done(job_id: bytes, token: int = 1) -> Outcome:

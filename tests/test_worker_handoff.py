@@ -17,7 +17,7 @@ from shoal.worker.runner import KIND_CANCELLED, Outcome, Runner
 from shoal.worker.shell import WorkerOptions, WorkerShell
 
 from conftest import wait_for
-from test_worker_faults import WireEnd, drain_over_wire, stop_over_wire
+from test_worker_faults import drain_over_wire, wired_shell
 
 GATE = threading.Event()      # blocking handlers wait here; each test sets it before it ends
 ACTIVE = [0, 0]               # handlers running now, the most ever at once
@@ -152,12 +152,7 @@ def test_outcomes_finishing_together_share_one_wake_up() -> None:
 
 def test_results_keep_their_order_through_the_batched_hand_off(tmp_path: Path) -> None:
     """One slot, 300 jobs in one JOB: the DONEs, however they are batched, hold every result once, in order."""
-    wire = WireEnd(f"ipc://{tmp_path}/broker.sock")
-    options = WorkerOptions(f"ipc://{tmp_path}/broker.sock", "handoff", 1, heartbeat_interval_s=0.1, liveness=1000)
-    shell = WorkerShell(options, Runner(WORKFLOWS, "handoff", 1))
-    thread = threading.Thread(target=shell.run, daemon=True)
-    thread.start()
-    try:
+    with wired_shell(tmp_path, "handoff", WORKFLOWS, 1) as (shell, thread, wire):
         wire.expect(P.HELLO)
         wire.send(P.JOB, {"jobs": [_job(i) for i in range(300)]})
         results: list[list] = []
@@ -166,19 +161,12 @@ def test_results_keep_their_order_through_the_batched_hand_off(tmp_path: Path) -
         assert [(r[0], r[1], P.unpack(r[2])) for r in results] == [(_job(i)["id"], i + 1, i) for i in range(300)]
         wait_for(lambda: not shell.inflight, what="the in-flight table to empty")
         drain_over_wire(shell, thread, wire)
-    finally:
-        stop_over_wire(shell, thread, wire)
 
 
 def test_a_cancel_right_behind_its_job_reaches_the_run(tmp_path: Path) -> None:
     """The jobs a pass reads go to the runner when the pass ends; a CANCEL read in the same pass
     as its JOB must still find the run (the shell hands its jobs over before acting on it)."""
-    wire = WireEnd(f"ipc://{tmp_path}/broker.sock")
-    options = WorkerOptions(f"ipc://{tmp_path}/broker.sock", "handoff", 2, heartbeat_interval_s=0.1, liveness=1000)
-    shell = WorkerShell(options, Runner(WORKFLOWS, "handoff", 2))
-    thread = threading.Thread(target=shell.run, daemon=True)
-    thread.start()
-    try:
+    with wired_shell(tmp_path, "handoff", WORKFLOWS, 2) as (shell, thread, wire):
         wire.expect(P.HELLO)
         for i in range(5):  # back to back, so that most pairs land in one read
             job = _job(i, "handoff-until-cancelled")
@@ -187,5 +175,3 @@ def test_a_cancel_right_behind_its_job_reaches_the_run(tmp_path: Path) -> None:
             result = wire.expect(P.DONE)["results"][0]  # a sync run that heeded its cancel returns
             assert (result[0], P.unpack(result[2])) == (job["id"], "stopped")
         drain_over_wire(shell, thread, wire)
-    finally:
-        stop_over_wire(shell, thread, wire)
