@@ -20,7 +20,7 @@ from shoal.security import apply_client_curve, resolve_keys
 from shoal.workflow import Workflow
 
 from .aio import AsyncConnection
-from .coalesce import MAX_ITEMS, EnqueueBatcher
+from .coalesce import EnqueueBatcher
 from .combine import Combiner
 from .connection import Connection
 from .results import CancelResult, HistoryEntry, JobId, Result, Stats, StepInfo, event_of
@@ -205,7 +205,7 @@ class Client:
         if not items:
             return []
         try:
-            if len(items) < MAX_ITEMS:
+            if not self._combiner.alone(items):
                 reply = self._combiner.enqueue(items)
             else:  # sent alone, as the combiner would; the ids' text is made while the broker works
                 made, meanwhile = self._r.early_ids(items)
@@ -364,7 +364,7 @@ class AsyncClient:
         if not items:
             return []
         try:
-            if len(items) < MAX_ITEMS:
+            if not self._batcher.alone(items):
                 reply = await self._batcher.enqueue(items)
             else:  # sent alone, as the batcher would; the ids' text is made while the broker works
                 made, meanwhile = self._r.early_ids(items)

@@ -33,6 +33,11 @@ def payload_bytes(items: list[dict[str, Any]]) -> int:
     return sum(len(item["payload"]) for item in items)
 
 
+def goes_alone(count: int, size: int, max_bytes: int) -> bool:
+    """Whether a call of ``count`` jobs and ``size`` payload bytes is sent on its own, never merged."""
+    return count >= MAX_ITEMS or size >= max_bytes
+
+
 def split_reply(reply: dict[str, Any], counts: list[int]) -> list[dict[str, Any]]:
     """A merged ENQUEUE's reply cut back into one reply per caller (``counts``: each caller's jobs)."""
     parts, start = [], 0
@@ -54,10 +59,14 @@ class EnqueueBatcher:
         self._bytes = 0
         self._tasks: set[asyncio.Task[None]] = set()  # held until done (the loop keeps weak refs only)
 
+    def alone(self, items: list[dict[str, Any]]) -> bool:
+        """Whether ``enqueue`` would send these on their own."""
+        return goes_alone(len(items), payload_bytes(items), self._max_bytes)
+
     async def enqueue(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         """The ENQUEUE reply for ``items`` (their part of it, when merged with others)."""
         size = payload_bytes(items)
-        if len(items) >= MAX_ITEMS or size >= self._max_bytes:
+        if goes_alone(len(items), size, self._max_bytes):
             return await self._send({"jobs": items})  # big enough on its own
         if self._items + len(items) > MAX_ITEMS or self._bytes + size > self._max_bytes:
             self._flush()

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from shoal.errors import BrokerUnreachable, ShoalError
 
-from .coalesce import MAX_ITEMS, payload_bytes, split_reply
+from .coalesce import MAX_ITEMS, goes_alone, payload_bytes, split_reply
 
 Send = Callable[[dict[str, Any]], dict[str, Any]]
 MAX_LEADERS = 2  # rounds in flight at once (1 to 4 measured alike with 16 threads: the client's GIL is the limit)
@@ -61,9 +61,13 @@ class Combiner:
         self._queue: list[_Turn] = []
         self._leaders = 0  # threads in a round; at MAX_LEADERS, anyone arriving queues behind them
 
+    def alone(self, items: list[dict[str, Any]]) -> bool:
+        """Whether ``enqueue`` would send these on their own."""
+        return goes_alone(len(items), payload_bytes(items), self._max_bytes)
+
     def enqueue(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         """The ENQUEUE reply for ``items`` (their part of it, when merged with others)."""
-        if len(items) >= MAX_ITEMS or payload_bytes(items) >= self._max_bytes:
+        if self.alone(items):
             return self._send({"jobs": items})  # big enough on its own
         turn = _Turn(items)
         with self._lock:
