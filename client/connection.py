@@ -29,6 +29,7 @@ from shoal.errors import (
     UnknownJob, WaitTimeout,
 )
 from shoal.security import CurveKeys, apply_client_curve
+from shoal.sockets import NOBLOCK, recv_frames, send_frames
 
 RESEND_FIRST_S = 1.0
 RESEND_MAX_S = 4.0
@@ -95,30 +96,20 @@ class Request:
         return BrokerUnreachable(f"no answer from the broker at {self.endpoint} within {self.timeout_s}s")
 
 
-# Plain ints: pyzmq's send_multipart/recv_multipart combine enum flags on every frame, which
-# costs about as much as the sends themselves at the sizes requests have.
-_MORE_NOW = int(zmq.SNDMORE | zmq.DONTWAIT)
-_NOW = int(zmq.DONTWAIT)
-_RCVMORE = int(zmq.RCVMORE)
 _POLLIN = int(zmq.POLLIN)
 
 
 def send_now(sock: zmq.Socket, frames: list[bytes]) -> None:
     """Send without blocking: a full queue (the broker is away) drops it, and the re-send timer tries again."""
     try:
-        for frame in frames[:-1]:
-            sock.send(frame, _MORE_NOW)  # a multipart message is queued whole or not at all
-        sock.send(frames[-1], _NOW)
+        send_frames(sock, frames, NOBLOCK)  # a multipart message is queued whole or not at all
     except zmq.Again:
         pass
 
 
 def recv_now(sock: zmq.Socket) -> list[bytes]:
     """One whole message if there is one; raises ``zmq.Again`` if not."""
-    frames = [sock.recv(_NOW)]
-    while sock.getsockopt(_RCVMORE):
-        frames.append(sock.recv(_NOW))
-    return frames
+    return recv_frames(sock, NOBLOCK)
 
 
 def decode_reply(frames: list[bytes]) -> tuple[bytes, dict[str, Any]] | None:

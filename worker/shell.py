@@ -24,6 +24,7 @@ from shoal import protocol as P
 from shoal.ids import id_to_str
 from shoal.logs import banner
 from shoal.security import CurveKeys, apply_client_curve
+from shoal.sockets import recv_frames, send_frames
 
 from .calls import Calls
 from .outbox import Outbox, encode_outcomes, log_outcome
@@ -31,8 +32,6 @@ from .runner import KIND_CANCELLED, KIND_LEASE_LOST, Outcome, Runner
 
 log = logging.getLogger("shoal.worker")
 
-_SNDMORE = int(zmq.SNDMORE)  # plain ints: no enum arithmetic per frame
-_NOBLOCK = int(zmq.NOBLOCK)
 _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 POLICE_EVERY_S = 0.1  # how often running handlers are checked against their timeouts
 
@@ -129,11 +128,7 @@ class WorkerShell:
 
     def _send_frames(self, frames: list[bytes]) -> None:
         assert self.sock is not None
-        send = self.sock.send  # a send per frame with int flags: send_multipart's checks and enum
-        *head, last = frames   # flags were a tenth of a no-op job's pass on this thread
-        for frame in head:
-            send(frame, _SNDMORE)
-        send(last)
+        send_frames(self.sock, frames)  # send_multipart's checks and enum flags were a tenth of a no-op job's pass
         self._last_sent = time.monotonic()
 
     def _on_outcome(self, outcome: Outcome) -> None:
@@ -282,7 +277,7 @@ class WorkerShell:
             if heard and not cast(int, sock.getsockopt(_EVENTS)) & _POLLIN:
                 return True
             try:
-                frames = sock.recv_multipart(_NOBLOCK)
+                frames = recv_frames(sock)
             except zmq.Again:
                 return heard
             heard = True

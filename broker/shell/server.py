@@ -21,6 +21,7 @@ from shoal import protocol as P
 from shoal.errors import StorageFull
 from shoal.faults import fault
 from shoal.logs import banner
+from shoal.sockets import NOBLOCK, recv_frames, send_frames
 
 from ..core import Broker
 from ..core import Clock, Outgoing
@@ -40,9 +41,7 @@ PEER_RCVHWM = 1_000  # messages read ahead per peer; past it TCP holds the peer 
 PASS_BUDGET_S = 0.003  # a pass stops handling after this long, commits and sends
 STALL_S = 2.0  # the loop late by this much stood still: its workers' silence was not theirs
 TRIM_GAP_S = 0.02  # at most this often a commit just to drop log entries behind a snapshot
-_MORE = int(zmq.SNDMORE | zmq.NOBLOCK)  # plain ints: no enum arithmetic per frame
-_NOBLOCK = int(zmq.NOBLOCK)
-_EVENTS, _POLLIN, _RCVMORE = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.RCVMORE)
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 
 
 class BrokerServer:
@@ -196,17 +195,11 @@ class BrokerServer:
 
     def _send_all(self, outbox: list[Outgoing]) -> bool:
         busy = False
-        broker, send = self.broker, self.sock.send
+        broker, sock = self.broker, self.sock
         # JOBs first: the worker's leg is the longer path of an enqueue-then-wait round trip
         for out in sorted(outbox, key=lambda o: not o.job_ids) if len(outbox) > 1 else outbox:
             try:
-                # a send per frame, not send_multipart (a third of its cost, BENCHMARKS.md): the first
-                # frame raises Again or EHOSTUNREACH before anything is queued, as send_multipart's would
-                send(out.identity, _MORE)
-                *head, last = out.frames
-                for frame in head:
-                    send(frame, _MORE)
-                send(last, _NOBLOCK)
+                send_frames(sock, out.frames, NOBLOCK, to=out.identity)
             except zmq.Again:  # the peer's queue is full: it does not read what we send
                 broker.undeliverable(out, not_reading=True)
                 busy = True
@@ -248,16 +241,13 @@ class BrokerServer:
             self._drain_keyed(broker)
             return
         sock = self.sock
-        recv, option = sock.recv, sock.getsockopt
+        option = sock.getsockopt
         started = time.monotonic()
         for n in range(MAX_DRAIN):
             try:
-                identity = recv(_NOBLOCK)
+                identity, *frames = recv_frames(sock)
             except zmq.Again:
                 return
-            frames = []  # recv_multipart, without its enum flags per frame (3 us a message)
-            while option(_RCVMORE):
-                frames.append(recv(_NOBLOCK))
             broker.handle(identity, frames)
             # A lone request (a sequential caller) is the common pass: asking whether more is
             # waiting costs a third of the refused recv (zmq.Again) that would tell the same.
