@@ -10,7 +10,7 @@ on unhealthy groups.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from shoal import protocol as P
@@ -44,7 +44,7 @@ class SupervisorView(Protocol):
 
     def state_of(self, group: str, demand: Demand, now: float) -> dict[str, object]: ...
 
-    def tick(self, demands: dict[str, Demand], now: float) -> None: ...
+    def tick(self, demand_of: Callable[[str], Demand], now: float) -> None: ...
 
 
 class Admission:

@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import IO
 
 from shoal.conf.settings import GroupSettings, Settings
@@ -37,6 +38,10 @@ CRASH_LOOP_WINDOW_S = 60.0
 CRASH_LOOP_COUNT = 3
 UNHEALTHY_COOLDOWN_S = 30.0
 STDERR_TAIL_LINES = 20
+# Children are polled for their exit at most this often: a waitpid costs 5 µs a child, and every
+# pass of the loop ran two per child (46 µs a pass with 2 groups of 2 workers, BENCHMARKS.md).
+# A crash is restarted after RESTART_FIRST_S or more anyway.
+REAP_EVERY_S = 0.1
 
 
 @dataclass
@@ -81,6 +86,7 @@ class Supervisor:
         # CURVE on: group -> the key its workers connect with (made by the broker, allowed for
         # that group only, in memory; handed over in the child's environment, never on argv)
         self.keys: dict[str, CurveKeys] = {}
+        self._reap_at = 0.0  # when the children are next polled for their exit (monotonic)
 
     # --- what the broker asks ---------------------------------------------------------
     def supervises(self, group: str) -> bool:
@@ -118,32 +124,48 @@ class Supervisor:
         return out
 
     # --- the loop's pass ------------------------------------------------------------------
-    def tick(self, demands: dict[str, Demand], now: float) -> None:
-        """Reap exits, restart, scale up and idle out; cheap enough to run every pass."""
+    def tick(self, demand_of: Callable[[str], Demand], now: float) -> None:
+        """Reap exits (at most every REAP_EVERY_S), restart, scale up and idle out; run every
+        pass, so its work per pass is kept to what changed: ``demand_of(group)`` is asked only
+        where a decision needs it, and the children are polled (a ``waitpid`` each, 5 µs) only
+        when it is time to reap."""
+        reap = now >= self._reap_at
+        if reap:
+            self._reap_at = now + REAP_EVERY_S
         for name, state in self.groups.items():
-            demand = demands.get(name) or Demand(0, 0, 0, frozenset())
-            self._reap(name, state, now)
-            for child in state.children:
-                if not child.joined and child.popen.pid in demand.connected_pids:
-                    child.joined = True
-                    state.restart_delay_s = RESTART_FIRST_S
-                    state.crash_loop = False
-                    if child.scaled:
-                        state.last_cold_start_s = round(now - child.started, 3)
-                        log.info("group %s is warm: cold start took %.3fs", name, state.last_cold_start_s)
+            if reap:
+                self._reap(name, state, now)
+            demand: Demand | None = None
+            if any(not child.joined for child in state.children):
+                demand = demand_of(name)
+                self._joined(name, state, demand, now)
             if now < state.next_start:  # crash backoff
                 continue
-            if state.settings.workers == 0 and now < state.unhealthy_until:
+            gs = state.settings
+            if gs.workers > 0:  # always on: the reaped children tell all (no demand needed)
+                live = [c for c in state.children if not c.draining]
+                for _ in range(gs.workers - len(live)):
+                    self._launch(name, state, now, scaled=False)
+                continue
+            if now < state.unhealthy_until:
                 continue  # a cold group whose launch failed waits out its cooldown
-            self._scale(name, state, demand, now)
+            self._scale(name, state, demand or demand_of(name), now)
+
+    def _joined(self, name: str, state: GroupState, demand: Demand, now: float) -> None:
+        """Children that said HELLO since the last pass are warm."""
+        for child in state.children:
+            if not child.joined and child.popen.pid in demand.connected_pids:
+                child.joined = True
+                state.restart_delay_s = RESTART_FIRST_S
+                state.crash_loop = False
+                if child.scaled:
+                    state.last_cold_start_s = round(now - child.started, 3)
+                    log.info("group %s is warm: cold start took %.3fs", name, state.last_cold_start_s)
 
     def _scale(self, name: str, state: GroupState, demand: Demand, now: float) -> None:
+        """A group of ``workers = 0``: launch on a backlog, drain after ``idle_timeout``."""
         gs = state.settings
-        live = [c for c in state.children if c.popen.poll() is None and not c.draining]
-        if gs.workers > 0:
-            for _ in range(gs.workers - len(live)):
-                self._launch(name, state, now, scaled=False)
-            return
+        live = [c for c in state.children if not c.draining]  # as of the last reap
         busy = demand.pending + demand.running
         if busy:
             state.idle_since = None

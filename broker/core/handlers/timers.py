@@ -45,7 +45,7 @@ def tick(core: Core) -> None:
     dispatch(core, now)
     supervisor = core.admission.supervisor
     if supervisor is not None:
-        supervisor.tick({g: demand(core, g) for g in supervisor.groups}, now)
+        supervisor.tick(lambda group: demand(core, group), now)  # asked per group only where needed
 
 
 def wake_due(core: Core, now: float) -> None:
