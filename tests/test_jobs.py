@@ -123,3 +123,22 @@ def test_public_view_hides_the_lease_token() -> None:
 def test_every_failure_kind_but_error_and_worker_lost_is_permanent() -> None:
     assert J.PERMANENT_KINDS == {J.KIND_PERMANENT, J.KIND_UNKNOWN_WORKFLOW, J.KIND_BAD_PAYLOAD, J.KIND_BAD_RESULT}
     assert J.KIND_ERROR not in J.PERMANENT_KINDS and J.KIND_WORKER_LOST not in J.PERMANENT_KINDS
+
+
+# --- the stored form: a row --------------------------------------------------------------
+def test_a_row_reads_back_as_the_record_and_a_map_as_it_is() -> None:
+    job = J.Job(id=b"\x01" * 16, workflow="w", group="g", payload=b"\x90", seq=7, attempts=2, worker="h:1")
+    row = job.to_row()
+    assert len(row) == len(J.RECORD_FIELDS) and J.as_record(list(row)) == job.to_record()
+    assert J.as_row(job.to_record()) == row
+    old_map = {"id": job.id, "workflow": "w", "state": "dead"}  # what schema 1 stored, as it was
+    assert J.as_record(old_map) is old_map
+
+
+def test_a_row_written_before_a_field_existed_reads_that_field_as_its_default() -> None:
+    job = J.Job(id=b"\x02" * 16, workflow="w", group="g", payload=b"", cancel_requested=True)
+    short = list(job.to_row())[:-3]  # fields are only ever added at the end
+    record = J.as_record(short)
+    assert record["id"] == job.id and record["workflow"] == "w"
+    assert (record["wait_step"], record["key_ttl_ms"], record["cancel_requested"]) == (None, 0, False)
+    assert J.Job.from_record(record).cancel_requested is False

@@ -20,7 +20,8 @@ from typing import Any, Iterator
 import lmdb
 import pytest
 
-from shoal.broker.storage.store import Store
+from shoal.jobs import as_record, as_row
+from shoal.broker.storage.store import SCHEMA_VERSION, Store
 from shoal.client import Client, Result
 from shoal.ids import id_from_str
 from shoal.protocol import pack, unpack
@@ -166,9 +167,9 @@ def test_verify_names_the_job_whose_stored_record_was_tampered_with(workload: Wo
     env = lmdb.open(str(data), max_dbs=16)
     jobs = env.open_db(b"jobs")
     with env.begin(write=True) as txn:
-        record = unpack(txn.get(job_id, db=jobs))
+        record = as_record(unpack(txn.get(job_id, db=jobs)))
         record["attempts"] = 99
-        txn.put(job_id, pack(record), db=jobs)
+        txn.put(job_id, pack(as_row(record)), db=jobs)
     env.close()
     done = replay("--data", data, "--verify")
     assert done.returncode == 1
@@ -191,12 +192,12 @@ def test_a_newer_schema_is_refused_and_nothing_is_written(data: Path, tmp_path: 
     env = lmdb.open(str(data), max_dbs=16)
     meta = env.open_db(b"meta")
     with env.begin(write=True) as txn:
-        txn.put(b"schema", pack(2), db=meta)
+        txn.put(b"schema", pack(SCHEMA_VERSION + 1), db=meta)
     env.close()
     for args in (["--verify"], ["--out", tmp_path / "new"]):
         done = replay("--data", data, *args)
         assert done.returncode == 2
-        assert "newer Shoal (schema 2" in done.stderr
+        assert f"newer Shoal (schema {SCHEMA_VERSION + 1}" in done.stderr
     assert not (tmp_path / "new").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["source"]  # no half-built directory left behind
 

@@ -11,6 +11,7 @@ from shoal.broker.storage.contract import CoreStore
 from shoal.broker.storage.memstore import MemoryStore
 from shoal.broker.storage.store import Store
 from shoal.errors import StorageFull
+from shoal import jobs as J
 from shoal.ids import new_job_id
 
 WALL = 1_700_000_000_000
@@ -24,7 +25,8 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CoreStore]
 
 
 def job(job_id: bytes, **fields: object) -> dict[str, object]:
-    return {"id": job_id, "state": "pending", "workflow": "wf", "group": "g", **fields}
+    """A whole record, as the core writes them (a field it lacks would read back as its default)."""
+    return J.Job(id=job_id, workflow="wf", group="g", payload=b"").to_record() | fields
 
 
 def test_a_committed_job_reads_back_equal(store: CoreStore) -> None:

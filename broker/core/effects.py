@@ -74,7 +74,7 @@ class Effects:
     # --- writes ---------------------------------------------------------------------------
     def save(self, job: J.Job, op: str, changes: dict[str, Any]) -> None:
         """Write the job's whole record and a log entry of what changed."""
-        put(self.undo, self.batch.jobs, job.id, job.to_record())
+        put(self.undo, self.batch.jobs, job.id, job.to_row())
         self.batch.log.append((op, job.id, changes))
 
     def put(self, table: dict[Any, Any], key: Any, value: Any) -> None:

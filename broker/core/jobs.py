@@ -85,7 +85,10 @@ class JobTable:
     def stored(self, job_id: bytes) -> dict[str, Any] | None:
         """The record as this pass leaves it: written in this pass, else in storage."""
         batch = self.effects.batch.jobs
-        return batch[job_id] if job_id in batch else self.store.get_job(job_id)
+        if job_id in batch:
+            stored = batch[job_id]  # a row (Job.to_row), or None: dropped in this pass
+            return None if stored is None else J.as_record(stored)
+        return self.store.get_job(job_id)
 
     def record_of(self, job_id: bytes) -> dict[str, Any] | None:
         """What clients see of a job, active or finished (None: never enqueued, or expired)."""
@@ -178,7 +181,7 @@ class JobTable:
         if item.delay_ms > 0:
             job.state = J.SCHEDULED
             job.due_ms = now_ms + item.delay_ms
-        record = job.to_record()
+        record = job.to_row()
         batch.jobs[job.id] = record
         batch.log.append(("enqueue", job.id, record))
         if job.state == J.PENDING:
@@ -221,7 +224,7 @@ class JobTable:
             job.expire_ms = job.finished_ms + int(self.groups(job.group).retention_s * 1000)
             batch.expiry_add.append((job.expire_ms, job.id))
             changes["expire_ms"] = job.expire_ms
-        batch.jobs[job.id] = record = job.to_record()
+        batch.jobs[job.id] = job.to_row()
         batch.log.append((op, job.id, changes))
         if job.key:
             self.hold_key(job)
@@ -236,7 +239,7 @@ class JobTable:
             if parent is not None:
                 self.wake_parent(parent)
         if job.id in self.waiters.waiters:
-            self.waiters.answer(job, record)  # the final record just built: not a second one
+            self.waiters.answer(job)  # the record (a dict) is built only when someone waits
 
     def _unfinish(self, job: J.Job, active: bool, stored: Any) -> None:
         if active:

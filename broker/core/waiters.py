@@ -44,13 +44,12 @@ class Waiters:
         U.add(self.undo, self.waits_of, identity, 1)
         return True
 
-    def answer(self, job: J.Job, record: dict[str, Any] | None = None) -> None:
-        """The job is final: every WAIT on it gets its record (``record``: its final record, when
-        the caller has just built it)."""
+    def answer(self, job: J.Job) -> None:
+        """The job is final: every WAIT on it gets its record."""
         waiting = U.pop(self.undo, self.waiters, job.id)
         if not waiting:
             return
-        view = J.public_view(job.to_record() if record is None else record)
+        view = J.public_view(job.to_record())
         for identity, rid in waiting:
             self._done(identity)
             self.effects.send(identity, P.encode(P.REPLY, {"job": view, "rid": rid}), wait_for=job.id)

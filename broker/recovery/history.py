@@ -11,7 +11,7 @@ from typing import Any, Iterable
 from shoal.cli_format import timestamp
 from shoal.ids import id_to_str
 
-from .rebuild import JOB_FIELDS, OPS, ReplayError, State, apply_entry
+from .rebuild import JOB_FIELDS, OPS, ReplayError, State, apply_entry, normalized
 
 # ops that belong to one run (one lease): their row names its worker, lease token and attempt
 RUN_OPS = frozenset({"dispatch", "step", "complete", "retry", "dead", "release", "suspend", "cancel"})
@@ -22,6 +22,7 @@ def history_rows(job_id: bytes, entries: Iterable[tuple[int, list[Any]]]) -> lis
     state = State()
     rows: list[dict[str, Any]] = []
     for seq, entry in entries:
+        entry = normalized(entry)
         wall_ms, op, _, changes = entry
         before = dict(state.record(job_id) or {})
         try:

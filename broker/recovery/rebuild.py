@@ -76,12 +76,12 @@ class PackedJobs:
 
     def add(self, job_id: bytes, record: dict[str, Any], raw: bytes | None) -> None:
         """Keep a final job; ``raw`` is its record already packed, when that is at hand."""
-        self._packed[job_id] = raw if raw is not None else pack(record)
+        self._packed[job_id] = raw if raw is not None else pack_record(record)
 
     def get(self, job_id: bytes) -> dict[str, Any] | None:
         """The job's record, decoded, or None."""
         raw = self._packed.get(job_id)
-        return None if raw is None else decode_stored(raw)
+        return None if raw is None else J.as_record(decode_stored(raw))
 
     def packed(self, job_id: bytes) -> bytes:
         """The job's record packed; ``KeyError`` if it is not held."""
@@ -89,7 +89,7 @@ class PackedJobs:
 
     def take(self, job_id: bytes) -> dict[str, Any]:
         """The job's record, decoded and no longer held; ``KeyError`` if it is not held."""
-        record: dict[str, Any] = decode_stored(self._packed.pop(job_id))
+        record: dict[str, Any] = J.as_record(decode_stored(self._packed.pop(job_id)))
         return record
 
     def discard(self, job_id: bytes) -> None:
@@ -146,7 +146,7 @@ class State:
     def packed(self, job_id: bytes) -> bytes:
         """The job's record packed as the store keeps it; ``KeyError`` if there is no such job."""
         record = self._thawed.get(job_id)
-        return pack(record) if record is not None else self.final.packed(job_id)
+        return pack_record(record) if record is not None else self.final.packed(job_id)
 
     def packed_jobs(self) -> Iterator[tuple[bytes, bytes]]:
         """Every job as ``(id, packed record)``, in the store's key order."""
@@ -175,11 +175,12 @@ class State:
         """Set the job's record from its stored bytes (a snapshot's table): a final one is
         handed on as it is, without packing it again."""
         try:
-            record = decode_stored(raw)
+            stored = decode_stored(raw)
         except Exception as exc:  # msgpack raises several unrelated types
             raise ReplayError(f"the stored record of job {_show(job_id)} does not decode ({exc})") from None
-        if not isinstance(record, dict):
-            raise ReplayError(f"the stored record of job {_show(job_id)} is not a map: {record!r:.200}")
+        if not isinstance(stored, (dict, list)):
+            raise ReplayError(f"the stored record of job {_show(job_id)} is not a row nor a map: {stored!r:.200}")
+        record = J.as_record(stored)
         self._hold(job_id, record, raw)
 
     def change(self, job_id: bytes, fields: Iterable[tuple[str, Any]]) -> dict[str, Any]:
@@ -310,8 +311,22 @@ OPS: dict[str, Op] = {
 
 
 # --- applying entries ----------------------------------------------------------------
+def pack_record(record: dict[str, Any]) -> bytes:
+    """A record packed as the store keeps it (a row: ``jobs.as_row``)."""
+    return pack(J.as_row(record))
+
+
+def normalized(entry: Any) -> Any:
+    """A decoded log entry with its changes as a dict: a job's birth (``enqueue``) carries its
+    whole record as a row since schema 2 (a map before), read back here into a record."""
+    if isinstance(entry, list) and len(entry) == 4 and entry[1] == "enqueue" and isinstance(entry[3], list):
+        entry = [entry[0], entry[1], entry[2], J.as_record(entry[3])]
+    return entry
+
+
 def apply_entry(state: State, seq: int, entry: Any) -> None:
     """Apply one decoded log entry; ``ReplayError`` (naming ``seq``) if it cannot be."""
+    entry = normalized(entry)
     if not (isinstance(entry, list) and len(entry) == 4 and isinstance(entry[0], int)
             and isinstance(entry[1], str) and isinstance(entry[2], bytes) and isinstance(entry[3], dict)):
         raise ReplayError(f"log entry {seq} is malformed (expected [wall_ms, op, job_id, changes]): {entry!r:.200}")

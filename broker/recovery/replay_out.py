@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Iterator
 
-from shoal.protocol import pack
 
-from .rebuild import State
+
+from .rebuild import State, pack_record
 from ..storage.store import Batch, Store
 
 
@@ -49,11 +49,11 @@ class NewDirJobs:
         return dict(record) if record is not None else self.target.get_job(job_id)
 
     def packed(self, job_id: bytes) -> bytes:
-        """The job's record packed; ``KeyError`` if it is not held."""
+        """The job's record packed as the store keeps it; ``KeyError`` if it is not held."""
         record = self.get(job_id)
         if record is None:
             raise KeyError(job_id)
-        return pack(record)
+        return pack_record(record)
 
     def take(self, job_id: bytes) -> dict[str, Any]:
         """The job's record, deleted from NEWDIR (with the next commit); ``KeyError`` if not held."""

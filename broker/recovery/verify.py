@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from shoal.ids import id_to_str
+from shoal.jobs import as_record
 
 from .rebuild import State, decode_stored
 from .snapshot import Snapshot, split_expiry_key
@@ -149,4 +150,5 @@ def _show(value: Any) -> str:
 
 
 def _decode_row(raw: Any) -> Any:
-    return raw if raw is _MISSING else decode_stored(raw)
+    """A jobs table row decoded into a record (a row or an older version's map alike)."""
+    return raw if raw is _MISSING else as_record(decode_stored(raw))

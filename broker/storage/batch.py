@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Union
+
+Record = Union[dict[str, Any], tuple[Any, ...]]
 
 
 @dataclass
 class Batch:
     """Writes decided during one pass of the broker loop, committed together."""
 
-    jobs: dict[bytes, dict[str, Any] | None] = field(default_factory=dict)  # None deletes
-    log: list[tuple[str, bytes, dict[str, Any]]] = field(default_factory=list)
+    # a job's record: a row (``Job.to_row``, what the core writes) or a dict (replay's); None deletes
+    jobs: dict[bytes, Record | None] = field(default_factory=dict)
+    log: list[tuple[str, bytes, Record]] = field(default_factory=list)  # an enqueue's changes: its row
     expiry_add: list[tuple[int, bytes]] = field(default_factory=list)
     expiry_del: list[tuple[int, bytes]] = field(default_factory=list)
     routes: dict[str, dict[str, Any]] = field(default_factory=dict)

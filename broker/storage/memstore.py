@@ -9,6 +9,7 @@ from __future__ import annotations
 import bisect
 from typing import Any, Iterator
 
+from shoal.jobs import as_record, as_row
 from shoal.errors import StorageFull
 from shoal.protocol import pack, unpack
 
@@ -43,7 +44,7 @@ class MemoryStore:
         """Apply the whole batch or nothing (everything is packed before anything changes)."""
         if not batch:
             return
-        jobs = {job_id: None if record is None else pack(record) for job_id, record in batch.jobs.items()}
+        jobs = {job_id: None if record is None else pack(as_row(record)) for job_id, record in batch.jobs.items()}
         log = [pack([wall_ms, op, job_id, changes]) for op, job_id, changes in batch.log]
         steps = [(job_id, name, pack(step)) for (job_id, name), step in batch.steps.items()]
         added = sum(len(r) for r in jobs.values() if r) + sum(map(len, log)) + sum(len(s[2]) for s in steps)
@@ -79,14 +80,14 @@ class MemoryStore:
     # --- reads ----------------------------------------------------------------------------
     def get_job(self, job_id: bytes) -> dict[str, Any] | None:
         raw = self._jobs.get(job_id)
-        return None if raw is None else _load(raw)
+        return None if raw is None else as_record(_load(raw))
 
     def has_jobs(self, job_ids: list[bytes]) -> set[bytes]:
         return {j for j in job_ids if j in self._jobs}
 
     def iter_jobs(self) -> Iterator[dict[str, Any]]:
         for job_id in sorted(self._jobs):
-            yield _load(self._jobs[job_id])
+            yield as_record(_load(self._jobs[job_id]))
 
     def steps_of(self, job_id: bytes) -> dict[str, dict[str, Any]]:
         return {name: _load(raw) for name, raw in sorted(self._steps.get(job_id, {}).items())}

@@ -12,7 +12,7 @@ loop's own reads go through that open transaction, so they see every batch. A br
 dies between checkpoints leaves its last batches in the file; the next open applies them.
 
 Tables:
-    jobs      id(16)                 -> job record (msgpack map)
+    jobs      id(16)                 -> job record (a row: msgpack array, shoal.jobs.RECORD_FIELDS)
     log       seq(8, big-endian)     -> [wall_ms, op, id, changes]
     expiry    expire_ms(8) + id(16)  -> b""       finished jobs, by when they go
     steps     id(16) + step name     -> step record {value | error, permanent, ...}
@@ -42,6 +42,7 @@ import msgpack
 
 from shoal.errors import ShoalError, StorageFull
 from shoal.faults import fault
+from shoal.jobs import as_record, as_row
 from shoal.protocol import pack, unpack
 
 from .batch import Batch
@@ -51,7 +52,9 @@ from ..recovery.snapshot import Snapshot
 
 log = logging.getLogger("shoal.broker")
 
-SCHEMA_VERSION = 1
+# 2: a job's record is stored as a row (a msgpack array in shoal.jobs.RECORD_FIELDS order),
+# in the jobs table and in its log entry of birth; 1 stored maps, which still read.
+SCHEMA_VERSION = 2
 _U64 = struct.Struct(">Q")
 CRON_PREFIX = b"cron:"
 LOG_BASE = b"log_base"  # meta: every log entry up to this seq was dropped behind a snapshot
@@ -221,10 +224,13 @@ class Store:
                 txn.put(b"schema", pack(SCHEMA_VERSION), db=self._meta)
                 return
             found = _load(raw)
-        if not isinstance(found, int) or found > SCHEMA_VERSION:
-            raise ShoalError(
-                f"{self.path} was written by a newer Shoal (schema {found}, this is {SCHEMA_VERSION}); refusing to open it"
-            )
+            if not isinstance(found, int) or found > SCHEMA_VERSION:
+                raise ShoalError(
+                    f"{self.path} was written by a newer Shoal (schema {found}, this is {SCHEMA_VERSION}); "
+                    "refusing to open it")
+            if found < SCHEMA_VERSION and not self.readonly:
+                # what schema 1 stored still reads; a version that knows only 1 must not open what we write now
+                txn.put(b"schema", pack(SCHEMA_VERSION), db=self._meta)
 
     def _load_next_seq(self) -> int:
         return self.last_seq() + 1  # after a trim the log may be empty: seqs never restart
@@ -235,7 +241,7 @@ class Store:
             return None
         with self._reading() as txn:
             raw = txn.get(job_id, db=self._jobs)
-        return None if raw is None else _load(raw)
+        return None if raw is None else as_record(_load(raw))
 
     def has_jobs(self, job_ids: list[bytes]) -> set[bytes]:
         """Which of these ids are stored."""
@@ -246,7 +252,7 @@ class Store:
         """Every stored job record (used once at start to rebuild the in-memory queues)."""
         with self._reading() as txn:
             for _, raw in txn.cursor(db=self._jobs):
-                yield _load(raw)
+                yield as_record(_load(raw))
 
     def steps_of(self, job_id: bytes) -> dict[str, dict[str, Any]]:
         """Every stored step of one job, by name."""
@@ -585,8 +591,8 @@ class Store:
         for job_id, record in batch.jobs.items():
             if record is None:
                 add([_DELETE, _T_JOBS, job_id])
-            else:
-                raw = packed[id(record)] = pack_record(record)
+            else:  # a row (Job.to_row); a dict (replay's, a test's) is stored as the same row
+                raw = packed[id(record)] = pack_record(record if type(record) is tuple else as_row(record))
                 add([_PUT, _T_JOBS, job_id, raw])
         head = _LOG_HEAD + pack(wall_ms)
         names = _PACKED_OPS

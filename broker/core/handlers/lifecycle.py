@@ -25,7 +25,7 @@ def lease(core: Core, job: J.Job, worker: WorkerInfo) -> dict[str, Any]:
     worker.leases[job.id] = token
     core.effects.emit("started", job, worker=worker.name)
     batch = core.effects.batch
-    batch.jobs[job.id] = job.to_record()
+    batch.jobs[job.id] = job.to_row()
     batch.log.append(("dispatch", job.id, {"state": job.state, "attempts": job.attempts, "token": token,
                                            "worker": job.worker, "started_ms": job.started_ms}))
     item = {"id": job.id, "token": job.token, "wf": job.workflow, "payload": job.payload,
