@@ -23,8 +23,9 @@ from typing import Any
 import zmq
 
 from shoal.security import CurveKeys, apply_client_curve
+from shoal.sockets import recv_frames
 
-from .connection import Request, decode_reply, recv_now, send_now
+from .connection import Request, decode_reply, send_now
 
 
 class _InFlight:
@@ -115,7 +116,7 @@ class AsyncConnection:
         sock = self._sock
         while sock is not None:
             try:
-                frames = recv_now(sock)
+                frames = recv_frames(sock)
             except zmq.Again:
                 return
             reply = decode_reply(frames)

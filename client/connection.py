@@ -107,11 +107,6 @@ def send_now(sock: zmq.Socket, frames: list[bytes]) -> None:
         pass
 
 
-def recv_now(sock: zmq.Socket) -> list[bytes]:
-    """One whole message if there is one; raises ``zmq.Again`` if not."""
-    return recv_frames(sock, NOBLOCK)
-
-
 def decode_reply(frames: list[bytes]) -> tuple[bytes, dict[str, Any]] | None:
     """A reply's command and body; None for anything malformed (the broker never sends that)."""
     try:
@@ -189,7 +184,7 @@ class Connection:
         """Read what has arrived; replies to earlier requests that timed out are dropped."""
         while True:
             try:
-                frames = recv_now(sock)
+                frames = recv_frames(sock)  # zmq.Again: nothing more waits
             except zmq.Again:
                 return None
             reply = decode_reply(frames)

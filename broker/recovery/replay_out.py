@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Iterator
 
-
-
 from .rebuild import State, pack_record
 from ..storage.store import Batch, Store
 

@@ -72,6 +72,10 @@ class GroupState:
     launches: int = 0
     crash_loop: bool = False
 
+    def live(self) -> list[Child]:
+        """Children running and not draining, as of the last reap (they leave ``children`` when reaped)."""
+        return [c for c in self.children if not c.draining]
+
 
 class Supervisor:
     """Starts, watches and stops the worker processes of the groups on this host."""
@@ -143,13 +147,12 @@ class Supervisor:
                 continue
             gs = state.settings
             if gs.workers > 0:  # always on: the reaped children tell all (no demand needed)
-                live = [c for c in state.children if not c.draining]
-                for _ in range(gs.workers - len(live)):
+                for _ in range(gs.workers - len(state.live())):
                     self._launch(name, state, now, scaled=False)
                 continue
             if now < state.unhealthy_until:
                 continue  # a cold group whose launch failed waits out its cooldown
-            self._scale(name, state, demand or demand_of(name), now)
+            self._scale(name, state, demand if demand is not None else demand_of(name), now)
 
     def _joined(self, name: str, state: GroupState, demand: Demand, now: float) -> None:
         """Children that said HELLO since the last pass are warm."""
@@ -165,7 +168,7 @@ class Supervisor:
     def _scale(self, name: str, state: GroupState, demand: Demand, now: float) -> None:
         """A group of ``workers = 0``: launch on a backlog, drain after ``idle_timeout``."""
         gs = state.settings
-        live = [c for c in state.children if not c.draining]  # as of the last reap
+        live = state.live()
         busy = demand.pending + demand.running
         if busy:
             state.idle_since = None
