@@ -73,6 +73,22 @@ def duration(*, positive: bool) -> Checker:
     return check
 
 
+MAX_SPIN_S = 0.01
+SPIN_EXPECTED = 'a duration from 0 to 10ms, like "0.5ms"'
+
+
+def spin_duration(value: object) -> float:
+    """``[broker] spin``: how long the loop polls without sleeping, 0 (never) up to 10 ms: past
+    that it would only burn a core the workers need."""
+    try:
+        seconds = parse_duration(value)
+    except ValueError:
+        raise Invalid(SPIN_EXPECTED, value) from None
+    if not 0 <= seconds <= MAX_SPIN_S:
+        raise Invalid(SPIN_EXPECTED, value)
+    return seconds
+
+
 def size_mib(*, minimum: int = 0) -> Checker:
     """A checker for a size stored in whole MiB; a bare integer already counts MiB."""
     expected = 'a size like "512MiB", "1GB" or a whole number of MiB'
@@ -289,6 +305,7 @@ BROKER_KEYS: dict[str, Key] = {
     "snapshot_keep": Key("snapshot_keep", integer(1), _int_text),
     "supervise": Key("supervise", boolean, _bool_text),
     "write_ahead": Key("write_ahead", boolean, _bool_text),
+    "spin": Key("spin_s", spin_duration),
     "events": Key("events", endpoint),
     "metrics": Key("metrics", host_port),
     "metrics_token": Key("metrics_token", text),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import re
+from decimal import Decimal
 
 DURATION_HINT = 'a duration like "60s", "5m", "1h" or seconds'
 MIB = 2**20
@@ -90,7 +91,10 @@ def format_duration(seconds: float) -> str:
     millis = seconds * 1000
     if millis == int(millis):
         return f"{int(millis)}ms"
-    return f"{seconds:g}s"
+    micros = round(seconds * 1e6)
+    if micros and abs(seconds * 1e6 - micros) < 1e-6:  # 0.0005 -> "0.5ms"
+        return f"{micros / 1000:g}ms"
+    return f"{Decimal(repr(seconds)):f}s"  # never an exponent: "1e-07s" would not parse back
 
 
 def format_mib(mib: int) -> str:

@@ -50,6 +50,7 @@ class BrokerSettings:
     snapshot_keep: int = 2              # newest snapshots kept under DATA/snapshots
     supervise: bool = True
     write_ahead: bool = True           # ack after the write-ahead file's sync (false: after LMDB's own commit)
+    spin_s: float = 0.0005             # after a pass that read messages, poll without sleeping this long
     events: str = ""                   # PUB endpoint for lifecycle events ("" = next to bind, any port)
     metrics: str = ""                  # host:port for Prometheus text metrics over HTTP ("" = off)
     metrics_token: str = ""            # when set, /metrics wants "Authorization: Bearer <token>"

@@ -238,6 +238,15 @@ def test_broker_table_reads_sizes_and_durations(tmp_path: Path) -> None:
     assert broker.supervise is False
 
 
+def test_broker_spin_is_a_short_duration(tmp_path: Path) -> None:
+    assert load(None).broker.spin_s == 0.0005  # on by default: half a millisecond
+    assert load(write(tmp_path, '[broker]\nspin = "2ms"\n')).broker.spin_s == 0.002
+    assert load(write(tmp_path, "[broker]\nspin = 0\n")).broker.spin_s == 0.0
+    message = config_error(write(tmp_path, '[broker]\nheartbeat_interval = "1s"\nspin = "1s"\n'))
+    assert message.endswith('shoal.toml:3: broker.spin: expected a duration from 0 to 10ms, like "0.5ms", found "1s"')
+    assert 'like "0.5ms"' in config_error(write(tmp_path, '[broker]\nspin = "fast"\n'))
+
+
 def test_group_keys_are_converted_to_their_fields(tmp_path: Path) -> None:
     path = write(tmp_path, """\
         [workflows.media]
@@ -376,7 +385,7 @@ def test_duration_rejects(text: object) -> None:
         parse_duration(text)
 
 
-@pytest.mark.parametrize(("seconds", "text"), [(0, "0s"), (60, "1m"), (90, "90s"), (0.25, "250ms"), (86400, "1d")])
+@pytest.mark.parametrize(("seconds", "text"), [(0, "0s"), (60, "1m"), (90, "90s"), (0.25, "250ms"), (86400, "1d"), (0.0005, "0.5ms")])
 def test_duration_formats_back_to_what_parses(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text
     assert parse_duration(text) == seconds

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import signal
 import threading
 import time
-from typing import cast
+from collections.abc import Callable
+from typing import Any, cast
 
 import zmq
 
@@ -44,6 +46,55 @@ TRIM_GAP_S = 0.02  # at most this often a commit just to drop log entries behind
 _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 
 
+Poll = Callable[[int], list[Any]]
+
+
+def spin_poll(poll: Poll, spin_s: float, clock: Callable[[], float] = time.monotonic,
+              give_way: Callable[[], None] = os.sched_yield) -> list[Any]:
+    """Poll without sleeping for up to ``spin_s``: what became ready, or [] once the time is up.
+
+    Between two polls the CPU is offered to any other thread that wants it (``sched_yield``),
+    so a worker or client on the same core is not held back by the spin."""
+    until = clock() + spin_s
+    while True:
+        ready = poll(0)
+        if ready or clock() >= until:
+            return ready
+        give_way()
+
+
+class IdleSpin:
+    """The loop's wait for messages: ``[broker] spin`` of polling without sleeping, then ``poll``.
+
+    A wait spins only when the one before it ended with a message within the spin: messages
+    are coming back to back (a sequential caller's next request 0.2 ms after its ack, a
+    worker's DONE after its JOB), and the next one is read by a loop still on its CPU, its
+    caches warm, instead of by one woken from a halted CPU; on a VM that wake-up and the cold
+    code after it cost more than the pass's own work (BENCHMARKS.md, "The broker spins before
+    it sleeps"). A wait that ended later, or by a timer, means the callers are paced (one
+    request a millisecond, say) and a spin would only burn the CPU: the next wait sleeps at
+    once. So an idle broker, or one serving paced callers, never spins."""
+
+    def __init__(self, spin_s: float, clock: Callable[[], float] = time.monotonic,
+                 give_way: Callable[[], None] = os.sched_yield) -> None:
+        self.spin_s = spin_s
+        self.clock, self.give_way = clock, give_way
+        self.armed = False  # the last wait ended with a message within spin_s
+
+    def wait(self, poll: Poll, timeout_ms: int) -> list[Any]:
+        """What became ready within ``timeout_ms`` (0: look once, never sleep)."""
+        if not timeout_ms:
+            return poll(0)
+        started = self.clock()
+        ready: list[Any] = []
+        if self.armed:
+            ready = spin_poll(poll, min(self.spin_s, timeout_ms / 1000), self.clock, self.give_way)
+        if not ready:
+            ready = poll(timeout_ms)
+        self.armed = bool(ready) and self.spin_s > 0 and self.clock() - started <= self.spin_s
+        return ready
+
+
 class BrokerServer:
     """Owns the ROUTER socket and the store; runs the loop until stopped."""
 
@@ -56,6 +107,7 @@ class BrokerServer:
         self.store.max_bytes = max_mb * 1024 * 1024
         self.broker = Broker(self.store, settings, clock)
         self.broker.load()
+        self.idle = IdleSpin(settings.broker.spin_s)
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         # CURVE and its authenticator exist before the first bind: no handshake goes unchecked
         self.curve = ServerCurve(self.ctx, settings) if settings.security.on else None
@@ -141,14 +193,15 @@ class BrokerServer:
         return False
 
     def _poll(self, poller: zmq.Poller, busy: bool) -> list[tuple[object, int]]:
-        """Wait for messages until the core's next timer; a loop that woke far too late stood still."""
+        """Wait for messages until the core's next timer (spinning first while messages come back
+        to back, ``IdleSpin``); a loop that woke far too late stood still."""
         timeout_ms = 0 if busy else min(int(self.broker.next_wakeup_s() * 1000) + 1, 1000)
         if self._trim_to:
             timeout_ms = min(timeout_ms, max(0, int((self._trim_at - time.monotonic()) * 1000) + 1))
         checkpoint_at = self.store.checkpoint_deadline()
         if checkpoint_at:
             timeout_ms = min(timeout_ms, max(0, int((checkpoint_at - time.monotonic()) * 1000) + 1))
-        ready = poller.poll(timeout_ms)
+        ready: list[tuple[object, int]] = self.idle.wait(poller.poll, timeout_ms)
         woke = time.monotonic()
         if woke - self._last_pass > timeout_ms / 1000 + STALL_S:  # SIGSTOP, a VM pause
             self.broker.forgive_stall(woke - self._last_pass - timeout_ms / 1000)

@@ -92,7 +92,7 @@ const GROUP_READ: Record<string, [Field, Check]> = {
 };
 /** Every key shoal.toml knows (conf/checks.py; tests/test_typescript.py keeps the lists equal). */
 export const KNOWN_BROKER_KEYS = ["bind", "data", "max_message_bytes", "max_step_bytes", "heartbeat_interval", "map_size",
-  "max_size", "min_free_disk", "snapshot_interval", "snapshot_entries", "snapshot_keep", "supervise", "write_ahead", "events", "metrics", "insecure", "metrics_token"];
+  "max_size", "min_free_disk", "snapshot_interval", "snapshot_entries", "snapshot_keep", "supervise", "write_ahead", "spin", "events", "metrics", "insecure", "metrics_token"];
 export const KNOWN_GROUP_KEYS = ["app", "workers", "max_workers", "concurrency", "retries", "backoff", "backoff_max",
   "idle_timeout", "lease", "grace", "timeout", "nice", "max_jobs", "max_memory", "retention", "rate", "max_pending", "starvation"];
 export const KNOWN_SECURITY_KEYS = ["broker_secret_key", "clients", "admins", "key", "broker_public_key"];
