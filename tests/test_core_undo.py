@@ -93,6 +93,23 @@ def test_a_two_job_enqueue_whose_handler_raises_creates_neither_job(h: Harness) 
     assert h.enqueue(a, b) == [False, False]  # the same request, sent again, is new work
 
 
+def test_a_bulk_enqueue_whose_handler_raises_late_takes_back_every_kind_of_birth(h: Harness) -> None:
+    """Plain jobs (made together by ``create_many``), a delayed one and an unrouted one (each made
+    by ``create``) in one ENQUEUE; the fault fires at the fifth job: none of the five stays."""
+    ids = [new_job_id() for _ in range(6)]
+    jobs = [{"id": i, "wf": "send-email", "group": "email", "payload": P.pack(n)} for n, i in enumerate(ids)]
+    jobs[1]["delay_ms"] = 60_000
+    del jobs[3]["group"]
+    jobs[3]["wf"] = "nobody-serves-this"
+    before = memory_of(h.broker)
+    with faults.raising("event_emit", after=4):
+        h.broker.handle(CLIENT, P.encode(P.ENQUEUE, {"rid": 7, "jobs": jobs}))
+    after = memory_of(h.broker)
+    assert after.pop("outbox") == before.pop("outbox") + 1
+    assert after == before
+    assert h.enqueue(*ids) == [False] * 6  # sent again, all six are new work
+
+
 def test_an_earlier_message_of_the_same_pass_is_kept(h: Harness) -> None:
     kept, lost = new_job_id(), new_job_id()
     h.broker.handle(CLIENT, P.encode(P.ENQUEUE, {"rid": 1, "jobs": [

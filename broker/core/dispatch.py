@@ -39,12 +39,17 @@ class Dispatch:
             waiting.append(job.id)
             self.undo.append((waiting.remove, job.id))
             return
-        queue = self.ready.get(job.group)
-        if queue is None:
-            queue = self.ready[job.group] = ReadyQueue()
-            self.undo.append((self.ready.pop, job.group, None))
+        queue = self.ready_queue(job.group)
         old = queue.push_front(job.id, job.priority) if front else queue.push(job.id, job.seq, job.priority)
         self.undo.append((queue.restore, job.id, old))
+
+    def ready_queue(self, group: str) -> ReadyQueue:
+        """The group's queue of pending jobs, made (undoably) if it has none yet."""
+        queue = self.ready.get(group)
+        if queue is None:
+            queue = self.ready[group] = ReadyQueue()
+            self.undo.append((self.ready.pop, group, None))
+        return queue
 
     def unqueue(self, job: J.Job) -> None:
         """Take a pending job out of wherever it waits (cancel)."""

@@ -103,6 +103,11 @@ class Effects:
         """An ERROR whose body admission built (code, message, maybe retry_after_s)."""
         self.outbox.append(Outgoing(identity, P.encode(P.ERROR, {"rid": rid, **refused})))
 
+    def emitting(self) -> bool:
+        """Whether ``emit`` does anything now (a subscriber, or debug logging): a loop over many
+        jobs asks once."""
+        return self.events_wanted or log.isEnabledFor(logging.DEBUG)
+
     def emit(self, event: str, job: J.Job, **extra: Any) -> None:
         """A lifecycle event: published on the events socket after the commit, and logged."""
         if not self.events_wanted and not log.isEnabledFor(logging.DEBUG):
