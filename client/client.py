@@ -77,7 +77,7 @@ class Requests:
             group = workflow.group
         payloads = list(payloads)
         job_ids = self._job_ids(ids, len(payloads))
-        pack = P.pack
+        pack = P.packer() if len(payloads) > 8 else P.pack  # this call's own Packer: calls run on many threads
         try:
             packed = [pack(payload) for payload in payloads]
         except Exception:  # find the payload that cannot be encoded, and say what it is

@@ -36,6 +36,23 @@ def test_a_committed_job_reads_back_equal(store: CoreStore) -> None:
     assert store.has_jobs([job_id, new_job_id()]) == {job_id}
 
 
+def test_has_jobs_finds_stored_ids_below_between_and_after_others(store: CoreStore) -> None:
+    """The LMDB store answers "none" from one cursor step when no stored id lies in the range
+    asked for: ids before, between and after the stored ones, and ranges that span them."""
+    ids = [n.to_bytes(16, "big") for n in range(0, 100, 10)]
+    store.commit(Batch(jobs={i: job(i) for i in ids[2:8:2]}), WALL)  # 20, 40, 60 stored
+    def n(*values: int) -> list[bytes]:
+        return [v.to_bytes(16, "big") for v in values]
+    assert store.has_jobs(n(1, 2, 3)) == set()            # all before the first stored
+    assert store.has_jobs(n(61, 99)) == set()             # all after the last
+    assert store.has_jobs(n(41, 45, 59)) == set()         # in a gap between two
+    assert store.has_jobs(n(19, 21)) == set()             # around one, not on it
+    assert store.has_jobs(n(5, 40, 95)) == set(n(40))     # spanning, one on a stored id
+    assert store.has_jobs(n(20, 60)) == set(n(20, 60))    # exactly the ends
+    assert store.has_jobs(n(40)) == set(n(40)) and store.has_jobs(n(41)) == set()
+    assert store.has_jobs([b"short", *n(60)]) == set(n(60)) and store.has_jobs([]) == set()
+
+
 def test_a_record_changed_after_its_commit_is_not_changed_in_the_store(store: CoreStore) -> None:
     job_id = new_job_id()
     record = job(job_id)

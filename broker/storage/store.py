@@ -244,9 +244,20 @@ class Store:
         return None if raw is None else as_record(_load(raw))
 
     def has_jobs(self, job_ids: list[bytes]) -> set[bytes]:
-        """Which of these ids are stored."""
+        """Which of these ids are stored.
+
+        Ids are time-ordered (UUIDv7), so a call's new ids usually sort after every stored one:
+        when no stored key lies between the smallest and the largest asked for, none is stored,
+        known from one cursor step instead of a lookup per id (an ENQUEUE of 1,000 jobs)."""
+        ids = [j for j in job_ids if len(j) == 16]
+        if not ids:
+            return set()
         with self._reading() as txn:
-            return {j for j in job_ids if len(j) == 16 and txn.get(j, db=self._jobs) is not None}
+            if len(ids) > 1:
+                cur = txn.cursor(db=self._jobs)
+                if not cur.set_range(min(ids)) or bytes(cur.key()) > max(ids):
+                    return set()
+            return {j for j in ids if txn.get(j, db=self._jobs) is not None}
 
     def iter_jobs(self) -> Iterator[dict[str, Any]]:
         """Every stored job record (used once at start to rebuild the in-memory queues)."""
