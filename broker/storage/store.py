@@ -605,15 +605,21 @@ class Store:
             else:  # a row (Job.to_row); a dict (replay's, a test's) is stored as the same row
                 raw = packed[id(record)] = pack_record(record if type(record) is tuple else as_row(record))
                 add([_PUT, _T_JOBS, job_id, raw])
+        # [wall_ms, op, job_id, changes] as a msgpack array, built from packed parts: per op
+        # name, the array's head, wall_ms, the op and a 16-byte id's header (bin 8 of length 16,
+        # the bytes pack() gives) are one prefix, made once a pass
         head = _LOG_HEAD + pack(wall_ms)
-        names = _PACKED_OPS
+        prefixes: dict[str, bytes] = {}
+        u64 = _U64.pack
         for op, job_id, changes in batch.log:
             body = packed.get(id(changes)) or pack_record(changes)
-            op_raw = names.get(op) or _pack_op(op)
-            # [wall_ms, op, job_id, changes] as a msgpack array, built from packed parts; a
-            # 16-byte id is bin 8 of length 16 (the same bytes pack() gives, without the call)
-            raw_id = _BIN16 + job_id if len(job_id) == 16 else pack(job_id)
-            add([_APPEND, _T_LOG, _U64.pack(seq), head + op_raw + raw_id + body])
+            prefix = prefixes.get(op)
+            if prefix is None:
+                prefix = prefixes[op] = head + (_PACKED_OPS.get(op) or _pack_op(op)) + _BIN16
+            if len(job_id) == 16:
+                add([_APPEND, _T_LOG, u64(seq), prefix + job_id + body])
+            else:
+                add([_APPEND, _T_LOG, u64(seq), prefix[:-len(_BIN16)] + pack(job_id) + body])
             seq += 1
         for expire_ms, job_id in batch.expiry_del:
             add([_DELETE, _T_EXPIRY, _U64.pack(expire_ms) + job_id])
