@@ -110,7 +110,7 @@ class Effects:
 
     def emit(self, event: str, job: J.Job, **extra: Any) -> None:
         """A lifecycle event: published on the events socket after the commit, and logged."""
-        if not self.events_wanted and not log.isEnabledFor(logging.DEBUG):
+        if not self.emitting():
             return  # nobody listens: skip the work on the hot path
         trip("event_emit")  # a fault point inside handlers: armed, it raises (tests of the undo)
         record = {"event": event, "id": job.id, "workflow": job.workflow, "group": job.group,

@@ -199,7 +199,8 @@ class JobTable:
         pending at once in a known group with no dedup key, takes a shorter path: one undo entry
         for all of them, the group's queue looked up once, the job built from positional fields
         (a stored row's order, fixed by the schema) and no event unless someone listens. An
-        ENQUEUE of 1,000 jobs spends most of its time here (BENCHMARKS.md, "Bulk enqueue")."""
+        ENQUEUE of 1,000 jobs spends most of its time here (BENCHMARKS.md, "Bulk enqueue and the
+        broker's commit")."""
         batch = self.effects.batch
         records, entries = batch.jobs, batch.log
         jobs, active, routes = self.jobs, self.active, self.dispatch.routes

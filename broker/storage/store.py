@@ -38,12 +38,11 @@ from contextlib import contextmanager
 from typing import Any, Iterable, Iterator, cast
 
 import lmdb
-import msgpack
 
 from shoal.errors import ShoalError, StorageFull
 from shoal.faults import fault
 from shoal.jobs import as_record, as_row
-from shoal.protocol import pack, unpack
+from shoal.protocol import pack, packer, unpack
 
 from .batch import Batch
 from .wal import WalError, WriteAheadFile
@@ -81,7 +80,7 @@ SNAPSHOT_NEW_BYTES_PER_S = 50 << 20
 
 # Job records are packed by one Packer kept for the loop (packb makes a Packer per call): the
 # same bytes, a quarter faster. Only the loop's thread commits.
-pack_record = msgpack.Packer(use_bin_type=True).pack
+pack_record = packer()
 
 
 def _pack_op(op: str) -> bytes:

@@ -29,8 +29,8 @@ def admit(core: Core, items: Sequence[M.JobItem], parent: bytes | None = None) -
         if refused:
             return refused
     now = core.clock.wall_ms()
-    if new is items and not known and len({i.id for i in items}) == len(items):
-        # every item is a new job (no id known, none twice, no dedup key): made in one go
+    if new is items and len({i.id for i in items}) == len(items):
+        # every item is a new job (``new is items``: no id known, no dedup key; and none twice): made in one go
         jobs.create_many(items, now, parent)
         none = [False] * len(items)
         return none, [i.id for i in items], list(none)
