@@ -133,7 +133,8 @@ class Cluster:
         self.profile_dir = profile_dir
         self.dir = Path(tempfile.mkdtemp(prefix=f"shoal-bench-{name}-", dir=TMP_ROOT))
         self.config = self.dir / "shoal.toml"
-        self.config.write_text(CONFIG_TOML)
+        # SHOAL_BENCH_BROKER: extra [broker] lines for an experiment (say 'spin = "0s"'), off by default
+        self.config.write_text(CONFIG_TOML + os.environ.get("SHOAL_BENCH_BROKER", "").replace(";", "\n") + "\n")
         self.env = dict(os.environ)
         self.env["PYTHONPATH"] = os.pathsep.join(p for p in [str(SCRIPTS), self.env.get("PYTHONPATH", "")] if p)
         for var in ("SHOAL_BROKER", "SHOAL_CONFIG", "SHOAL_DATA", "SHOAL_SERVER"):

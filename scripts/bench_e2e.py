@@ -18,6 +18,10 @@ broker in this process (a ROUTER that answers HELLO with jobs, and every DONE wi
 new jobs as it reported), so the worker's CPU per job is seen without the broker's noise;
 ``--in-flight 1`` sends one job at a time, and the JOB-to-DONE latency is the two hand-offs'.
 
+``--phase producer`` is the peers benchmark's end to end (``scripts/peers/workload.py``): ``--total``
+jobs enqueued one at a time by one sequential caller, the clock stopped when all have run, with the
+broker's, the worker's and the client's CPU per job.
+
 ``--profile DIR`` runs the broker under cProfile; ``--py-spy DIR`` records the broker and worker of a single run with py-spy (its
 ``--nonblocking`` sampling, so the figures are those of a normal run, within noise).
 """
@@ -34,7 +38,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 SCRIPTS = Path(__file__).resolve().parent
-CPU_KEYS = ("broker_cpu_us", "worker_cpu_us", "job_to_done_p50_us", "job_to_done_p99_us", "enqueue_p50_us",
+CPU_KEYS = ("broker_cpu_us", "worker_cpu_us", "client_cpu_us", "job_to_done_p50_us", "job_to_done_p99_us", "enqueue_p50_us",
             "enqueue_p90_us")
 
 
@@ -79,6 +83,43 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         cpu0 = {name: bench.cpu_seconds(pid) for name, pid in pids.items()}
         result = bench.end_to_end(c.client(), args.total, args.batch)
         for name, pid in pids.items():  # CPU per job: steadier than wall time on a shared machine
+            result[f"{name}_cpu_us"] = (bench.cpu_seconds(pid) - cpu0[name]) / args.total * 1e6
+        stop_spies(spies)
+    return result
+
+
+def measure_producer(args: argparse.Namespace) -> dict[str, Any]:
+    """One sequential producer, a real broker and worker: jobs/s until all ``--total`` have run."""
+    import resource
+    import time
+
+    sys.path.insert(0, str(SCRIPTS))
+    import bench  # noqa: E402
+
+    def own_cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    with bench.Cluster("e2e-producer") as c:
+        c.start_broker()
+        worker = c.start_worker("bench", args.concurrency)
+        assert c.broker is not None
+        client = c.client()
+        for i in range(100):  # warm-up: the sockets, the broker's first pages, the worker's first runs
+            bench.wait_final(client, client.enqueue("noop", {"i": i}, group="bench"))
+        before = int(client.stats()["bench"]["completed"])
+        pids = {"broker": c.broker.popen.pid, "worker": worker.popen.pid}
+        spies = spy(pids, args.py_spy)
+        cpu0 = {name: bench.cpu_seconds(pid) for name, pid in pids.items()}
+        mine0, t0 = own_cpu(), time.perf_counter()
+        handles = [client.enqueue("noop", {"i": i}, group="bench") for i in range(args.total)]
+        sent_s = time.perf_counter() - t0
+        bench.wait_final(client, handles[-1])
+        bench.wait_until(lambda: client.stats()["bench"]["completed"] - before >= args.total, 120, "all jobs", 0.001)
+        elapsed = time.perf_counter() - t0
+        result: dict[str, Any] = {"jobs_s": args.total / elapsed, "elapsed_s": elapsed, "send_s": sent_s,
+                                  "client_cpu_us": (own_cpu() - mine0) / args.total * 1e6}
+        for name, pid in pids.items():
             result[f"{name}_cpu_us"] = (bench.cpu_seconds(pid) - cpu0[name]) / args.total * 1e6
         stop_spies(spies)
     return result
@@ -221,9 +262,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--total", type=int, default=20_000)
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--phase", choices=["e2e", "worker", "enqueue"], default="e2e",
+    parser.add_argument("--phase", choices=["e2e", "worker", "enqueue", "producer"], default="e2e",
                         help="e2e: a real broker; worker: the worker alone, fed by a stand-in broker; "
-                             "enqueue: sequential enqueues, no worker (broker CPU per enqueue, p50)")
+                             "enqueue: sequential enqueues, no worker (broker CPU per enqueue, p50); "
+                             "producer: one sequential producer end to end, as the peers benchmark")
     parser.add_argument("--in-flight", type=int, default=0,
                         help="worker phase: at most this many jobs out at once (0: the worker's slots; "
                              "1: one at a time, for the JOB-to-DONE latency)")
@@ -235,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.ab:
         return ab(args)
-    fig = {"e2e": measure, "worker": measure_worker, "enqueue": measure_enqueue}[args.phase](args)
+    fig = {"e2e": measure, "worker": measure_worker, "enqueue": measure_enqueue,
+           "producer": measure_producer}[args.phase](args)
     if "shoal" not in fig:
         import shoal
         fig["shoal"] = str(Path(shoal.__file__).resolve().parent)
