@@ -23,7 +23,8 @@ from shoal.ids import id_from_str
 pytestmark = pytest.mark.timeout(90)
 
 FIXTURE = Path(__file__).parent / "fixtures" / "data-v1.tar.gz"
-# retention far beyond the fixture's age, so its finished jobs are still there whenever this runs
+# retention for what the new broker finishes here (the fixture's own jobs carry their expiry,
+# stored when they finished: see test_the_fixture_outlives_its_retention)
 TOML = DEFAULT_TOML.replace("[workflows]\n", '[workflows]\nretention = "36500d"\n') + (
     '\n[cron.tick]\nworkflow = "cron-mark"\nschedule = "* * * * * *"\ncatch_up = "none"\n')
 
@@ -44,6 +45,25 @@ def test_the_old_log_rebuilds_exactly_the_old_state(old: tuple[Any, dict[str, An
     cluster, _ = old
     verified = cluster.replay("--verify")
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_the_fixture_outlives_its_retention(tmp_path: Path) -> None:
+    """Each finished job stores its expiry; one inside this century would make the tests below fail
+    on the day it passes (the first fixture, made with the default retention of a day, did)."""
+    expect = _unpack(tmp_path)
+    env = lmdb.open(str(tmp_path / "data"), max_dbs=16, readonly=True, lock=False)
+    try:
+        with env.begin() as txn:
+            jobs = env.open_db(b"jobs", txn=txn)
+            records = [msgpack.unpackb(txn.get(id_from_str(job_id), db=jobs))
+                       for job_id in [*expect["completed"], *expect["dead"], expect["steps"]]]
+    finally:
+        env.close()
+    year_2100_ms = 4_102_444_800_000
+    # 0: never swept (dead letters wait for a requeue)
+    assert all(record["expire_ms"] == 0 or record["expire_ms"] > year_2100_ms for record in records), (
+        [r["expire_ms"] for r in records])
+    assert any(record["expire_ms"] for record in records)  # the completed ones do expire, a century on
 
 
 def test_every_old_job_is_there_in_its_state(old: tuple[Any, dict[str, Any]]) -> None:
