@@ -28,6 +28,7 @@ broker's, the worker's and the client's CPU per job.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -66,6 +67,20 @@ def stop_spies(spies: list[subprocess.Popen[bytes]]) -> None:
         proc.wait(10)
 
 
+@contextlib.contextmanager
+def watched(bench: Any, broker: Any, worker: Any, args: argparse.Namespace) -> Iterator[dict[str, float]]:
+    """Around a measured run: py-spy on the broker and worker (with ``--py-spy``), and their CPU per
+    job (``--total`` jobs) in the dict yielded, filled when the block ends."""
+    pids = {"broker": broker.popen.pid, "worker": worker.popen.pid}
+    spies = spy(pids, args.py_spy)
+    cpu0 = {name: bench.cpu_seconds(pid) for name, pid in pids.items()}
+    cpu: dict[str, float] = {}
+    yield cpu
+    for name, pid in pids.items():  # CPU per job: steadier than wall time on a shared machine
+        cpu[f"{name}_cpu_us"] = (bench.cpu_seconds(pid) - cpu0[name]) / args.total * 1e6
+    stop_spies(spies)
+
+
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     """One end-to-end run in this interpreter (imports bench.py from this directory)."""
     sys.path.insert(0, str(SCRIPTS))
@@ -78,14 +93,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         c.start_broker()
         worker = c.start_worker("bench", args.concurrency)
         assert c.broker is not None
-        pids = {"broker": c.broker.popen.pid, "worker": worker.popen.pid}
-        spies = spy(pids, args.py_spy)
-        cpu0 = {name: bench.cpu_seconds(pid) for name, pid in pids.items()}
-        result = bench.end_to_end(c.client(), args.total, args.batch)
-        for name, pid in pids.items():  # CPU per job: steadier than wall time on a shared machine
-            result[f"{name}_cpu_us"] = (bench.cpu_seconds(pid) - cpu0[name]) / args.total * 1e6
-        stop_spies(spies)
-    return result
+        with watched(bench, c.broker, worker, args) as cpu:
+            result = bench.end_to_end(c.client(), args.total, args.batch)
+    return {**result, **cpu}
 
 
 def measure_producer(args: argparse.Namespace) -> dict[str, Any]:
@@ -108,21 +118,17 @@ def measure_producer(args: argparse.Namespace) -> dict[str, Any]:
         for i in range(100):  # warm-up: the sockets, the broker's first pages, the worker's first runs
             bench.wait_final(client, client.enqueue("noop", {"i": i}, group="bench"))
         before = int(client.stats()["bench"]["completed"])
-        pids = {"broker": c.broker.popen.pid, "worker": worker.popen.pid}
-        spies = spy(pids, args.py_spy)
-        cpu0 = {name: bench.cpu_seconds(pid) for name, pid in pids.items()}
-        mine0, t0 = own_cpu(), time.perf_counter()
-        handles = [client.enqueue("noop", {"i": i}, group="bench") for i in range(args.total)]
-        sent_s = time.perf_counter() - t0
-        bench.wait_final(client, handles[-1])
-        bench.wait_until(lambda: client.stats()["bench"]["completed"] - before >= args.total, 120, "all jobs", 0.001)
-        elapsed = time.perf_counter() - t0
-        result: dict[str, Any] = {"jobs_s": args.total / elapsed, "elapsed_s": elapsed, "send_s": sent_s,
-                                  "client_cpu_us": (own_cpu() - mine0) / args.total * 1e6}
-        for name, pid in pids.items():
-            result[f"{name}_cpu_us"] = (bench.cpu_seconds(pid) - cpu0[name]) / args.total * 1e6
-        stop_spies(spies)
-    return result
+        with watched(bench, c.broker, worker, args) as cpu:
+            mine0, t0 = own_cpu(), time.perf_counter()
+            handles = [client.enqueue("noop", {"i": i}, group="bench") for i in range(args.total)]
+            sent_s = time.perf_counter() - t0
+            bench.wait_final(client, handles[-1])
+            bench.wait_until(lambda: client.stats()["bench"]["completed"] - before >= args.total, 120, "all jobs",
+                             0.001)
+            elapsed = time.perf_counter() - t0
+            mine = own_cpu() - mine0
+    return {"jobs_s": args.total / elapsed, "elapsed_s": elapsed, "send_s": sent_s,
+            "client_cpu_us": mine / args.total * 1e6, **cpu}
 
 
 def measure_enqueue(args: argparse.Namespace) -> dict[str, Any]:
