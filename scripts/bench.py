@@ -726,6 +726,22 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_cpu_seconds(pid: int) -> dict[str, tuple[float, float]]:
+    """User and system CPU seconds of each of a process's threads so far, summed by thread name
+    (``ZMQbg/IO/0`` is libzmq's I/O thread; a thread gone since is not counted)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    threads: dict[str, tuple[float, float]] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name, rest = task.joinpath("stat").read_text().split("(", 1)[1].rsplit(")", 1)
+        except (OSError, IndexError, ValueError):
+            continue  # ended while we looked
+        fields = rest.split()
+        user, system = threads.get(name, (0.0, 0.0))
+        threads[name] = (user + int(fields[11]) / tick, system + int(fields[12]) / tick)
+    return threads
+
+
 def hol_params(args: argparse.Namespace) -> dict[str, Any]:
     wf, payload = ("media-cpu", {"s": 1.0}) if args.cpu else ("media-sleep", {"s": 2.0})
     return {"samples": 100 if args.quick else 200, "warmup": 50, "media_workflow": wf, "media_payload": payload,

@@ -20,9 +20,12 @@ new jobs as it reported), so the worker's CPU per job is seen without the broker
 
 ``--phase producer`` is the peers benchmark's end to end (``scripts/peers/workload.py``): ``--total``
 jobs enqueued one at a time by one sequential caller, the clock stopped when all have run, with the
-broker's, the worker's and the client's CPU per job.
+broker's, the worker's and the client's CPU per job. ``--phase roundtrip`` is its round trip: enqueue,
+then wait for the result, one at a time (p50, p99). The phases with a real broker and worker also
+split each process's CPU per job by thread (user + system: the Python threads, libzmq's I/O thread),
+printed after a single run and kept in ``--json``.
 
-``--profile DIR`` runs the broker under cProfile; ``--py-spy DIR`` records the broker and worker of a single run with py-spy (its
+``--profile DIR`` runs the broker under cProfile (the e2e and enqueue phases); ``--py-spy DIR`` records the broker and worker of a single run with py-spy (its
 ``--nonblocking`` sampling, so the figures are those of a normal run, within noise).
 """
 from __future__ import annotations
@@ -40,7 +43,7 @@ from typing import Any, Iterator
 
 SCRIPTS = Path(__file__).resolve().parent
 CPU_KEYS = ("broker_cpu_us", "worker_cpu_us", "client_cpu_us", "job_to_done_p50_us", "job_to_done_p99_us", "enqueue_p50_us",
-            "enqueue_p90_us")
+            "enqueue_p90_us", "roundtrip_p50_us", "roundtrip_p99_us")
 
 
 def load() -> str:
@@ -74,10 +77,16 @@ def watched(bench: Any, broker: Any, worker: Any, args: argparse.Namespace) -> I
     pids = {"broker": broker.popen.pid, "worker": worker.popen.pid}
     spies = spy(pids, args.py_spy)
     cpu0 = {name: bench.cpu_seconds(pid) for name, pid in pids.items()}
-    cpu: dict[str, float] = {}
+    threads0 = {name: bench.thread_cpu_seconds(pid) for name, pid in pids.items()}
+    cpu: dict[str, Any] = {}
     yield cpu
     for name, pid in pids.items():  # CPU per job: steadier than wall time on a shared machine
         cpu[f"{name}_cpu_us"] = (bench.cpu_seconds(pid) - cpu0[name]) / args.total * 1e6
+        before = threads0[name]
+        cpu[f"{name}_threads_us"] = {  # thread name -> [user, system] us per job
+            thread: [round((user - before.get(thread, (0.0, 0.0))[0]) / args.total * 1e6),
+                     round((system - before.get(thread, (0.0, 0.0))[1]) / args.total * 1e6)]
+            for thread, (user, system) in bench.thread_cpu_seconds(pid).items()}
     stop_spies(spies)
 
 
@@ -131,6 +140,34 @@ def measure_producer(args: argparse.Namespace) -> dict[str, Any]:
             "client_cpu_us": mine / args.total * 1e6, **cpu}
 
 
+def measure_roundtrip(args: argparse.Namespace) -> dict[str, Any]:
+    """``--total`` sequential enqueue-then-wait round trips through a real broker and worker (the
+    peers benchmark's round trip): p50 and p99, and the CPU per job of the broker and worker."""
+    import time
+
+    sys.path.insert(0, str(SCRIPTS))
+    import bench  # noqa: E402
+
+    with bench.Cluster("e2e-roundtrip") as c:
+        c.start_broker()
+        worker = c.start_worker("bench", args.concurrency)
+        assert c.broker is not None
+        client = c.client()
+
+        def once() -> None:
+            bench.wait_final(client, client.enqueue("noop", {"i": 1}, group="bench"))
+
+        for _ in range(100):  # warm-up: the sockets, the broker's first pages, the worker's first runs
+            once()
+        with watched(bench, c.broker, worker, args) as cpu:
+            t0 = time.perf_counter()
+            samples = bench.timed_ms(once, args.total, 0)
+            elapsed = time.perf_counter() - t0
+    return {"jobs_s": args.total / elapsed, "elapsed_s": elapsed, "send_s": 0.0,
+            "roundtrip_p50_us": bench.percentile(samples, 50) * 1e3,
+            "roundtrip_p99_us": bench.percentile(samples, 99) * 1e3, **cpu}
+
+
 def measure_enqueue(args: argparse.Namespace) -> dict[str, Any]:
     """``--total`` sequential ``Client.enqueue`` calls to a group with no worker (``bench.py core``'s
     one-thread enqueue): rate, p50/p90 latency and the broker's CPU per enqueue."""
@@ -139,7 +176,10 @@ def measure_enqueue(args: argparse.Namespace) -> dict[str, Any]:
     sys.path.insert(0, str(SCRIPTS))
     import bench  # noqa: E402
 
-    with bench.Cluster("e2e-enqueue") as c:
+    profile = Path(args.profile).resolve() if args.profile else None
+    if profile is not None:
+        profile.mkdir(parents=True, exist_ok=True)
+    with bench.Cluster("e2e-enqueue", profile_dir=profile) as c:
         c.start_broker()
         assert c.broker is not None
         client, pid = c.client(), c.broker.popen.pid
@@ -249,17 +289,21 @@ def ab(args: argparse.Namespace) -> int:
     for i, name, fig in alternate(args.ab, args.runs, __file__, child):
         runs[name].append(fig["jobs_s"])
         for key in CPU_KEYS:
-            cpu[name][key].append(fig.get(key, 0.0))
+            if key in fig:  # each phase reports some of them
+                cpu[name][key].append(fig[key])
         print(f"run {i + 1} {name}: {fig['jobs_s']:,.0f} jobs/s (send {fig['send_s']:.2f} s), CPU per job: "
               f"broker {fig['broker_cpu_us']:.0f} us, worker {fig['worker_cpu_us']:.0f} us"
               + (f"; JOB to DONE p50 {fig['job_to_done_p50_us']:.0f} us, p99 {fig['job_to_done_p99_us']:.0f} us"
-                 if "job_to_done_p50_us" in fig else "") + " "
+                 if "job_to_done_p50_us" in fig else "")
+              + (f"; round trip p50 {fig['roundtrip_p50_us']:.0f} us, p99 {fig['roundtrip_p99_us']:.0f} us"
+                 if "roundtrip_p50_us" in fig else "") + " "
               f"[{fig['shoal']}] load {load()}", flush=True)
     print(f"load at end: {load()}")
     for name, values in runs.items():
         print(f"{name}: median {statistics.median(values):,.0f} jobs/s (min {min(values):,.0f}, "
               f"max {max(values):,.0f}) over {len(values)} runs; CPU per job (median): "
-              + ", ".join(f"{key[:-3]} {statistics.median(cpu[name][key]):.0f} us" for key in CPU_KEYS))
+              + ", ".join(f"{key[:-3]} {statistics.median(cpu[name][key]):.0f} us" for key in CPU_KEYS
+                          if cpu[name][key]))
     return 0
 
 
@@ -268,10 +312,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--total", type=int, default=20_000)
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--phase", choices=["e2e", "worker", "enqueue", "producer"], default="e2e",
+    parser.add_argument("--phase", choices=["e2e", "worker", "enqueue", "producer", "roundtrip"], default="e2e",
                         help="e2e: a real broker; worker: the worker alone, fed by a stand-in broker; "
                              "enqueue: sequential enqueues, no worker (broker CPU per enqueue, p50); "
-                             "producer: one sequential producer end to end, as the peers benchmark")
+                             "producer: one sequential producer end to end, as the peers benchmark; "
+                             "roundtrip: enqueue then wait, one at a time (p50, p99)")
     parser.add_argument("--in-flight", type=int, default=0,
                         help="worker phase: at most this many jobs out at once (0: the worker's slots; "
                              "1: one at a time, for the JOB-to-DONE latency)")
@@ -284,11 +329,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.ab:
         return ab(args)
     fig = {"e2e": measure, "worker": measure_worker, "enqueue": measure_enqueue,
-           "producer": measure_producer}[args.phase](args)
+           "producer": measure_producer, "roundtrip": measure_roundtrip}[args.phase](args)
     if "shoal" not in fig:
         import shoal
         fig["shoal"] = str(Path(shoal.__file__).resolve().parent)
     print(json.dumps(fig) if args.json else f"{fig['jobs_s']:,.0f} jobs/s ({fig['elapsed_s']:.2f} s)")
+    for key in ("broker_threads_us", "worker_threads_us"):
+        if key in fig and not args.json:
+            print(f"{key.split('_')[0]} CPU per job by thread, user + system: " + ", ".join(
+                f"{thread} {user} + {system} us" for thread, (user, system) in fig[key].items()))
     return 0
 
 
