@@ -576,7 +576,7 @@ def serve_traced_broker(config: str, data: str, events_path: str) -> int:
     outside. ``time.perf_counter`` is CLOCK_MONOTONIC on Linux, so stamps compare across
     processes. The events are written to ``events_path`` when the broker stops.
     """
-    from shoal.broker.shell.server import BrokerServer
+    from shoal.broker.shell.server import BrokerServer, in_send_order
     from shoal.conf import load_settings
 
     events: list[tuple[float, str, Any]] = []
@@ -585,7 +585,7 @@ def serve_traced_broker(config: str, data: str, events_path: str) -> int:
 
     def traced_send_all(server: BrokerServer, outbox: list[Any]) -> bool:
         busy = False
-        for out in sorted(outbox, key=lambda o: not o.job_ids):  # the loop's order: JOBs first
+        for out in in_send_order(outbox):  # the loop's own order
             # stamped before the send: the peer may act on the message before it returns
             events.append((clock(), "send", bytes(out.frames[1]).decode()))
             busy = send_all(server, [out]) or busy
