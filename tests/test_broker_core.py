@@ -255,6 +255,37 @@ def test_done_with_the_live_token_completes_the_job(h: Harness) -> None:
     assert P.unpack(record["value"]) == "ok"
 
 
+def test_only_a_pass_that_writes_and_sends_nothing_is_unobserved(h: Harness) -> None:
+    """The shell lets such a pass's commit wait for company (``IdleSpin.company``): a DONE with no
+    waiter and nothing left to give out. A DONE that hands out the next job or answers a
+    waiter, and an enqueue (acked), are committed at once; an empty pass has nothing to commit."""
+
+    def finish(job: dict[str, Any]) -> bool:
+        h.broker.handle(WORKER, P.encode(P.DONE, {"results": [[job["id"], job["token"], P.pack("ok"), 0, 1]]}))
+        h.broker.tick()
+        return h.broker.unobserved()
+
+    first, second = h.new_jobs(2)
+    job = only(dispatched(h.hello(slots=1)))
+    assert not finish(job)  # the freed slot takes the second job: a JOB goes out
+    job = only(dispatched(h.tick()))
+    assert h.send(CLIENT, P.WAIT, {"rid": 7, "id": second}) == []  # running: the WAIT is held
+    assert not finish(job)  # the waiter is answered
+    assert [m.body["rid"] for m in h.tick()] == [7]
+    third = new_job_id()
+    job = only(dispatched(h.send(CLIENT, P.ENQUEUE, {"rid": 8, "jobs": [
+        {"id": third, "wf": "send-email", "group": "email", "payload": P.pack(1)}]})))
+    assert finish(job)  # nothing queued, nobody waiting: nothing leaves before its commit
+    assert h.tick() == [] and h.state(third) == J.COMPLETED
+    h.broker.handle(CLIENT, P.encode(P.ENQUEUE, {"rid": 9, "jobs": [
+        {"id": new_job_id(), "wf": "send-email", "group": "email", "payload": P.pack(1)}]}))
+    h.broker.tick()
+    assert not h.broker.unobserved()  # the ack and the JOB wait for this commit
+    h.tick()
+    h.broker.tick()
+    assert not h.broker.unobserved()  # an empty pass
+
+
 def test_stale_token_is_rejected(h: Harness) -> None:
     [job_id] = h.new_jobs(1)
     job = only(dispatched(h.hello()))

@@ -136,3 +136,45 @@ def test_a_broker_that_never_spins_serves_the_same(cluster_factory) -> None:
     many = client.enqueue_many("echo", [{"n": n} for n in range(200)], group="email")
     assert all(client.wait(i, timeout=30).status == "completed" for i in many)
     cluster.stop_and_verify()
+
+
+# --- a pass nobody waits on waits for company ---------------------------------------------
+def answered_every(spin: IdleSpin, script: Scripted, gap_s: float) -> None:
+    """Two passes that sent something, ``gap_s`` apart (the clock's own reads add 0.1 ms each)."""
+    spin.answered()
+    script.now += gap_s - 0.0001
+    spin.answered()
+
+
+def test_a_pass_nobody_waits_on_takes_the_request_due_within_the_spin() -> None:
+    script = Scripted([0.0011])  # a sequential producer's next request, 1.1 ms after the start
+    spin = idle(script)
+    answered_every(spin, script, 0.0006)  # acks every 0.6 ms, the last at 0.7 ms
+    script.now += 0.0001  # the worker's DONE, handled at about 0.9 ms
+    assert spin.company(script.poll) == MSG
+    assert set(script.timeouts) == {0} and spin.armed  # polled without sleeping, and still back to back
+
+
+def test_paced_requests_never_make_it_spin() -> None:
+    for gap_s, after_s in [(0.0011, 0.0002), (0.0009, 0.0001)]:  # too far apart; the next one not due in the spin
+        script = Scripted([0.005])
+        spin = idle(script)
+        answered_every(spin, script, gap_s)
+        script.now += after_s
+        assert spin.company(script.poll) == [] and script.timeouts == []
+
+
+def test_when_no_request_comes_after_all_it_gives_up_and_the_next_wait_sleeps() -> None:
+    script = Scripted([])
+    spin = idle(script)
+    spin.armed = True
+    answered_every(spin, script, 0.0006)
+    assert spin.company(script.poll) == [] and set(script.timeouts) == {0}
+    assert not spin.armed
+
+
+def test_with_spin_off_nothing_waits_for_company() -> None:
+    script = Scripted([0.0001])
+    spin = idle(script, 0.0)
+    answered_every(spin, script, 0.0002)
+    assert spin.company(script.poll) == [] and script.timeouts == []

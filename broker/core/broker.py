@@ -141,6 +141,12 @@ class Broker:
             wait = min(wait, cron)
         return float(max(0.0, wait))
 
+    def unobserved(self) -> bool:
+        """This pass wrote something and has nothing to send or read: nobody learns of it
+        before its commit, so the commit may wait for company (``IdleSpin.company``)."""
+        effects = self.core.effects
+        return bool(effects.batch) and not effects.outbox and not self.core.history.wanted
+
     def take(self) -> tuple[Batch, list[Outgoing]]:
         """What this pass decided: the writes, then the messages."""
         return self.core.effects.take()

@@ -91,6 +91,8 @@ class IdleSpin:
         self.spin_s = spin_s
         self.clock, self.give_way = clock, give_way
         self.armed = False  # the last wait ended with a message within spin_s
+        self.answered_at = -1.0  # when a pass last sent something (monotonic)
+        self.answer_gap = 1.0    # the time between the last two such passes
 
     def wait(self, poll: Poll, timeout_ms: int) -> list[Any]:
         """What became ready within ``timeout_ms`` (0: look once, never sleep)."""
@@ -103,6 +105,33 @@ class IdleSpin:
         if not ready:
             ready = poll(timeout_ms)
         self.armed = bool(ready) and self.spin_s > 0 and self.clock() - started <= self.spin_s
+        return ready
+
+    def answered(self) -> None:
+        """A pass sent something (a reply, a JOB): how often that happens says when the next
+        request is due."""
+        now = self.clock()
+        self.answer_gap, self.answered_at = now - self.answered_at, now
+
+    def company(self, poll: Poll) -> list[Any]:
+        """For a pass that wrote something and sends nothing (a worker's DONE with no waiter and
+        no job to give out): the messages that came within the spin, to be handled in the same
+        pass and share its commit; [] when none did, or at once when none is due.
+
+        Nobody learns of such a pass before its commit, so it may wait for the request that
+        follows it: a sequential producer's next ENQUEUE comes a fraction of a millisecond
+        after its ack, and its worker's DONE in between. Committed alone, the DONE's sync held
+        that ENQUEUE back; sharing one sync, it costs the producer nothing (BENCHMARKS.md,
+        "A DONE waits for company"). The wait is taken only while answered passes come back
+        to back and the next one is due within the spin, so a paced caller (one request a
+        millisecond, say) never makes the broker spin for its worker's DONE."""
+        if not self.spin_s:
+            return []
+        now = self.clock()
+        if self.answer_gap > self.spin_s * 2 or self.answered_at + self.answer_gap > now + self.spin_s:
+            return []
+        ready = spin_poll(poll, self.spin_s, self.clock, self.give_way)
+        self.armed = bool(ready)  # nothing came: the callers are not back to back after all
         return ready
 
 
@@ -180,6 +209,9 @@ class BrokerServer:
                 if self.events.sock in ready:
                     self.broker.events_wanted = self.events.subscribers()
             self.broker.tick()
+            if self.broker.unobserved() and self.sock in dict(self.idle.company(poller.poll)):
+                self._drain(self.broker)  # into the same pass: one commit for both
+                self.broker.tick()
             self._trim_along()
             busy = self._commit_and_send()
             self._housekeeping()
@@ -253,6 +285,8 @@ class BrokerServer:
             if batch.steps:
                 fault("after_step_stored")
         busy = self._send_all(outbox)
+        if outbox:
+            self.idle.answered()
         if any(out.job_ids for out in outbox):
             fault("after_dispatch")
         return busy
