@@ -69,8 +69,8 @@ def in_send_order(outbox: list[Outgoing]) -> list[Outgoing]:
     A sequential producer waits on its ack while the JOB it made wakes a worker; on a small
     host the two wake-ups race for the CPU, and the one that leaves first wins. Acks first made
     one producer's end to end 1,247 → 1,485 jobs/s (median of 10 alternated runs, higher in 9)
-    and left the enqueue-then-wait round trip where it was (BENCHMARKS.md, "Acks leave before
-    JOBs"): its worker leg starts microseconds later, and its caller's leg is as long."""
+    and left the enqueue-then-wait round trip where it was (BENCHMARKS.md, "One producer end
+    to end"): its worker leg starts microseconds later, and its caller's leg is as long."""
     return sorted(outbox, key=lambda o: bool(o.job_ids)) if len(outbox) > 1 else outbox
 
 
@@ -122,7 +122,7 @@ class IdleSpin:
         follows it: a sequential producer's next ENQUEUE comes a fraction of a millisecond
         after its ack, and its worker's DONE in between. Committed alone, the DONE's sync held
         that ENQUEUE back; sharing one sync, it costs the producer nothing (BENCHMARKS.md,
-        "A DONE waits for company"). The wait is taken only while answered passes come back
+        "One producer end to end"). The wait is taken only while answered passes come back
         to back and the next one is due within the spin, so a paced caller (one request a
         millisecond, say) never makes the broker spin for its worker's DONE."""
         if not self.spin_s:
