@@ -116,7 +116,7 @@ def render(variants: list[Any], results: dict[str, dict[str, Any]], floor: dict[
            p: dict[str, Any], repeat: int) -> str:
     """The whole section: how it was run, the table, what the columns and ratios mean, the versions."""
     load0, load1 = info["loadavg_start"], info["loadavg_end"]
-    failures = [f"- {v.label}: " + "; ".join(sorted(set(results[v.name]["errors"])))
+    failures = [f"- {v.label}: " + "; ".join(sorted({_gist(e) for e in results[v.name]["errors"]}))
                 for v in variants if results[v.name]["errors"]]
     lines = [
         "## Shoal and its peers, side by side",
@@ -149,6 +149,18 @@ def render(variants: list[Any], results: dict[str, dict[str, Any]], floor: dict[
     if failures:
         lines += ["", "Failures:", *failures]
     return "\n".join(lines)
+
+
+def _gist(error: str, limit: int = 240) -> str:
+    """An error as one short line: a server's whole start-up log is for its log file, not the table."""
+    error = " ".join(error.split())
+    if len(error) <= limit:
+        return error
+    for word in ("eaddrinuse", "timed out", "Traceback"):  # what a reader needs, where the log says it
+        at = error.find(word)
+        if at > limit // 2:
+            return f"{error[:limit // 2]} … {error[at - 40:at + limit // 2 - 40]} …"
+    return error[:limit] + " …"
 
 
 def write_section(text: str, path: Path = BENCHMARKS) -> Path:

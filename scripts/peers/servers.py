@@ -21,11 +21,15 @@ from typing import Callable
 LOOPBACK = "127.0.0.1"
 
 
-def free_port() -> int:
-    """A TCP port free on loopback right now (the server binds it a moment later)."""
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return int(s.getsockname()[1])
+def free_port(avoid: tuple[int, ...] = ()) -> int:
+    """A TCP port free on loopback right now (the server binds it a moment later), none of
+    ``avoid``: a port just picked and let go is free again, and the kernel may pick it twice."""
+    while True:
+        with socket.socket() as s:
+            s.bind((LOOPBACK, 0))
+            port = int(s.getsockname()[1])
+        if port not in avoid:
+            return port
 
 
 def package_version(name: str) -> str:
@@ -163,7 +167,10 @@ class RabbitMQ(Server):
     def start(self) -> "RabbitMQ":
         if not os.path.exists(RABBITMQ_BIN) or shutil.which("epmd") is None:
             raise ServerError("rabbitmq-server not installed (run scripts/peers/setup.sh)")
-        epmd_port, dist_port = free_port(), free_port()
+        # three ports for one node: picked one at a time, the same one came back twice once
+        # (AMQP's listener then failed with eaddrinuse on the port epmd or the node had taken)
+        epmd_port = free_port(avoid=(self.port,))
+        dist_port = free_port(avoid=(self.port, epmd_port))
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.dir), "LANG": "C.UTF-8",
                "ERL_EPMD_PORT": str(epmd_port), "ERL_EPMD_ADDRESS": LOOPBACK}
         # our own epmd in the foreground, on loopback: a daemonized one would outlive the run
