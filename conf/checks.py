@@ -57,36 +57,27 @@ def integer(minimum: int, maximum: int | None = None) -> Checker:
     return check
 
 
-def duration(*, positive: bool) -> Checker:
-    """A checker for a duration in seconds; ``positive`` rules out zero as well as negatives."""
-    expected_range = "a duration > 0" if positive else "a duration >= 0"
+def duration(*, positive: bool, at_most: float | None = None, expected: str | None = None) -> Checker:
+    """A checker for a duration in seconds; ``positive`` rules out zero as well as negatives,
+    ``at_most`` bounds it above, and ``expected`` (when given) is what every refusal says."""
+    expected_range = expected or ("a duration > 0" if positive else "a duration >= 0")
+    hint = expected or DURATION_HINT
 
     def check(value: object) -> float:
         try:
             seconds = parse_duration(value)
         except ValueError:
-            raise Invalid(DURATION_HINT, value) from None
-        if seconds < 0 or (positive and seconds == 0):
+            raise Invalid(hint, value) from None
+        if seconds < 0 or (positive and seconds == 0) or (at_most is not None and seconds > at_most):
             raise Invalid(expected_range, value)
         return seconds
 
     return check
 
 
-MAX_SPIN_S = 0.01
-SPIN_EXPECTED = 'a duration from 0 to 10ms, like "0.5ms"'
-
-
-def spin_duration(value: object) -> float:
-    """``[broker] spin``: how long the loop polls without sleeping, 0 (never) up to 10 ms: past
-    that it would only burn a core the workers need."""
-    try:
-        seconds = parse_duration(value)
-    except ValueError:
-        raise Invalid(SPIN_EXPECTED, value) from None
-    if not 0 <= seconds <= MAX_SPIN_S:
-        raise Invalid(SPIN_EXPECTED, value)
-    return seconds
+# ``[broker] spin``: how long the loop polls without sleeping, 0 (never) up to 10 ms: past that
+# it would only burn a core the workers need.
+spin_duration = duration(positive=False, at_most=0.01, expected='a duration from 0 to 10ms, like "0.5ms"')
 
 
 def size_mib(*, minimum: int = 0) -> Checker:
