@@ -70,6 +70,25 @@ def stop_spies(spies: list[subprocess.Popen[bytes]]) -> None:
         proc.wait(10)
 
 
+def profile_dir(args: argparse.Namespace) -> Path | None:
+    """``--profile DIR``, made if missing (None without the flag)."""
+    profile = Path(args.profile).resolve() if args.profile else None
+    if profile is not None:
+        profile.mkdir(parents=True, exist_ok=True)
+    return profile
+
+
+@contextlib.contextmanager
+def broker_and_worker(bench: Any, name: str, args: argparse.Namespace,
+                      profile: Path | None = None) -> Iterator[tuple[Any, Any]]:
+    """A bench cluster with its broker up and one worker of ``--concurrency`` slots joined."""
+    with bench.Cluster(name, profile_dir=profile) as c:
+        c.start_broker()
+        worker = c.start_worker("bench", args.concurrency)
+        assert c.broker is not None
+        yield c, worker
+
+
 @contextlib.contextmanager
 def watched(bench: Any, broker: Any, worker: Any, args: argparse.Namespace) -> Iterator[dict[str, float]]:
     """Around a measured run: py-spy on the broker and worker (with ``--py-spy``), and their CPU per
@@ -82,11 +101,10 @@ def watched(bench: Any, broker: Any, worker: Any, args: argparse.Namespace) -> I
     yield cpu
     for name, pid in pids.items():  # CPU per job: steadier than wall time on a shared machine
         cpu[f"{name}_cpu_us"] = (bench.cpu_seconds(pid) - cpu0[name]) / args.total * 1e6
-        before = threads0[name]
-        cpu[f"{name}_threads_us"] = {  # thread name -> [user, system] us per job
-            thread: [round((user - before.get(thread, (0.0, 0.0))[0]) / args.total * 1e6),
-                     round((system - before.get(thread, (0.0, 0.0))[1]) / args.total * 1e6)]
-            for thread, (user, system) in bench.thread_cpu_seconds(pid).items()}
+        per_thread = cpu[f"{name}_threads_us"] = {}  # thread name -> [user, system] us per job
+        for thread, (user, system) in bench.thread_cpu_seconds(pid).items():
+            user0, system0 = threads0[name].get(thread, (0.0, 0.0))
+            per_thread[thread] = [round((user - user0) / args.total * 1e6), round((system - system0) / args.total * 1e6)]
     stop_spies(spies)
 
 
@@ -95,13 +113,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     sys.path.insert(0, str(SCRIPTS))
     import bench  # noqa: E402  (a script beside this one, not a package)
 
-    profile = Path(args.profile).resolve() if args.profile else None
-    if profile is not None:
-        profile.mkdir(parents=True, exist_ok=True)
-    with bench.Cluster("e2e-ab", profile_dir=profile) as c:
-        c.start_broker()
-        worker = c.start_worker("bench", args.concurrency)
-        assert c.broker is not None
+    with broker_and_worker(bench, "e2e-ab", args, profile_dir(args)) as (c, worker):
         with watched(bench, c.broker, worker, args) as cpu:
             result = bench.end_to_end(c.client(), args.total, args.batch)
     return {**result, **cpu}
@@ -119,10 +131,7 @@ def measure_producer(args: argparse.Namespace) -> dict[str, Any]:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return usage.ru_utime + usage.ru_stime
 
-    with bench.Cluster("e2e-producer") as c:
-        c.start_broker()
-        worker = c.start_worker("bench", args.concurrency)
-        assert c.broker is not None
+    with broker_and_worker(bench, "e2e-producer", args) as (c, worker):
         client = c.client()
         for i in range(100):  # warm-up: the sockets, the broker's first pages, the worker's first runs
             bench.wait_final(client, client.enqueue("noop", {"i": i}, group="bench"))
@@ -148,10 +157,7 @@ def measure_roundtrip(args: argparse.Namespace) -> dict[str, Any]:
     sys.path.insert(0, str(SCRIPTS))
     import bench  # noqa: E402
 
-    with bench.Cluster("e2e-roundtrip") as c:
-        c.start_broker()
-        worker = c.start_worker("bench", args.concurrency)
-        assert c.broker is not None
+    with broker_and_worker(bench, "e2e-roundtrip", args) as (c, worker):
         client = c.client()
 
         def once() -> None:
@@ -176,10 +182,7 @@ def measure_enqueue(args: argparse.Namespace) -> dict[str, Any]:
     sys.path.insert(0, str(SCRIPTS))
     import bench  # noqa: E402
 
-    profile = Path(args.profile).resolve() if args.profile else None
-    if profile is not None:
-        profile.mkdir(parents=True, exist_ok=True)
-    with bench.Cluster("e2e-enqueue", profile_dir=profile) as c:
+    with bench.Cluster("e2e-enqueue", profile_dir=profile_dir(args)) as c:
         c.start_broker()
         assert c.broker is not None
         client, pid = c.client(), c.broker.popen.pid

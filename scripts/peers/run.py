@@ -110,32 +110,32 @@ def params(quick: bool, concurrency: int) -> dict[str, Any]:
             "concurrency": concurrency}
 
 
+def _server(kind: str, root: Path) -> servers.Server:
+    if kind.startswith("redis"):
+        return servers.Redis(root, durable=kind == "redis-aof")
+    if kind == "rabbitmq":
+        return servers.RabbitMQ(root)
+    if kind == "postgres":
+        return servers.Postgres(root)
+    raise ValueError(f"unknown server kind {kind!r}")
+
+
 def start_server(kind: str, root: Path, attempts: int = 3) -> servers.Server:
     """Start a server of ``kind``, on fresh ports each try: a port picked free can be taken (by
     another connection's ephemeral port) before the server binds it, so a start that fails on
     ``eaddrinuse`` is tried again, up to ``attempts`` times."""
     for attempt in range(1, attempts + 1):
-        server: servers.Server
-        if kind.startswith("redis"):
-            server = servers.Redis(root, durable=kind == "redis-aof")
-        elif kind == "rabbitmq":
-            server = servers.RabbitMQ(root)
-        elif kind == "postgres":
-            server = servers.Postgres(root)
-        else:
-            raise ValueError(f"unknown server kind {kind!r}")
+        server = _server(kind, root)
         try:
             return server.start()
-        except servers.ServerError as exc:
+        except BaseException as exc:
             server.stop()
             said = str(exc).lower()
-            if attempt == attempts or not ("eaddrinuse" in said or "address already in use" in said):
+            taken = isinstance(exc, servers.ServerError) and ("eaddrinuse" in said or "address already in use" in said)
+            if not taken or attempt == attempts:
                 raise
             progress(f"  {kind}: its port was taken meanwhile; starting it again on other ports")
-        except BaseException:
-            server.stop()
-            raise
-    raise AssertionError("unreachable")
+    raise ValueError(f"attempts must be at least 1, not {attempts}")
 
 
 class Runner:

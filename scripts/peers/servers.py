@@ -167,8 +167,9 @@ class RabbitMQ(Server):
     def start(self) -> "RabbitMQ":
         if not os.path.exists(RABBITMQ_BIN) or shutil.which("epmd") is None:
             raise ServerError("rabbitmq-server not installed (run scripts/peers/setup.sh)")
-        # three ports for one node: picked one at a time, the same one came back twice once
-        # (AMQP's listener then failed with eaddrinuse on the port epmd or the node had taken)
+        # three ports for one node, picked one at a time: each is kept apart from those picked
+        # before it (a start once failed with eaddrinuse on the AMQP port; whether epmd or the
+        # node's own listener had it, or another connection, the log does not say)
         epmd_port = free_port(avoid=(self.port,))
         dist_port = free_port(avoid=(self.port, epmd_port))
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.dir), "LANG": "C.UTF-8",
