@@ -151,7 +151,7 @@ def test_a_pass_nobody_waits_on_takes_the_request_due_within_the_spin() -> None:
     spin = idle(script)
     answered_every(spin, script, 0.0006)  # acks every 0.6 ms, the last at 0.7 ms
     script.now += 0.0001  # the worker's DONE, handled at about 0.9 ms
-    assert spin.company(script.poll) == MSG
+    assert spin.company(script.poll, 1.0) == MSG
     assert set(script.timeouts) == {0} and spin.armed  # polled without sleeping, and still back to back
 
 
@@ -161,7 +161,7 @@ def test_paced_requests_never_make_it_spin() -> None:
         spin = idle(script)
         answered_every(spin, script, gap_s)
         script.now += after_s
-        assert spin.company(script.poll) == [] and script.timeouts == []
+        assert spin.company(script.poll, 1.0) == [] and script.timeouts == []
 
 
 def test_when_no_request_comes_after_all_it_gives_up_and_the_next_wait_sleeps() -> None:
@@ -169,7 +169,7 @@ def test_when_no_request_comes_after_all_it_gives_up_and_the_next_wait_sleeps() 
     spin = idle(script)
     spin.armed = True
     answered_every(spin, script, 0.0006)
-    assert spin.company(script.poll) == [] and set(script.timeouts) == {0}
+    assert spin.company(script.poll, 1.0) == [] and set(script.timeouts) == {0}
     assert not spin.armed
 
 
@@ -177,4 +177,17 @@ def test_with_spin_off_nothing_waits_for_company() -> None:
     script = Scripted([0.0001])
     spin = idle(script, 0.0)
     answered_every(spin, script, 0.0002)
-    assert spin.company(script.poll) == [] and script.timeouts == []
+    assert spin.company(script.poll, 1.0) == [] and script.timeouts == []
+
+
+def test_company_ends_when_the_next_timer_is_due() -> None:
+    script = Scripted([0.0011])  # the producer's next request would come at 1.1 ms...
+    spin = idle(script)
+    answered_every(spin, script, 0.0006)
+    script.now += 0.0001
+    timer_at = script.now + 0.0002
+    assert spin.company(script.poll, 0.0002) == []  # ...but a timer is due in 0.2 ms: it runs on time
+    assert all(t == 0 for t in script.timeouts) and script.now <= timer_at + 0.0001
+    script.timeouts.clear()
+    assert spin.company(script.poll, 0.0) == [] and script.timeouts == []  # a timer due now: no spin at all
+

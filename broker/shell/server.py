@@ -113,7 +113,7 @@ class IdleSpin:
         now = self.clock()
         self.answer_gap, self.answered_at = now - self.answered_at, now
 
-    def company(self, poll: Poll) -> list[Any]:
+    def company(self, poll: Poll, within_s: float) -> list[Any]:
         """For a pass that wrote something and sends nothing (a worker's DONE with no waiter and
         no job to give out): the messages that came within the spin, to be handled in the same
         pass and share its commit; [] when none did, or at once when none is due.
@@ -124,13 +124,16 @@ class IdleSpin:
         that ENQUEUE back; sharing one sync, it costs the producer nothing (BENCHMARKS.md,
         "One producer end to end"). The wait is taken only while answered passes come back
         to back and the next one is due within the spin, so a paced caller (one request a
-        millisecond, say) never makes the broker spin for its worker's DONE."""
-        if not self.spin_s:
+        millisecond, say) never makes the broker spin for its worker's DONE. It ends by
+        ``within_s``, when the loop's next timer is due (a lease, a delayed job): a timer is
+        never late for company."""
+        spin_s = min(self.spin_s, within_s)
+        if spin_s <= 0:
             return []
         now = self.clock()
-        if self.answer_gap > self.spin_s * 2 or self.answered_at + self.answer_gap > now + self.spin_s:
+        if self.answer_gap > self.spin_s * 2 or self.answered_at + self.answer_gap > now + spin_s:
             return []
-        ready = spin_poll(poll, self.spin_s, self.clock, self.give_way)
+        ready = spin_poll(poll, spin_s, self.clock, self.give_way)
         self.armed = bool(ready)  # nothing came: the callers are not back to back after all
         return ready
 
@@ -209,7 +212,7 @@ class BrokerServer:
                 if self.events.sock in ready:
                     self.broker.events_wanted = self.events.subscribers()
             self.broker.tick()
-            if self.broker.unobserved() and self.sock in dict(self.idle.company(poller.poll)):
+            if self.broker.unobserved() and self.sock in dict(self.idle.company(poller.poll, self._next_timer_s())):
                 self._drain(self.broker)  # into the same pass: one commit for both
                 self.broker.tick()
             self._trim_along()
@@ -238,18 +241,25 @@ class BrokerServer:
     def _poll(self, poller: zmq.Poller, busy: bool) -> list[tuple[object, int]]:
         """Wait for messages until the core's next timer (spinning first while messages come back
         to back, ``IdleSpin``); a loop that woke far too late stood still."""
-        timeout_ms = 0 if busy else min(int(self.broker.next_wakeup_s() * 1000) + 1, 1000)
-        if self._trim_to:
-            timeout_ms = min(timeout_ms, max(0, int((self._trim_at - time.monotonic()) * 1000) + 1))
-        checkpoint_at = self.store.checkpoint_deadline()
-        if checkpoint_at:
-            timeout_ms = min(timeout_ms, max(0, int((checkpoint_at - time.monotonic()) * 1000) + 1))
+        timeout_ms = 0 if busy else min(int(self._next_timer_s() * 1000) + 1, 1000)
         ready: list[tuple[object, int]] = self.idle.wait(poller.poll, timeout_ms)
         woke = time.monotonic()
         if woke - self._last_pass > timeout_ms / 1000 + STALL_S:  # SIGSTOP, a VM pause
             self.broker.forgive_stall(woke - self._last_pass - timeout_ms / 1000)
         self._last_pass = woke
         return ready
+
+    def _next_timer_s(self) -> float:
+        """Seconds until the loop owes a pass with no message: the core's next timer, the next
+        trim-only commit, the write-ahead file's checkpoint; 0 when one is due."""
+        now = time.monotonic()
+        due_s = self.broker.next_wakeup_s()
+        if self._trim_to:
+            due_s = min(due_s, self._trim_at - now)
+        checkpoint_at = self.store.checkpoint_deadline()
+        if checkpoint_at:
+            due_s = min(due_s, checkpoint_at - now)
+        return max(0.0, due_s)
 
     def _trim_along(self) -> None:
         """The log behind a snapshot is dropped a little with every commit that happens anyway,
