@@ -6,7 +6,7 @@
     python scripts/bench.py retention [--seconds S]          (scripts/bench_retention.py)
     python scripts/bench.py replay [--entries N]             (scripts/bench_replay.py)
     python scripts/bench.py snapshot [--jobs N] [--samples S] (scripts/bench_replay.py)
-    python scripts/bench.py breakdown | trace [--quick] [--repeat N] [--json]
+    python scripts/bench.py breakdown | trace [--producer] [--quick] [--repeat N] [--json]
     python scripts/bench.py curve [--quick] [--repeat N] [--json]   (scripts/bench_curve.py)
 
 ``core`` (the default) measures enqueue throughput (one thread, sixteen threads on one
@@ -18,7 +18,9 @@ group is idle, then while all its slots are busy with a backlog behind them
 (``--cpu``: the media jobs burn CPU instead of sleeping). ``breakdown`` and ``trace``
 take the round trip apart: the same requests on a bare socket and through ``Client``,
 and the time of each leg as seen by a broker whose socket and store calls are
-timestamped from outside.
+timestamped from outside; ``trace --producer`` does the same for one sequential producer
+on the real ``Client``, with the group's worker running every job and without one, so the
+legs that grow when a worker shares the machine show side by side.
 
 Every measurement starts its own broker on a fresh LMDB directory (so one phase's
 backlog never weighs on the next) and the workers it needs; the workers load
@@ -621,11 +623,15 @@ def serve_traced_broker(config: str, data: str, events_path: str) -> int:
 
 
 def trace_params(args: argparse.Namespace) -> dict[str, Any]:
+    if getattr(args, "producer", False):
+        return {"samples": 500 if args.quick else 3_000, "warmup": 300, "concurrency": 8, "producer": True}
     return {"samples": 200 if args.quick else 500, "warmup": 100, "concurrency": 32}
 
 
 def run_trace(args: argparse.Namespace, p: dict[str, Any], run: int) -> dict[str, float]:
     """Round trips on a raw socket against a traced broker: where each millisecond goes."""
+    if p.get("producer"):
+        return run_producer_trace(args, p, run)
     clock = time.perf_counter
     spans: list[tuple[float, float, float]] = []
     c = Cluster(f"trace-{run}", keep=True)  # the events file is read after the broker stops
@@ -650,6 +656,72 @@ def run_trace(args: argparse.Namespace, p: dict[str, Any], run: int) -> dict[str
     if not args.keep:
         shutil.rmtree(c.dir, ignore_errors=True)
     return trace_segments(events, spans)
+
+
+def run_producer_trace(args: argparse.Namespace, p: dict[str, Any], run: int) -> dict[str, float]:
+    """One sequential producer on ``Client`` against a traced broker, without a worker and then
+    with the group's worker running every job (the peers benchmark's end to end): each leg of
+    an enqueue's cycle, both ways."""
+    fig: dict[str, float] = {}
+    for label, with_worker in (("alone", False), ("worker", True)):
+        c = Cluster(f"trace-producer-{label}-{run}", keep=True)
+        events_path = c.dir / "events.json"
+        calls: list[tuple[float, float]] = []
+        try:
+            c.start_broker(traced_events=events_path)
+            if with_worker:
+                c.start_worker("bench", p["concurrency"])
+            client = c.client()
+            clock = time.perf_counter
+            for n in range(p["warmup"] + p["samples"]):
+                t0 = clock()
+                client.enqueue("noop", {"i": n}, group="bench")
+                if n >= p["warmup"]:
+                    calls.append((t0, clock()))
+        finally:
+            c.close()
+        events = json.loads(events_path.read_text())
+        if not args.keep:
+            shutil.rmtree(c.dir, ignore_errors=True)
+        fig.update({f"{label}_{k}": v for k, v in producer_segments(events, calls).items()})
+    return fig
+
+
+def producer_segments(events: list[list[Any]], calls: list[tuple[float, float]]) -> dict[str, float]:
+    """Median of each leg of the enqueue calls, from the broker's events inside each call; and how
+    many of those calls' passes also handled a DONE, and how many commits the broker made a call."""
+    import bisect
+
+    events = sorted(events, key=lambda e: e[0])
+    stamps = [e[0] for e in events]
+    legs: dict[str, list[float]] = {}
+    with_done = 0
+    for t0, t1 in calls:
+        window = events[bisect.bisect_left(stamps, t0):bisect.bisect_right(stamps, t1)]
+        enq = next((e for e in window if e[1] == "recv" and e[2] == "ENQUEUE"), None)
+        commit = enq and next((e for e in window if e[1] == "commit" and e[0] >= enq[0]), None)
+        ack = commit and next((e for e in window if e[1] == "send" and e[2] == "REPLY"
+                               and e[0] >= commit[0] + commit[2]), None)
+        if not (enq and commit and ack):
+            continue
+        # a DONE read after the commit before this one and before this one starts: the same pass
+        before = events[bisect.bisect_left(stamps, t0 - 0.005):bisect.bisect_left(stamps, commit[0])]
+        last_end = max((e[0] + e[2] for e in before if e[1] == "commit"), default=0.0)
+        with_done += any(e[1] == "recv" and e[2] == "DONE" and e[0] > last_end for e in before)
+        for name, seconds in (("cycle", t1 - t0), ("call_to_broker", enq[0] - t0),
+                              ("broker_before_commit", commit[0] - enq[0]), ("commit", commit[2]),
+                              ("commit_to_ack_sent", ack[0] - commit[0] - commit[2]),
+                              ("ack_to_call_returns", t1 - ack[0])):
+            legs.setdefault(name, []).append(seconds * 1e6)
+    if not legs:
+        raise RuntimeError("no enqueue could be matched to the broker's events")
+    fig = {f"{name}_us": statistics.median(values) for name, values in legs.items()}
+    span = (calls[0][0], calls[-1][1])
+    commits = sum(1 for e in events if e[1] == "commit" and span[0] <= e[0] <= span[1])
+    fig["commits_per_call"] = commits / len(calls)
+    fig["with_done_pct"] = 100 * with_done / len(legs["cycle"])
+    fig["matched"] = len(legs["cycle"])
+    return fig
 
 
 def trace_segments(events: list[list[Any]], spans: list[tuple[float, float, float]]) -> dict[str, float]:
@@ -701,6 +773,8 @@ def trace_segments(events: list[list[Any]], spans: list[tuple[float, float, floa
 
 
 def trace_rows(p: dict[str, Any]) -> list[Row]:
+    if p.get("producer"):
+        return producer_trace_rows(p)
     return [
         Row(f"ENQUEUE then WAIT on a raw socket, traced (n={p['samples']})", "total_ms", "ms",
             note="legs below are medians each, so they need not add up exactly"),
@@ -717,6 +791,23 @@ def trace_rows(p: dict[str, Any]) -> list[Row]:
             note="WAIT reached the broker before DONE in {wait_before_done_pct:.0f}% of round trips; "
                  "{traced:.0f} round trips matched"),
     ]
+
+
+def producer_trace_rows(p: dict[str, Any]) -> list[Row]:
+    rows = []
+    for label, title in (("alone", "no worker"), ("worker", "its worker running every job")):
+        rows += [
+            Row(f"one producer's enqueue, {title} (n={p['samples']})", f"{label}_cycle_us", "us",
+                note="legs below are medians each, so they need not add up exactly"),
+            Row("  call -> broker has the ENQUEUE", f"{label}_call_to_broker_us", "us"),
+            Row("  broker: the pass before the commit", f"{label}_broker_before_commit_us", "us"),
+            Row("  commit (write-ahead record + fdatasync)", f"{label}_commit_us", "us"),
+            Row("  commit end -> ack sent", f"{label}_commit_to_ack_sent_us", "us"),
+            Row("  ack sent -> call returns", f"{label}_ack_to_call_returns_us", "us",
+                note="{" + label + "_with_done_pct:.0f}% of passes also handled a DONE; "
+                     "{" + label + "_commits_per_call:.2f} commits a call; {" + label + "_matched:.0f} matched"),
+        ]
+    return rows
 
 
 # --- head-of-line ------------------------------------------------------------------------
@@ -846,7 +937,7 @@ def progress(message: str) -> None:
 
 
 def fmt(value: float, unit: str) -> str:
-    return f"{value:,.0f}" if unit in ("jobs/s", "%", "entries/s") else f"{value:.3f}"
+    return f"{value:,.0f}" if unit in ("jobs/s", "%", "entries/s", "us") else f"{value:.3f}"
 
 
 def summarize(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
@@ -908,6 +999,8 @@ def build_parser() -> argparse.ArgumentParser:
     hol = sub.add_parser("hol", help="head-of-line: email latency while the media group is busy")
     brk = sub.add_parser("breakdown", help="where the round trip goes: raw socket vs Client, with and without commit")
     trace = sub.add_parser("trace", help="round trips against a traced broker: the time of each leg")
+    trace.add_argument("--producer", action="store_true",
+                       help="one sequential producer on Client instead, without a worker and with one")
     hol.add_argument("--cpu", action="store_true", help="media jobs are CPU-bound loops (~1s) instead of sleeps (2s)")
     hol.add_argument("--nice", type=int, metavar="N",
                      help="the broker's supervisor starts both groups, media at nice N (own session, autogroup niced)")
@@ -958,6 +1051,7 @@ def main(argv: list[str] | None = None) -> int:
         runs.append(run_once(args, params, n))
     summary = summarize(runs)
     command = " ".join([args.command, *(["--cpu"] if getattr(args, "cpu", False) else []),
+                        *(["--producer"] if getattr(args, "producer", False) else []),
                         *([f"--nice {args.nice}"] if getattr(args, "nice", None) is not None else []),
                         *(["--quick"] if args.quick else []), f"--repeat {repeat}"])
     wall_s = time.perf_counter() - started
