@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import json
 import math
 import os
@@ -628,17 +629,38 @@ def trace_params(args: argparse.Namespace) -> dict[str, Any]:
     return {"samples": 200 if args.quick else 500, "warmup": 100, "concurrency": 32}
 
 
+def traced_events(args: argparse.Namespace, name: str, concurrency: int | None,
+                  drive: Callable[[Cluster], None]) -> list[list[Any]]:
+    """Start a traced broker (and, with ``concurrency``, the bench group's worker), let ``drive``
+    make its requests, stop them, and return the broker's events."""
+    c = Cluster(name, keep=True)  # the events file is read after the broker stops
+    events_path = c.dir / "events.json"
+    try:
+        c.start_broker(traced_events=events_path)
+        if concurrency is not None:
+            c.start_worker("bench", concurrency)
+        drive(c)
+    finally:
+        c.close()
+    events: list[list[Any]] = json.loads(events_path.read_text())
+    if not args.keep:
+        shutil.rmtree(c.dir, ignore_errors=True)
+    return events
+
+
+def first_event(window: list[list[Any]], t: float, kind: str, what: str | None = None) -> list[Any] | None:
+    """The first of ``window``'s events (in time order) at or after ``t`` of ``kind`` (and ``what``)."""
+    return next((e for e in window if e[0] >= t and e[1] == kind and (what is None or e[2] == what)), None)
+
+
 def run_trace(args: argparse.Namespace, p: dict[str, Any], run: int) -> dict[str, float]:
     """Round trips on a raw socket against a traced broker: where each millisecond goes."""
     if p.get("producer"):
         return run_producer_trace(args, p, run)
     clock = time.perf_counter
     spans: list[tuple[float, float, float]] = []
-    c = Cluster(f"trace-{run}", keep=True)  # the events file is read after the broker stops
-    events_path = c.dir / "events.json"
-    try:
-        c.start_broker(traced_events=events_path)
-        c.start_worker("bench", p["concurrency"])
+
+    def drive(c: Cluster) -> None:
         raw = RawClient(c.endpoint)
         try:
             for n in range(p["warmup"] + p["samples"]):
@@ -650,12 +672,8 @@ def run_trace(args: argparse.Namespace, p: dict[str, Any], run: int) -> dict[str
                     spans.append((t0, t1, clock()))
         finally:
             raw.close()
-    finally:
-        c.close()
-    events = json.loads(events_path.read_text())
-    if not args.keep:
-        shutil.rmtree(c.dir, ignore_errors=True)
-    return trace_segments(events, spans)
+
+    return trace_segments(traced_events(args, f"trace-{run}", p["concurrency"], drive), spans)
 
 
 def run_producer_trace(args: argparse.Namespace, p: dict[str, Any], run: int) -> dict[str, float]:
@@ -663,26 +681,19 @@ def run_producer_trace(args: argparse.Namespace, p: dict[str, Any], run: int) ->
     with the group's worker running every job (the peers benchmark's end to end): each leg of
     an enqueue's cycle, both ways."""
     fig: dict[str, float] = {}
+    clock = time.perf_counter
     for label, with_worker in (("alone", False), ("worker", True)):
-        c = Cluster(f"trace-producer-{label}-{run}", keep=True)
-        events_path = c.dir / "events.json"
         calls: list[tuple[float, float]] = []
-        try:
-            c.start_broker(traced_events=events_path)
-            if with_worker:
-                c.start_worker("bench", p["concurrency"])
+
+        def drive(c: Cluster, calls: list[tuple[float, float]] = calls) -> None:
             client = c.client()
-            clock = time.perf_counter
             for n in range(p["warmup"] + p["samples"]):
                 t0 = clock()
                 client.enqueue("noop", {"i": n}, group="bench")
                 if n >= p["warmup"]:
                     calls.append((t0, clock()))
-        finally:
-            c.close()
-        events = json.loads(events_path.read_text())
-        if not args.keep:
-            shutil.rmtree(c.dir, ignore_errors=True)
+
+        events = traced_events(args, f"trace-producer-{label}-{run}", p["concurrency"] if with_worker else None, drive)
         fig.update({f"{label}_{k}": v for k, v in producer_segments(events, calls).items()})
     return fig
 
@@ -690,18 +701,14 @@ def run_producer_trace(args: argparse.Namespace, p: dict[str, Any], run: int) ->
 def producer_segments(events: list[list[Any]], calls: list[tuple[float, float]]) -> dict[str, float]:
     """Median of each leg of the enqueue calls, from the broker's events inside each call; and how
     many of those calls' passes also handled a DONE, and how many commits the broker made a call."""
-    import bisect
-
-    events = sorted(events, key=lambda e: e[0])
-    stamps = [e[0] for e in events]
+    stamps = [e[0] for e in events]  # the broker's loop appends them in time order
     legs: dict[str, list[float]] = {}
     with_done = 0
     for t0, t1 in calls:
         window = events[bisect.bisect_left(stamps, t0):bisect.bisect_right(stamps, t1)]
-        enq = next((e for e in window if e[1] == "recv" and e[2] == "ENQUEUE"), None)
-        commit = enq and next((e for e in window if e[1] == "commit" and e[0] >= enq[0]), None)
-        ack = commit and next((e for e in window if e[1] == "send" and e[2] == "REPLY"
-                               and e[0] >= commit[0] + commit[2]), None)
+        enq = first_event(window, t0, "recv", "ENQUEUE")
+        commit = enq and first_event(window, enq[0], "commit")
+        ack = commit and first_event(window, commit[0] + commit[2], "send", "REPLY")
         if not (enq and commit and ack):
             continue
         # a DONE read after the commit before this one and before this one starts: the same pass
@@ -726,28 +733,23 @@ def producer_segments(events: list[list[Any]], calls: list[tuple[float, float]])
 
 def trace_segments(events: list[list[Any]], spans: list[tuple[float, float, float]]) -> dict[str, float]:
     """Median of each leg of the round trips, from the broker's events between each one's start and end."""
-    import bisect
-
     stamps = [e[0] for e in events]
     legs: dict[str, list[float]] = {}
     wait_first = 0
 
-    def after(window: list[list[Any]], t: float, kind: str, what: str | None = None) -> list[Any] | None:
-        return next((e for e in window if e[0] >= t and e[1] == kind and (what is None or e[2] == what)), None)
-
     for t0, t_ack, t_end in spans:
         window = events[bisect.bisect_left(stamps, t0):bisect.bisect_right(stamps, t_end)]
-        enq = after(window, t0, "recv", "ENQUEUE")
-        c1 = enq and after(window, enq[0], "commit")
-        job = c1 and after(window, c1[0], "send", "JOB")
-        done = job and after(window, job[0], "recv", "DONE")
-        wait = enq and after(window, enq[0], "recv", "WAIT")
-        c2 = done and after(window, done[0], "commit")
-        reply = c2 and after(window, c2[0] + c2[2], "send", "REPLY")
+        enq = first_event(window, t0, "recv", "ENQUEUE")
+        c1 = enq and first_event(window, enq[0], "commit")
+        job = c1 and first_event(window, c1[0], "send", "JOB")
+        done = job and first_event(window, job[0], "recv", "DONE")
+        wait = enq and first_event(window, enq[0], "recv", "WAIT")
+        c2 = done and first_event(window, done[0], "commit")
+        reply = c2 and first_event(window, c2[0] + c2[2], "send", "REPLY")
         if not (enq and c1 and job and done and wait and c2 and reply):
             continue
         c1_end, c2_end = c1[0] + c1[2], c2[0] + c2[2]
-        ack = after(window, c1_end, "send", "REPLY")
+        ack = first_event(window, c1_end, "send", "REPLY")
         wait_first += wait[0] < done[0]
         for name, seconds in (
             ("total", t_end - t0),
