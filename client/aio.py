@@ -22,10 +22,11 @@ from typing import Any
 
 import zmq
 
+from shoal.links import send_now
 from shoal.security import CurveKeys, apply_client_curve
 from shoal.sockets import recv_frames
 
-from .connection import Request, decode_reply, send_now
+from .connection import Request, decode_reply
 
 
 class _InFlight:
