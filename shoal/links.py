@@ -1,12 +1,10 @@
-"""A client's or a worker's connection to the broker: ZMTP on the calling thread, or a libzmq DEALER.
+"""A client thread's connection to the broker: ZMTP on the calling thread, or a libzmq DEALER.
 
-Both ends speak through the same calls, so the client's and the worker's loops do not care which
-they hold:
+Both speak through the same calls, so the client's loop does not care which it holds:
 
 - ``send(frames, timeout_s)``: write one message; False when it was dropped (the broker is
   away), which the caller's own re-sends cover;
-- ``wait(timeout_s)``: block until a whole message can be read; ``wait_with(fd, timeout_s)``
-  also wakes when ``fd`` (the worker's wake-up pipe) is readable, and says which;
+- ``wait(timeout_s)``: block until a whole message can be read;
 - ``recv()``: the next message, or None; ``close()``.
 
 Without CURVE keys it is ``shoal.zmtp.ZmtpDealer``: no libzmq I/O thread between the caller and
@@ -36,7 +34,7 @@ def send_now(sock: zmq.Socket, frames: list[bytes]) -> bool:
 class ZmqLink:
     """A libzmq DEALER behind the calls of ``ZmtpDealer`` (the CURVE path)."""
 
-    __slots__ = ("sock", "refused", "_poller", "_fd")
+    __slots__ = ("sock", "refused")
 
     def __init__(self, ctx: zmq.Context, endpoint: str, curve: CurveKeys | None) -> None:
         self.sock = ctx.socket(zmq.DEALER)
@@ -44,8 +42,6 @@ class ZmqLink:
         apply_client_curve(self.sock, curve)
         self.sock.connect(endpoint)
         self.refused: str | None = None  # libzmq does not say why; the broker logs a refusal
-        self._poller: zmq.Poller | None = None
-        self._fd = -1
 
     def send(self, frames: list[bytes], timeout_s: float) -> bool:
         return send_now(self.sock, frames)
@@ -53,23 +49,14 @@ class ZmqLink:
     def wait(self, timeout_s: float) -> bool:
         return bool(zmq.zmq_poll([(self.sock, _POLLIN)], int(timeout_s * 1000) + 1))
 
-    def wait_with(self, fd: int, timeout_s: float) -> tuple[bool, bool]:
-        if self._poller is None or fd != self._fd:
-            self._poller = zmq.Poller()
-            self._poller.register(self.sock, zmq.POLLIN)
-            self._poller.register(fd, zmq.POLLIN)
-            self._fd = fd
-        events = dict(self._poller.poll(int(timeout_s * 1000)))
-        return self.sock in events, fd in events
-
     def recv(self) -> list[bytes] | None:
         try:
             return recv_frames(self.sock)
         except zmq.Again:
             return None
 
-    def close(self, linger_s: float = 0.0) -> None:
-        self.sock.close(int(linger_s * 1000))
+    def close(self) -> None:
+        self.sock.close(0)
 
 
 Link = ZmtpDealer | ZmqLink

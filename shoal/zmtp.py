@@ -89,7 +89,6 @@ class ZmtpDealer:
         self._parts: list[bytes] = []
         self._messages: deque[list[bytes]] = deque()
         self.refused: str | None = None  # why the broker refused the handshake, once it has
-        self._watched = -1  # an fd ``wait_with`` also watches (the worker's wake-up pipe)
 
     @property
     def connected(self) -> bool:
@@ -128,38 +127,25 @@ class ZmtpDealer:
         """Block up to ``timeout_s`` until a whole message can be ``recv``-ed."""
         if self._messages:
             return True
-        return self._wait(timeout_s)[0]
+        return self._wait(timeout_s)
 
-    def wait_with(self, fd: int, timeout_s: float) -> tuple[bool, bool]:
-        """``wait`` that also ends when ``fd`` is readable: (a message waits, ``fd`` is readable)."""
-        if fd != self._watched:
-            if self._watched >= 0:
-                self._poll.unregister(self._watched)
-            self._poll.register(fd, _POLLIN)
-            self._watched = fd
-        return self._wait(0.0 if self._messages else timeout_s)
-
-    def _wait(self, timeout_s: float) -> tuple[bool, bool]:
-        # With no connection (and no fd watched) the poll has nothing to watch and only sleeps:
-        # nothing can arrive, and the next send reconnects.
+    def _wait(self, timeout_s: float) -> bool:
+        # With no connection the poll has nothing to watch and only sleeps: nothing can
+        # arrive, and the next send reconnects.
         deadline = time.monotonic() + timeout_s
-        woken = False
         while True:
             left = deadline - time.monotonic()
             events = self._poll.poll(int(left * 1000) + 1 if left > 0 else 0)
-            for fd, _ in events:
-                if fd == self._watched:
-                    woken = True
-                elif self._sock is not None:
-                    self._read()
-            if not events or self._messages or woken or time.monotonic() >= deadline:
-                return bool(self._messages), woken
+            if events and self._sock is not None:
+                self._read()
+            if not events or self._messages or time.monotonic() >= deadline:
+                return bool(self._messages)
 
     def recv(self) -> list[bytes] | None:
         """The next whole message that ``wait`` took in, or None."""
         return self._messages.popleft() if self._messages else None
 
-    def close(self, linger_s: float = 0.0) -> None:
+    def close(self) -> None:
         """Close the connection; what ``send`` wrote is the kernel's to deliver, so no linger is needed."""
         self._drop()
 

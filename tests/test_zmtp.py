@@ -2,7 +2,6 @@
 on loopback and ipc; plus the peers that are not a plain ROUTER (CURVE, not ZMTP, a lying frame)."""
 from __future__ import annotations
 
-import os
 import socket
 import threading
 from collections.abc import Iterator
@@ -256,26 +255,3 @@ def test_a_message_in_the_same_read_as_ready_is_kept() -> None:
         dealer.close()
         listener.close()
         thread.join(WAIT_S)
-
-
-def test_wait_with_wakes_for_the_other_fd_connected_or_not(ctx: Routers) -> None:
-    """The worker's loop: one wait for the broker's messages and its own wake-up pipe."""
-    server, endpoint = router(ctx)
-    wake_r, wake_w = os.pipe()
-    dealer = ZmtpDealer(endpoint)
-    try:
-        os.write(wake_w, b"x")
-        assert dealer.wait_with(wake_r, WAIT_S) == (False, True)  # not connected yet: the pipe still wakes it
-        os.read(wake_r, 16)
-        assert dealer.send([b"ping"], WAIT_S)
-        echo_once(server)
-        assert dealer.wait_with(wake_r, WAIT_S) == (True, False)
-        os.write(wake_w, b"x")
-        assert dealer.wait_with(wake_r, WAIT_S) == (True, True)  # the message is still there, and the pipe
-        assert dealer.recv() == [b"ping"] and dealer.recv() is None
-        os.read(wake_r, 16)
-        assert dealer.wait_with(wake_r, 0.01) == (False, False)
-    finally:
-        dealer.close()
-        os.close(wake_r)
-        os.close(wake_w)
