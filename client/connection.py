@@ -8,8 +8,8 @@ socket each pass), so their enqueues share group commits.
 
 Without CURVE keys the thread's socket is not libzmq's: ``shoal.zmtp`` speaks ZMTP on a plain
 socket, so the caller's thread writes the request to the kernel and reads the reply from it,
-and libzmq's I/O thread is not woken twice a call (a loopback round trip of 46 µs instead of
-86 on the benchmark VM). With keys it is a libzmq DEALER with CURVE, as before.
+and libzmq's I/O thread is not woken twice a call (a loopback round trip to a spinning ROUTER
+of 51 µs instead of 90–97 on the benchmark VM). With keys it is a libzmq DEALER with CURVE.
 
 ``Request`` holds what both the sync and the async connection promise: unanswered
 requests are re-sent with backoff (job ids are made by the client, so a re-sent enqueue

@@ -4,9 +4,10 @@ A libzmq socket moves every message through its context's I/O thread: a send wak
 thread, which writes to the TCP socket; a reply wakes it again, and it wakes the caller. On a
 sequential request that is two thread wake-ups per direction, and on a 2-vCPU machine shared
 with a broker and a worker each wake-up is paid in scheduling latency. Here the caller's own
-thread writes the frames to the kernel socket and reads the reply from it: a raw pyzmq
-DEALER/ROUTER round trip on loopback is 86 µs p50 on the benchmark VM, this one against the
-same ROUTER 46 µs (BENCHMARKS.md, "The client speaks ZMTP on its own thread").
+thread writes the frames to the kernel socket and reads the reply from it. On the benchmark
+VM a loopback round trip to a ROUTER that spins as the broker does is 90–97 µs p50 from a
+libzmq DEALER and 51–52 µs from this one (``scripts/bench_zmtp.py --spin 0.0005``;
+BENCHMARKS.md, "The client speaks ZMTP on its own thread").
 
 The broker's side is libzmq's ROUTER, unchanged: this module speaks the wire protocol of
 https://rfc.zeromq.org/spec/23/ (greeting, READY, frames) and nothing the broker does not

@@ -5,6 +5,7 @@ import os
 import platform
 import re
 import shlex
+import statistics
 import subprocess
 import time
 from importlib.metadata import PackageNotFoundError, version
@@ -112,10 +113,47 @@ def summary(variants: list[Any], results: dict[str, dict[str, Any]], floor: dict
     return rows
 
 
+def by_round(variants: list[Any], results: dict[str, dict[str, Any]], floors: list[dict[str, float]]) -> list[str]:
+    """Shoal against the best durable peer of the same round, round by round, and against that
+    round's floor: a VM whose speed moves between rounds moves all of a round together, so these
+    ratios are steadier than ratios of medians taken from different rounds."""
+    shoal_runs = results.get("shoal", {}).get("each", [])
+    if len(shoal_runs) < 2:
+        return []
+    rounds = range(len(shoal_runs))
+    rows = ["| Shoal ÷ … in the same round | " + " | ".join(f"round {n + 1}" for n in rounds) + " | median |",
+            "|---|" + "---:|" * (len(shoal_runs) + 1)]
+    for key, title, rate in COLUMNS:
+        cells, ratios = [], []
+        for n in rounds:
+            mine = (shoal_runs[n] or {}).get(key)
+            peers = []
+            for v in variants:
+                each = results[v.name].get("each", [])
+                fig = (each[n] if n < len(each) else None) or {}
+                if v.name != "shoal" and v.durable and key in fig:
+                    peers.append((fig[key], v.label))
+            if mine is None or not peers:
+                cells.append("n/a")
+                continue
+            value, label = max(peers) if rate else min(peers)
+            ratio = mine / value if rate else value / mine
+            ratios.append(ratio)
+            cells.append(f"{ratio:.2f} ({label})")
+        median = f"**{statistics.median(ratios):.2f}**" if ratios else "n/a"
+        rows.append(f"| {title}: the best durable peer | " + " | ".join(cells) + f" | {median} |")
+    of_floor = [(run or {}).get("seq_jobs_s", 0.0) / f["floor_seq_jobs_s"] for run, f in zip(shoal_runs, floors)]
+    rows.append("| sequential enqueue: the round's floor | "
+                + " | ".join(f"{r:.2f} (floor {f['floor_seq_jobs_s']:,.0f}/s)" for r, f in zip(of_floor, floors))
+                + f" | **{statistics.median(of_floor):.2f}** |")
+    return rows
+
+
 def render(variants: list[Any], results: dict[str, dict[str, Any]], floor: dict[str, float], info: dict[str, Any],
-           p: dict[str, Any], repeat: int) -> str:
+           p: dict[str, Any], repeat: int, floors: list[dict[str, float]] | None = None) -> str:
     """The whole section: how it was run, the table, what the columns and ratios mean, the versions."""
     load0, load1 = info["loadavg_start"], info["loadavg_end"]
+    rounds = by_round(variants, results, floors or [])
     failures = [f"- {v.label}: " + "; ".join(sorted({_gist(e) for e in results[v.name]["errors"]}))
                 for v in variants if results[v.name]["errors"]]
     lines = [
@@ -131,6 +169,7 @@ def render(variants: list[Any], results: dict[str, dict[str, Any]], floor: dict[
         "",
         *table(variants, results, floor),
         "",
+        *rounds, *([""] if rounds else []),
         f"Same no-op task, one client process, one worker process ({p['concurrency']} threads or slots "
         f"where it has them). Sequential enqueue n={p['seq_n']:,}; 16 threads × "
         f"{p['per_thread']:,} on one client; bulk {p['bulk_total']:,} in calls of {p['bulk_batch']:,} (n/a: no "

@@ -209,6 +209,7 @@ def median_figures(runs: list[dict[str, Any]]) -> dict[str, Any]:
     errors = [r["error"] for r in runs if "error" in r]
     keys = sorted({k for fig in good for k in fig})
     return {"median": {k: statistics.median(f[k] for f in good if k in f) for k in keys},
+            "each": [r.get("figures") for r in runs],  # by round (None: that run failed)
             "runs": len(runs), "ok": len(good), "errors": errors}
 
 
@@ -265,7 +266,7 @@ def main(argv: list[str]) -> int:
     info["servers"] = runner.server_versions
     results = {v.name: median_figures(runs[v.name]) for v in variants}
     floor_median = {k: statistics.median(f[k] for f in floors) for k in floors[0]}
-    text = report.render(variants, results, floor_median, info, p, repeat)
+    text = report.render(variants, results, floor_median, info, p, repeat, floors)
     print(text)
     if args.json:
         print(json.dumps({"info": info, "params": p, "floor": floors, "runs": runs}, indent=2, default=str))
