@@ -140,9 +140,13 @@ def by_round(variants: list[Any], results: dict[str, dict[str, Any]], floors: li
             ratio = mine / value if rate else value / mine
             ratios.append(ratio)
             cells.append(f"{ratio:.2f} ({label})")
-        median = f"**{statistics.median(ratios):.2f}**" if ratios else "n/a"
+        if not ratios:
+            continue  # a phase this run left out
+        median = f"**{statistics.median(ratios):.2f}**"
         rows.append(f"| {title}: the best durable peer | " + " | ".join(cells) + f" | {median} |")
     of_floor = [(run or {}).get("seq_jobs_s", 0.0) / f["floor_seq_jobs_s"] for run, f in zip(shoal_runs, floors)]
+    if not any(of_floor):
+        return rows
     rows.append("| sequential enqueue: the round's floor | "
                 + " | ".join(f"{r:.2f} (floor {f['floor_seq_jobs_s']:,.0f}/s)" for r, f in zip(of_floor, floors))
                 + f" | **{statistics.median(of_floor):.2f}** |")
