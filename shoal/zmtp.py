@@ -115,9 +115,11 @@ class ZmtpDealer:
 
     def _send_rest(self, rest: memoryview, deadline: float) -> None:
         assert self._sock is not None
+        writable = select.poll()  # not select(): a process past 1,024 descriptors is a normal server
+        writable.register(self._sock.fileno(), _POLLOUT)
         while rest:
             left = deadline - time.monotonic()
-            if left <= 0 or not select.select([], [self._sock], [], left)[1]:
+            if left <= 0 or not writable.poll(int(left * 1000) + 1):
                 raise ZmtpError("the broker is not reading")
             try:
                 rest = rest[self._sock.send(rest):]
@@ -139,6 +141,8 @@ class ZmtpDealer:
             events = self._poll.poll(int(left * 1000) + 1 if left > 0 else 0)
             if events and self._sock is not None:
                 self._read()
+                if self._sock is None:  # the broker closed on us: say so now, the next send reconnects
+                    return bool(self._messages)
             if not events or self._messages or time.monotonic() >= deadline:
                 return bool(self._messages)
 

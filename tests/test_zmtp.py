@@ -255,3 +255,30 @@ def test_a_message_in_the_same_read_as_ready_is_kept() -> None:
         dealer.close()
         listener.close()
         thread.join(WAIT_S)
+
+
+def test_a_message_the_broker_does_not_take_in_time_is_dropped_with_its_connection() -> None:
+    """Past the kernel's buffers the rest of a message waits for the peer to read, up to the send's
+    timeout; a message cut short leaves the stream unusable, so the connection goes with it."""
+    greeting = b"\xff" + b"\x00" * 8 + b"\x7f" + bytes([3, 1]) + b"NULL".ljust(20, b"\x00") + b"\x01" + b"\x00" * 31
+    ready = b"\x05READY"
+    listener = socket.create_server(("127.0.0.1", 0))
+    done = threading.Event()
+
+    def serve() -> None:  # the handshake, then it reads nothing until the test ends
+        conn, _ = listener.accept()
+        with conn:
+            conn.sendall(greeting + bytes([4, len(ready)]) + ready)
+            done.wait(WAIT_S)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    dealer = ZmtpDealer(f"tcp://127.0.0.1:{listener.getsockname()[1]}")
+    try:
+        assert not dealer.send([b"x" * (64 << 20)], 0.2)
+        assert not dealer.connected
+    finally:
+        done.set()
+        dealer.close()
+        listener.close()
+        thread.join(WAIT_S)
