@@ -63,6 +63,18 @@ def reply(dealer: ZmtpDealer) -> list[bytes]:
     return got
 
 
+def echoed(dealer: ZmtpDealer, server: zmq.Socket, frames: list[bytes]) -> None:
+    """Send ``frames``: the ROUTER gets exactly these (and a sender identity), and its echo comes back whole."""
+    assert dealer.send(frames, WAIT_S)
+    assert echo_once(server) == frames
+    assert reply(dealer) == frames
+
+
+# What a ZMTP 3.1 server says first: its greeting (NULL, as-server) and READY
+SERVER_HELLO = (b"\xff" + b"\x00" * 8 + b"\x7f" + bytes([3, 1]) + b"NULL".ljust(20, b"\x00") + b"\x01" + b"\x00" * 31
+                + bytes([4, 6]) + b"\x05READY")
+
+
 @pytest.mark.parametrize("frames", [
     [b"\x01", b"ENQUEUE", b"x" * 80],          # short frames, as most requests are
     [b"\x01", b"", b"y" * 300],                # an empty frame and a long one (8-byte size)
@@ -73,9 +85,7 @@ def test_messages_go_and_come_back_whole(ctx: Routers, frames: list[bytes]) -> N
     server, endpoint = router(ctx)
     dealer = ZmtpDealer(endpoint)
     try:
-        assert dealer.send(frames, WAIT_S)
-        assert echo_once(server) == frames  # the ROUTER saw exactly these frames, and a sender identity
-        assert reply(dealer) == frames
+        echoed(dealer, server, frames)
         assert dealer.recv() is None
     finally:
         dealer.close()
@@ -104,9 +114,7 @@ def test_ipc_endpoints_work_as_tcp_does(ctx: Routers, tmp_path: Path) -> None:
     server, endpoint = router(ctx, f"ipc://{tmp_path}/broker.sock")
     dealer = ZmtpDealer(endpoint)
     try:
-        assert dealer.send([b"over", b"ipc"], WAIT_S)
-        assert echo_once(server) == [b"over", b"ipc"]
-        assert reply(dealer) == [b"over", b"ipc"]
+        echoed(dealer, server, [b"over", b"ipc"])
     finally:
         dealer.close()
 
@@ -122,9 +130,7 @@ def test_a_send_while_nobody_listens_is_dropped_and_the_next_one_connects(ctx: R
         assert not dealer.connected
         assert not dealer.wait(0.01)
         server, _ = router(ctx, f"tcp://127.0.0.1:{port}")
-        assert dealer.send([b"found"], WAIT_S)
-        assert echo_once(server) == [b"found"]
-        assert reply(dealer) == [b"found"]
+        echoed(dealer, server, [b"found"])
     finally:
         dealer.close()
 
@@ -133,17 +139,13 @@ def test_a_broker_that_goes_away_is_reconnected_on_the_next_send(ctx: Routers) -
     server, endpoint = router(ctx)
     dealer = ZmtpDealer(endpoint)
     try:
-        assert dealer.send([b"one"], WAIT_S)
-        echo_once(server)
-        assert reply(dealer) == [b"one"]
+        echoed(dealer, server, [b"one"])
         server.close(0)  # the broker stops: our end reads EOF
         assert not dealer.wait(WAIT_S) or dealer.recv() is None
         while dealer.connected:  # the EOF may come on a later wait
             dealer.wait(0.05)
         again, _ = router(ctx, endpoint)  # and comes back on the same port
-        assert dealer.send([b"two"], WAIT_S)
-        assert echo_once(again) == [b"two"]
-        assert reply(dealer) == [b"two"]
+        echoed(dealer, again, [b"two"])
     finally:
         dealer.close()
 
@@ -214,10 +216,8 @@ def test_a_server_that_is_not_zmtp_is_refused_not_crashed_on() -> None:
 
 
 def test_a_frame_size_past_the_limit_ends_the_connection() -> None:
-    greeting = b"\xff" + b"\x00" * 8 + b"\x7f" + bytes([3, 1]) + b"NULL".ljust(20, b"\x00") + b"\x01" + b"\x00" * 31
-    ready = b"\x05READY"
     lie = bytes([2]) + (1 << 62).to_bytes(8, "big")  # a frame of 4 EiB, says the header
-    listener, endpoint, thread = fake_broker(greeting + bytes([4, len(ready)]) + ready + lie)
+    listener, endpoint, thread = fake_broker(SERVER_HELLO + lie)
     dealer = ZmtpDealer(endpoint)
     try:
         assert not dealer.send([b"hi"], WAIT_S)  # the lie came right after READY: dropped before a byte is sent
@@ -244,9 +244,7 @@ def test_endpoints_it_speaks_to_and_those_it_leaves_to_libzmq(endpoint: str, exp
 
 
 def test_a_message_in_the_same_read_as_ready_is_kept() -> None:
-    greeting = b"\xff" + b"\x00" * 8 + b"\x7f" + bytes([3, 1]) + b"NULL".ljust(20, b"\x00") + b"\x01" + b"\x00" * 31
-    ready = b"\x05READY"
-    listener, endpoint, thread = fake_broker(greeting + bytes([4, len(ready)]) + ready + b"\x01\x02hi\x00\x05there")
+    listener, endpoint, thread = fake_broker(SERVER_HELLO + b"\x01\x02hi\x00\x05there")
     dealer = ZmtpDealer(endpoint)
     try:
         assert dealer.send([b"hello"], WAIT_S)
@@ -260,15 +258,13 @@ def test_a_message_in_the_same_read_as_ready_is_kept() -> None:
 def test_a_message_the_broker_does_not_take_in_time_is_dropped_with_its_connection() -> None:
     """Past the kernel's buffers the rest of a message waits for the peer to read, up to the send's
     timeout; a message cut short leaves the stream unusable, so the connection goes with it."""
-    greeting = b"\xff" + b"\x00" * 8 + b"\x7f" + bytes([3, 1]) + b"NULL".ljust(20, b"\x00") + b"\x01" + b"\x00" * 31
-    ready = b"\x05READY"
     listener = socket.create_server(("127.0.0.1", 0))
     done = threading.Event()
 
     def serve() -> None:  # the handshake, then it reads nothing until the test ends
         conn, _ = listener.accept()
         with conn:
-            conn.sendall(greeting + bytes([4, len(ready)]) + ready)
+            conn.sendall(SERVER_HELLO)
             done.wait(WAIT_S)
 
     thread = threading.Thread(target=serve, daemon=True)
