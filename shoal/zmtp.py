@@ -1,4 +1,4 @@
-"""A DEALER's end of ZMTP 3.0 with the NULL mechanism, on a plain socket that one thread owns.
+"""A DEALER's end of ZMTP 3.1 with the NULL mechanism, on a plain socket that one thread owns.
 
 A libzmq socket moves every message through its context's I/O thread: a send wakes that
 thread, which writes to the TCP socket; a reply wakes it again, and it wakes the caller. On a
@@ -44,14 +44,14 @@ class ZmtpError(Exception):
     """The peer broke the protocol, refused our mechanism, or the endpoint cannot be spoken to."""
 
 
-def address(endpoint: str) -> tuple[int, str | tuple[str, int]] | None:
-    """``(family, address)`` for a ``tcp://host:port`` or ``ipc://path`` endpoint this module can
-    connect to; None for anything else (libzmq's own syntaxes: a source address, ``inproc``)."""
+def address(endpoint: str) -> str | tuple[str, int] | None:
+    """Where to connect for a ``tcp://host:port`` (``(host, port)``) or ``ipc://path`` (the Unix
+    socket's path) endpoint; None for anything else (libzmq's own syntaxes: a source address, ``inproc``)."""
     if endpoint.startswith("ipc://"):
         path = endpoint[len("ipc://"):]
         if not path or path == "*":
             return None
-        return socket.AF_UNIX, ("\0" + path[1:]) if path.startswith("@") else path
+        return ("\0" + path[1:]) if path.startswith("@") else path
     if not endpoint.startswith("tcp://"):
         return None
     rest = endpoint[len("tcp://"):]
@@ -59,8 +59,8 @@ def address(endpoint: str) -> tuple[int, str | tuple[str, int]] | None:
     if not sep or not port.isdigit() or not host or ";" in host or host == "*":
         return None
     if host.startswith("[") and host.endswith("]"):
-        return socket.AF_INET6, (host[1:-1], int(port))
-    return socket.AF_INET, (host, int(port))  # a name is resolved at connect (any family)
+        host = host[1:-1]  # an IPv6 address
+    return host, int(port)  # a name is resolved at connect, to any family
 
 
 def _frames(parts: list[bytes]) -> bytes:
@@ -83,7 +83,7 @@ class ZmtpDealer:
         if where is None:
             raise ZmtpError(f"{endpoint!r} is not a tcp://host:port or ipc://path endpoint")
         self.endpoint = endpoint
-        self._addr = where[1]
+        self._addr = where
         self._sock: socket.socket | None = None
         self._poll = select.poll()
         self._buf = bytearray()
@@ -175,13 +175,11 @@ class ZmtpDealer:
             return False  # refused, unreachable or slow: dropped, as libzmq would while it reconnects
         try:
             self._handshake(sock, deadline)
-        except ConnectionError:
-            sock.close()
-            self.refused = f"the broker at {self.endpoint} {_CLOSED}"
-            return False
         except (OSError, ZmtpError) as e:
             sock.close()
-            if isinstance(e, ZmtpError):
+            if isinstance(e, ConnectionError):  # reset mid-handshake: as good as closed
+                self.refused = f"the broker at {self.endpoint} {_CLOSED}"
+            elif isinstance(e, ZmtpError):
                 self.refused = str(e)
             return False
         sock.settimeout(0)
@@ -226,20 +224,14 @@ class ZmtpDealer:
 
     def _recv_some(self, sock: socket.socket, deadline: float) -> bytes:
         sock.settimeout(max(deadline - time.monotonic(), 0.001))
-        try:
-            chunk = sock.recv(_RECV_BYTES)
-        except ConnectionError:
-            chunk = b""
+        chunk = sock.recv(_RECV_BYTES)
         if not chunk:
             raise ZmtpError(f"the broker at {self.endpoint} {_CLOSED}")
         return chunk
 
     def _drop(self) -> None:
         if self._sock is not None:
-            try:
-                self._poll.unregister(self._sock.fileno())
-            except (KeyError, ValueError):
-                pass
+            self._poll.unregister(self._sock.fileno())  # registered whenever _sock is set
             self._sock.close()
             self._sock = None
         self._buf = bytearray()
