@@ -24,7 +24,7 @@ import zmq
 
 from shoal.links import send_now
 from shoal.security import CurveKeys, apply_client_curve
-from shoal.sockets import recv_frames
+from shoal.sockets import connect, recv_frames
 
 from .connection import Request, decode_reply
 
@@ -82,7 +82,7 @@ class AsyncConnection:
             sock = self._ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
             apply_client_curve(sock, self.curve)
-            sock.connect(self.endpoint)
+            connect(sock, self.endpoint)
             self._sock, self._fd, self._loop = sock, int(sock.getsockopt(zmq.FD)), loop  # type: ignore[arg-type]
             loop.add_reader(self._fd, self._read)
         return loop

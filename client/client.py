@@ -17,6 +17,7 @@ from shoal.endpoints import resolve_endpoint
 from shoal.errors import BrokerUnreachable, PayloadError, RemoteError, WaitTimeout
 from shoal.ids import id_from_str, id_to_str, new_job_id, new_job_ids
 from shoal.security import apply_client_curve, resolve_keys
+from shoal.sockets import connect
 from shoal.workflow import Workflow
 
 from .aio import AsyncConnection
@@ -227,7 +228,7 @@ class Client:
         sub: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
         apply_client_curve(sub, self._r.curve)
-        sub.connect(self._r.events_endpoint(self._call(P.STATS, {})))
+        connect(sub, self._r.events_endpoint(self._call(P.STATS, {})))
         prefix = b"" if group is None else f"{group}\0".encode() + (b"" if workflow is None else f"{workflow}\0".encode())
         sub.setsockopt(zmq.SUBSCRIBE, prefix)
         try:

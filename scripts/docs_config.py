@@ -25,7 +25,9 @@ from shoal.conf.tables import TOP_LEVEL_TABLES
 
 BROKER_MEANING = {
     "bind": "ZeroMQ endpoint the broker listens on. Clients and workers connect to it; a wildcard "
-            "host (`tcp://*:5555`) is reached on 127.0.0.1 by the workers the broker starts and by `shoal`.",
+            "host (`tcp://*:5555`) is reached on 127.0.0.1 by the workers the broker starts and by `shoal`. "
+            "An IPv6 address goes in brackets (`tcp://[::1]:5555`). A bind that cannot be made (the port taken, "
+            "an address not this host's) stops the broker with exit code 1 and a line naming the endpoint and why.",
     "data": "LMDB data directory: the tables, the log and `snapshots/`. One broker per directory "
             "(a lock names the holder's PID).",
     "max_message_bytes": "Largest message the broker decodes; a bigger request is answered with an error "

@@ -27,6 +27,11 @@ class InvalidEndpoint(ConfigError):
     """A broker endpoint that is not ``tcp://HOST:PORT`` or ``ipc://PATH`` (for example ``localhost:5599``)."""
 
 
+class CannotListen(ShoalError):
+    """The broker could not bind one of its endpoints (the port is taken, the address is not one of
+    this host's); the message names the endpoint, what it is for and the reason."""
+
+
 class TooManyWaits(ShoalError):
     """The broker refused a ``wait``: this connection has as many WAITs outstanding as it allows (limit in the message)."""
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import zmq
 
 from shoal.security import CurveKeys, apply_client_curve
-from shoal.sockets import NOBLOCK, recv_frames, send_frames
+from shoal.sockets import NOBLOCK, connect, recv_frames, send_frames
 from shoal.zmtp import ZmtpDealer, address
 
 _POLLIN = int(zmq.POLLIN)
@@ -40,7 +40,7 @@ class ZmqLink:
         self.sock = ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         apply_client_curve(self.sock, curve)
-        self.sock.connect(endpoint)
+        connect(self.sock, endpoint)
         self.refused: str | None = None  # libzmq does not say why; the broker logs a refusal
 
     def send(self, frames: list[bytes], timeout_s: float) -> bool:

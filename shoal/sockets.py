@@ -11,10 +11,13 @@ Flags are plain ints, for the same reason.
 """
 from __future__ import annotations
 
+import errno
 from typing import Any, Callable, cast
 
 import zmq
 from zmq.backend import Socket as _BackendSocket
+
+from shoal.errors import CannotListen
 
 MORE = int(zmq.SNDMORE)
 NOBLOCK = int(zmq.NOBLOCK)
@@ -22,6 +25,45 @@ MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 
 _send = cast(Callable[..., Any], _BackendSocket.send)
 _recv = cast(Callable[..., Any], _BackendSocket.recv)
+
+
+def ipv6_ready(sock: zmq.Socket, endpoint: str) -> None:
+    """Let ``sock`` bind or connect ``endpoint`` when its host is an IPv6 address (``tcp://[::1]:5555``).
+
+    libzmq refuses those ("No such device") unless the socket has ``ZMQ_IPV6`` set. It is set
+    for a bracketed address only, so host names and IPv4 addresses resolve as they always did
+    (with the option on, libzmq asks the resolver for IPv6 addresses first)."""
+    if endpoint.startswith("tcp://["):
+        sock.setsockopt(zmq.IPV6, 1)
+
+
+def connect(sock: zmq.Socket, endpoint: str) -> None:
+    """``sock.connect(endpoint)``, IPv6 addresses included (``ipv6_ready``)."""
+    ipv6_ready(sock, endpoint)
+    sock.connect(endpoint)
+
+
+_LISTEN_HINTS = {
+    errno.EADDRINUSE: "another process holds that port",
+    errno.EADDRNOTAVAIL: "that address is not one of this host's",
+    errno.ENODEV: "that address is not one of this host's",
+    errno.EACCES: "ports below 1024 need privileges",
+}
+
+
+def listen(sock: zmq.Socket, endpoint: str, what: str) -> str:
+    """Bind ``sock`` to ``endpoint`` (IPv6 addresses included) and return the endpoint it got; a
+    failure is a ``CannotListen`` that names the endpoint, ``what`` it is for and why, not a
+    traceback."""
+    ipv6_ready(sock, endpoint)
+    try:
+        sock.bind(endpoint)
+    except zmq.ZMQError as exc:
+        code = exc.errno or 0
+        hint = _LISTEN_HINTS.get(code)
+        raise CannotListen(f"cannot listen on {endpoint} ({what}): {zmq.strerror(code) if code else exc}"
+                           + (f": {hint}" if hint else "")) from None
+    return cast(str, sock.getsockopt_string(zmq.LAST_ENDPOINT))
 
 
 def send_frames(sock: zmq.Socket, frames: list[bytes], flags: int = 0, to: bytes | None = None) -> None:

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `tests.confor
 from tests.conformance import IMPLEMENTATIONS, TS_SDK  # noqa: E402
 from tests.conformance.harness import Harness, wait_for  # noqa: E402
 from tests.conformance.node import ensure_built, tools  # noqa: E402
-from tests.conftest import Proc  # noqa: E402
+from tests.conftest import Proc, needs_ipv6  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -61,6 +61,20 @@ def test_one_group_served_by_a_python_and_a_typescript_worker(node: str, harness
     assert sorted(r.value["echo"]["n"] for r in results) == list(range(20))
     impls = {r.value["impl"] for r in results}
     assert impls == {"python", "typescript"}, f"jobs should finish on both workers, finished on {impls}"
+
+
+@needs_ipv6
+def test_a_typescript_worker_reaches_a_broker_on_ipv6_loopback(node: str, tmp_path: Path) -> None:
+    h = Harness(tmp_path, IMPLEMENTATIONS["typescript"])
+    h.endpoint = "tcp://[::1]:*"
+    try:
+        h.start_broker()
+        assert h.endpoint.startswith("tcp://[::1]:"), h.endpoint
+        h.start_worker(concurrency=2)
+        results = [h.client.wait(i, timeout=60) for i in h.client.enqueue_many("conf-echo", [{"n": i} for i in range(5)])]
+        assert [(r.status, r.value["impl"]) for r in results] == [("completed", "typescript")] * 5, results
+    finally:
+        h.close()
 
 
 def test_a_node_app_enqueues_and_a_python_worker_runs_it(node: str, harness: Harness, tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ from shoal import protocol as P
 from shoal.ids import id_to_str
 from shoal.logs import banner
 from shoal.security import CurveKeys, apply_client_curve
-from shoal.sockets import recv_frames, send_frames
+from shoal.sockets import connect, recv_frames, send_frames
 
 from .calls import Calls
 from .outbox import Outbox, encode_outcomes, log_outcome
@@ -150,7 +150,7 @@ class WorkerShell:
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         apply_client_curve(self.sock, self.options.curve)
-        self.sock.connect(self.options.endpoint)
+        connect(self.sock, self.options.endpoint)
         self.poller = zmq.Poller()
         self.poller.register(self.sock, zmq.POLLIN)
         self.poller.register(self._wake_r, zmq.POLLIN)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import zmq
 
 from shoal.protocol import pack
+from shoal.sockets import listen
 
 from .security import EVENTS_MAX_MESSAGE_BYTES, ServerCurve
 
@@ -23,9 +24,12 @@ class Events:
         self.sock.setsockopt(zmq.SNDHWM, self.HWM)
         self.sock.setsockopt(zmq.XPUB_NODROP, 1)
         self.sock.setsockopt(zmq.XPUB_VERBOSER, 1)  # every (un)subscribe, so the count stays right
-        self.sock.bind(endpoint)
+        try:
+            self.endpoint = listen(self.sock, endpoint, "the events stream: [broker] events")
+        except BaseException:
+            self.sock.close(0)
+            raise
         self._subscriptions = 0
-        self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
     def publish(self, events: list[dict[str, object]]) -> int:
         """Send events, topic ``group\0workflow\0``; returns how many were dropped."""

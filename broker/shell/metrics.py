@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import hmac
 import logging
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from shoal.errors import CannotListen
 
 log = logging.getLogger("shoal.broker.metrics")
 
@@ -46,6 +49,10 @@ def _escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
+class _Server6(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
 class MetricsServer:
     """A tiny HTTP server answering GET /metrics with the latest rendered text."""
 
@@ -77,7 +84,12 @@ class MetricsServer:
             def log_message(self, format: str, *args: Any) -> None:
                 log.debug(format, *args)
 
-        self.httpd = ThreadingHTTPServer((host.strip("[]"), int(port)), Handler)
+        address = host.strip("[]")
+        server = _Server6 if ":" in address else ThreadingHTTPServer  # an IPv6 address: [::1]:9100
+        try:
+            self.httpd = server((address, int(port)), Handler)
+        except OSError as exc:
+            raise CannotListen(f"cannot serve metrics on {host_port} ([broker] metrics): {exc.strerror or exc}") from None
         self.httpd.daemon_threads = True
         self.address = f"{host}:{self.httpd.server_address[1]}"
         threading.Thread(target=self.httpd.serve_forever, name="shoal-metrics", daemon=True).start()

@@ -13,6 +13,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from typing import Any, cast
 
 import zmq
@@ -23,7 +24,7 @@ from shoal import protocol as P
 from shoal.errors import StorageFull
 from shoal.faults import fault
 from shoal.logs import banner
-from shoal.sockets import NOBLOCK, recv_frames, send_frames
+from shoal.sockets import NOBLOCK, listen, recv_frames, send_frames
 
 from ..core import Broker
 from ..core import Clock, Outgoing
@@ -47,6 +48,7 @@ _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 
 
 Poll = Callable[[int], list[Any]]
+
 
 
 def spin_poll(poll: Poll, spin_s: float, clock: Callable[[], float] = time.monotonic,
@@ -152,9 +154,37 @@ class BrokerServer:
         self.broker.load()
         self.idle = IdleSpin(settings.broker.spin_s)
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+        try:
+            self._listen(settings)
+        except BaseException:  # a port taken, say: the data directory's lock goes too
+            self.store.close()
+            raise
+        self.snapshots = Snapshots(self.store, settings)
+        self.history = HistoryReader(self.store, self.ctx)
+        self._metrics_at = 0.0
+        self._trim_to = 0    # the log may be dropped up to this seq (a snapshot holds it)
+        self._trim_at = 0.0  # the next trim-only commit, not before (monotonic)
+        self._stop = threading.Event()
+        if settings.broker.supervise:
+            supervisor = Supervisor(settings, connectable(self.endpoint))
+            if self.curve is not None:  # each supervised group gets a key of its own, made now
+                supervisor.keys = self.curve.supervised_keys(list(supervisor.groups))
+            self.broker.supervisor = supervisor
+
+    def _listen(self, settings: Settings) -> None:
+        """CURVE, then the command socket, the events socket and the metrics server, each bound;
+        when one cannot be, those opened before it are closed and ``CannotListen`` says which."""
+        with ExitStack() as opened:
+            self._open(settings, opened)
+            opened.pop_all()
+
+    def _open(self, settings: Settings, opened: ExitStack) -> None:
         # CURVE and its authenticator exist before the first bind: no handshake goes unchecked
         self.curve = ServerCurve(self.ctx, settings) if settings.security.on else None
+        if self.curve is not None:
+            opened.callback(self.curve.close)
         self.sock = self.ctx.socket(zmq.ROUTER)
+        opened.callback(self.sock.close, 0)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)   # an unroutable send raises, never drops silently
         self.sock.setsockopt(zmq.LINGER, 0)
         # Flow control to workers is the credit; the high-water marks bound what one peer can make
@@ -168,23 +198,12 @@ class BrokerServer:
         self.sock.setsockopt(zmq.MAXMSGSIZE, settings.broker.max_message_bytes * 4)
         if self.curve is not None:
             self.curve.apply(self.sock, "command")
-        self.sock.bind(settings.broker.bind)
-        self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.endpoint = listen(self.sock, settings.broker.bind, "the broker's endpoint: --bind, [broker] bind")
         self.events = Events(self.ctx, settings.broker.events or events_endpoint(self.endpoint), self.curve)
+        opened.callback(self.events.close)
         self.broker.events_endpoint = self.events.endpoint
         self.metrics = (MetricsServer(settings.broker.metrics, settings.broker.metrics_token)
                         if settings.broker.metrics else None)
-        self.snapshots = Snapshots(self.store, settings)
-        self.history = HistoryReader(self.store, self.ctx)
-        self._metrics_at = 0.0
-        self._trim_to = 0    # the log may be dropped up to this seq (a snapshot holds it)
-        self._trim_at = 0.0  # the next trim-only commit, not before (monotonic)
-        self._stop = threading.Event()
-        if settings.broker.supervise:
-            supervisor = Supervisor(settings, connectable(self.endpoint))
-            if self.curve is not None:  # each supervised group gets a key of its own, made now
-                supervisor.keys = self.curve.supervised_keys(list(supervisor.groups))
-            self.broker.supervisor = supervisor
 
     def stop(self) -> None:
         """Ask the loop to finish its pass and return (from any thread)."""

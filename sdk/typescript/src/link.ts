@@ -4,6 +4,8 @@
  */
 import * as zmq from "zeromq";
 
+import { isIpv6 } from "./endpoints.js";
+
 /** CURVE keys (Z85 text, 40 characters each): the broker's public key, and this peer's pair. */
 export interface CurveKeys {
   serverKey: string;
@@ -24,7 +26,7 @@ export class Link {
   constructor(readonly endpoint: string, onMessage: (frames: Buffer[]) => void, readonly curve?: CurveKeys,
               private readonly onHandshakeError?: (why: string) => void) {
     // CURVE keys go on before connect: the broker's authenticator admits only keys in its allow-lists.
-    const options: Record<string, unknown> = { linger: 0 };
+    const options: Record<string, unknown> = { linger: 0, ipv6: isIpv6(endpoint) };
     if (curve !== undefined) {
       options.curveServerKey = curve.serverKey;
       options.curvePublicKey = curve.publicKey;

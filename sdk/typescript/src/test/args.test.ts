@@ -8,6 +8,7 @@ test("flags, with defaults and the environment", () => {
   const e = parseArgs(["--app=wf.mjs"], { SHOAL_BROKER: "ipc:///tmp/b", SHOAL_GROUP: "g", SHOAL_GRACE: "2.5", SHOAL_HEARTBEAT_INTERVAL: "0.2" });
   assert.deepEqual([e.group, e.connect, e.graceS, e.heartbeatS], ["g", "ipc:///tmp/b", 2.5, 0.2]);
   assert.equal(parseArgs(["--app", "a.js", "--group", "x"], { SHOAL_GROUP: "env" }).group, "x", "a flag beats the environment");
+  assert.equal(parseArgs(["--app", "a.js", "--connect", "tcp://[::1]:6000"]).connect, "tcp://[::1]:6000", "an IPv6 address");
 });
 
 test("bad command lines name the flag", () => {
@@ -17,6 +18,7 @@ test("bad command lines name the flag", () => {
   assert.throws(() => parseArgs(["--app", "a.js", "--grace", "soon"]), /--grace must be a duration/);
   assert.throws(() => parseArgs(["--app", "a.js"], { SHOAL_HEARTBEAT_INTERVAL: "0" }), /SHOAL_HEARTBEAT_INTERVAL must be a duration/);
   assert.throws(() => parseArgs(["--app", "a.js", "--connect", "localhost:5555"]), /--connect must be an endpoint/);
+  assert.throws(() => parseArgs(["--app", "a.js", "--connect", "tcp://::1:5555"]), /--connect must be an endpoint/, "IPv6 needs brackets");
   assert.throws(() => parseArgs(["--app"]), /--app needs a value/);
   assert.throws(() => parseArgs(["--app", "a.js", "--colour", "red"]), /unknown flag --colour/);
   assert.throws(() => parseArgs(["a.js"]), UsageError);
