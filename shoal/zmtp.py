@@ -19,11 +19,14 @@ reconnected on the next send.
 """
 from __future__ import annotations
 
+import ipaddress
 import select
 import socket
 import struct
+import threading
 import time
 from collections import deque
+from typing import Any
 
 _GREETING = b"\xff" + b"\x00" * 8 + b"\x7f" + bytes([3, 1]) + b"NULL".ljust(20, b"\x00") + b"\x00" + b"\x00" * 31
 _READY = b"\x05READY" + b"\x0bSocket-Type" + struct.pack(">I", 6) + b"DEALER"
@@ -42,6 +45,36 @@ MAX_FRAME_BYTES = 1 << 30
 
 class ZmtpError(Exception):
     """The peer broke the protocol, refused our mechanism, or the endpoint cannot be spoken to."""
+
+
+class _Resolution:
+    """A host name's addresses, looked up on a thread of its own: ``getaddrinfo`` takes no timeout,
+    and a resolver that hangs must not hold a caller past its request's deadline (libzmq resolves
+    on its I/O thread for the same reason). A lookup still running when the deadline passes is
+    kept, and the next connect waits on it rather than starting another."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.done = threading.Event()
+        self.addresses: list[tuple[int, tuple[Any, ...]]] = []
+        self.error = ""
+        threading.Thread(target=self._run, args=(host, port), name="shoal-resolve", daemon=True).start()
+
+    def _run(self, host: str, port: int) -> None:
+        try:
+            found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            self.addresses = [(family, sockaddr) for family, _, _, _, sockaddr in found]
+        except OSError as exc:
+            self.error = str(exc)
+        finally:
+            self.done.set()
+
+
+def _literal(host: str) -> int | None:
+    """The address family of an IP address written out (no lookup needed), None for a name."""
+    try:
+        return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        return None
 
 
 def address(endpoint: str) -> str | tuple[str, int] | None:
@@ -90,6 +123,7 @@ class ZmtpDealer:
         self._parts: list[bytes] = []
         self._messages: deque[list[bytes]] = deque()
         self.refused: str | None = None  # why the broker refused the handshake, once it has
+        self._resolving: _Resolution | None = None
 
     @property
     def connected(self) -> bool:
@@ -169,8 +203,11 @@ class ZmtpDealer:
                     sock.close()
                     raise
             else:
-                sock = socket.create_connection(where, timeout=max(deadline - time.monotonic(), 0.001))
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                tcp = self._connect_tcp(where[0], where[1], deadline)
+                if tcp is None:
+                    return False
+                tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock = tcp
         except OSError:
             return False  # refused, unreachable or slow: dropped, as libzmq would while it reconnects
         try:
@@ -192,6 +229,37 @@ class ZmtpDealer:
             self._drop()
             return False
         return True
+
+    def _connect_tcp(self, host: str, port: int, deadline: float) -> socket.socket | None:
+        """A TCP connection to the first of the host's addresses that takes it, by ``deadline``;
+        None when the name is not resolved by then (``refused`` says so) or no address answers."""
+        family = _literal(host)
+        if family is not None:
+            addresses: list[tuple[int, tuple[Any, ...]]] = [(family, (host, port))]
+        else:
+            if self._resolving is None:
+                self._resolving = _Resolution(host, port)
+            if not self._resolving.done.wait(max(deadline - time.monotonic(), 0.0)):
+                self.refused = f"{host} was not resolved in time (the name lookup goes on)"
+                return None
+            found, self._resolving = self._resolving, None
+            if found.error:
+                self.refused = f"{host} could not be resolved: {found.error}"
+                return None
+            addresses = found.addresses
+        error: OSError | None = None
+        for family, sockaddr in addresses:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                sock.settimeout(max(deadline - time.monotonic(), 0.001))
+                sock.connect(sockaddr)
+                return sock
+            except OSError as exc:
+                sock.close()
+                error = exc
+        if error is not None:
+            raise error
+        return None
 
     def _handshake(self, sock: socket.socket, deadline: float) -> None:
         """Greetings both ways, then READY both ways; what arrives after READY is kept."""

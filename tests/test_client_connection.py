@@ -232,3 +232,22 @@ def test_an_async_client_works_on_a_second_event_loop(cluster: Cluster) -> None:
     asyncio.run(client.close())
     assert len(set(first + second)) == 100
     assert cluster.client().stats()["email"]["pending"] == 100
+
+
+def test_a_broker_name_that_cannot_be_resolved_is_named_in_broker_unreachable(monkeypatch) -> None:
+    import socket
+
+    from shoal import BrokerUnreachable
+
+    real = socket.getaddrinfo
+
+    def resolve(host: str, *args: Any, **kwargs: Any) -> Any:
+        if host == "broker.test":
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    with Client("tcp://broker.test:5555", timeout=0.3) as client, pytest.raises(BrokerUnreachable) as raised:
+        client.stats()
+    assert "tcp://broker.test:5555" in str(raised.value)
+    assert str(raised.value).endswith(": broker.test could not be resolved: [Errno -2] Name or service not known")

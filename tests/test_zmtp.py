@@ -278,3 +278,52 @@ def test_a_message_the_broker_does_not_take_in_time_is_dropped_with_its_connecti
         dealer.close()
         listener.close()
         thread.join(WAIT_S)
+
+
+class SlowResolver:
+    """``socket.getaddrinfo`` for one made-up name, answering (this loopback ROUTER's address, or
+    ``error``) only once the test lets it: a resolver that hangs as long as the test wants."""
+
+    def __init__(self, port: int, error: OSError | None = None) -> None:
+        self.port, self.error = port, error
+        self.released = threading.Event()
+        self.lookups = 0
+        self.real = socket.getaddrinfo
+
+    def __call__(self, host: str, port: int, *args: object, **kwargs: object) -> list:
+        if host != "broker.test":
+            return self.real(host, port, *args, **kwargs)  # type: ignore[arg-type]
+        self.lookups += 1
+        assert self.released.wait(WAIT_S), "the test never let the lookup answer"
+        if self.error is not None:
+            raise self.error
+        return self.real("127.0.0.1", self.port, type=socket.SOCK_STREAM)
+
+
+def test_a_name_lookup_that_hangs_holds_no_send_past_its_timeout(ctx: Routers, monkeypatch) -> None:
+    server, endpoint = router(ctx)
+    resolver = SlowResolver(int(endpoint.rsplit(":", 1)[1]))
+    monkeypatch.setattr(socket, "getaddrinfo", resolver)
+    dealer = ZmtpDealer(f"tcp://broker.test:{resolver.port}")
+    try:
+        assert not dealer.send([b"early"], 0.05)  # returned while the lookup still hangs
+        assert dealer.refused == "broker.test was not resolved in time (the name lookup goes on)"
+        assert not dealer.send([b"early"], 0.05) and resolver.lookups == 1  # waits on the same lookup
+        resolver.released.set()
+        echoed(dealer, server, [b"after", b"the lookup"])
+        assert dealer.refused is None and resolver.lookups == 1
+    finally:
+        resolver.released.set()
+        dealer.close()
+
+
+def test_a_name_that_cannot_be_resolved_is_said_so(monkeypatch) -> None:
+    resolver = SlowResolver(5555, socket.gaierror(socket.EAI_NONAME, "Name or service not known"))
+    resolver.released.set()
+    monkeypatch.setattr(socket, "getaddrinfo", resolver)
+    dealer = ZmtpDealer("tcp://broker.test:5555")
+    try:
+        assert not dealer.send([b"x"], WAIT_S)
+        assert dealer.refused == "broker.test could not be resolved: [Errno -2] Name or service not known"
+    finally:
+        dealer.close()
