@@ -1,12 +1,16 @@
 """Concurrent ``Client`` enqueues from many threads leave as one ENQUEUE (flat combining).
 
-The thread that finds no enqueue in flight leads. It sends its own jobs, and those of every
-thread that queued meanwhile, as one ENQUEUE on its own socket; it cuts the reply back per
-caller; then it hands the lead to the first thread that queued during its round, and returns.
-At most ``MAX_LEADERS`` rounds are in flight; a caller that finds fewer leads at once. So a
-lone caller is its own leader and sends at once, with no hand-off, and the sequential path
-is what it was (1,360 and 1,377 jobs/s, alternated). Sixteen threads sharing a ``Client`` make a few requests of many jobs each, and
-the broker admits and commits those on its bulk path (BENCHMARKS.md, "16 threads").
+The thread that finds fewer than ``MAX_LEADERS`` rounds in flight leads. It sends its own jobs,
+and those of every thread queued at that moment, as one ENQUEUE on its own socket; it cuts the
+reply back per caller, and returns. A round that ends as the last one in flight hands the lead
+to the first thread that queued meanwhile; one that ends beside another round leaves the queue
+to whoever comes next (that round's end, or a caller arriving), so the queue is not sent by
+itself at once, a round of one or two, while the threads just answered are about to queue
+again (16 threads on one client: ahead in 82 of 120 alternated runs, +2 to +14% in the
+medians; BENCHMARKS.md, "16 threads on one client: no hand-off beside another round"). So a lone caller is its own leader and sends at once,
+with no hand-off, and the sequential path is what it was (1,360 and 1,377 jobs/s, alternated). Sixteen threads sharing a ``Client`` make a few requests of many jobs each, and
+the broker admits and commits those on its bulk path (BENCHMARKS.md, "The write-ahead file":
+"16 threads on one Client: flat combining").
 
 The answers are the same as the async client's (``coalesce.py``). ENQUEUE is all or nothing,
 so if the broker refuses the merged request nothing was stored, and each caller sends its
@@ -89,7 +93,7 @@ class Combiner:
 
     def _lead(self, own: _Turn) -> None:
         """One round: this thread's turn and the waiting ones queued after it (never another
-        leader's), sent together and answered; then the lead goes to whoever waits."""
+        leader's), sent together and answered; then the lead is handed on, or not (``_hand_on``)."""
         with self._lock:
             self._queue.remove(own)
             batch, kept = [own], []
@@ -115,10 +119,11 @@ class Combiner:
                 turn.event.set()
 
     def _hand_on(self) -> None:
-        """(Holding the lock.) This round is over: the queue's head leads the next, or there is
-        one leader fewer."""
+        """(Holding the lock.) This round is over. The last round in flight hands the lead to the
+        queue's head; beside another round, or with no one waiting, there is one leader fewer,
+        and the queue waits for that round's end or the next caller, whichever comes first."""
         head = next((turn for turn in self._queue if _waiting(turn)), None)
-        if head is None:
+        if head is None or self._leaders > 1:
             self._leaders -= 1
         else:
             head.lead = True

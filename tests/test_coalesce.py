@@ -238,6 +238,85 @@ def test_sixteen_threads_on_a_real_broker_each_get_their_own_answer(cluster_fact
     assert client.stats()["email"]["completed"] == len(plain) + 1
 
 
+class GatedBroker:
+    """ENQUEUE's reply side with one gate per request, opened by the test in any order."""
+
+    def __init__(self) -> None:
+        self.requests: list[list[int]] = []
+        self.gates: list[threading.Event] = []
+        self.lock = threading.Lock()
+
+    def send(self, body: dict[str, Any]) -> dict[str, Any]:
+        gate = threading.Event()
+        with self.lock:
+            self.requests.append([int.from_bytes(i["id"], "big") for i in body["jobs"]])
+            self.gates.append(gate)
+        assert gate.wait(10)
+        return {"ids": [i["id"] for i in body["jobs"]], "existed": [False] * len(body["jobs"]),
+                "deduplicated": [False] * len(body["jobs"])}
+
+
+def two_rounds_and_a_queue(broker: GatedBroker, combiner: Combiner, results: dict[int, Any],
+                           queued: range) -> list[threading.Thread]:
+    """Two leaders' rounds held at the broker, and callers ``queued`` waiting behind them."""
+    assert MAX_LEADERS == 2
+
+    def call(n: int) -> None:
+        results[n] = combiner.enqueue([item(n)])
+
+    threads = []
+    for n in range(2):
+        threads.append(threading.Thread(target=call, args=(n,)))
+        threads[-1].start()
+        wait_for(lambda n=n: len(broker.requests) == n + 1, what="a leader's request")
+    for n in queued:
+        threads.append(threading.Thread(target=call, args=(n,)))
+        threads[-1].start()
+    wait_for(lambda: len(combiner._queue) == len(queued), what="the callers to queue")
+    return threads
+
+
+def test_a_round_ending_beside_another_leaves_the_queue_to_that_ones_end_which_sends_it_whole() -> None:
+    broker = GatedBroker()
+    combiner = Combiner(broker.send, 1 << 20)
+    results: dict[int, Any] = {}
+    threads = two_rounds_and_a_queue(broker, combiner, results, range(2, 8))
+    broker.gates[0].set()  # the first round ends while the second is in flight
+    threads[0].join(10)
+    assert results[0]["ids"] == [item(0)["id"]]
+    # its end handed the lead to no one (it does so before its caller returns): the queue waits
+    assert combiner._leaders == 1 and not any(turn.lead for turn in combiner._queue)
+    broker.gates[1].set()  # the last round in flight ends: its hand-off sends the queue, all of it
+    wait_for(lambda: len(broker.requests) == 3, what="the queue's round")
+    assert broker.requests[2] == list(range(2, 8))
+    broker.gates[2].set()
+    for t in threads:
+        t.join(10)
+        assert not t.is_alive()
+    assert all(results[n]["ids"] == [item(n)["id"]] for n in range(8))
+    assert combiner._leaders == 0 and combiner._queue == []
+
+
+def test_a_caller_arriving_while_the_queue_waits_leads_it_in_its_own_round() -> None:
+    broker = GatedBroker()
+    combiner = Combiner(broker.send, 1 << 20)
+    results: dict[int, Any] = {}
+    threads = two_rounds_and_a_queue(broker, combiner, results, range(2, 6))
+    broker.gates[0].set()
+    threads[0].join(10)
+    late = threading.Thread(target=lambda: results.update({9: combiner.enqueue([item(9)])}))
+    late.start()  # one round in flight: the newcomer leads at once and takes the queue along
+    wait_for(lambda: len(broker.requests) == 3, what="the newcomer's round")
+    assert broker.requests[2] == [9, 2, 3, 4, 5]
+    for gate in broker.gates[1:]:
+        gate.set()
+    for t in [*threads, late]:
+        t.join(10)
+        assert not t.is_alive()
+    assert all(results[n]["ids"] == [item(n)["id"]] for n in (*range(6), 9))
+    assert len(broker.requests) == 3 and combiner._leaders == 0
+
+
 def test_a_waiting_thread_interrupted_leaves_the_queue_and_no_one_waits_for_it(monkeypatch) -> None:
     """Ctrl-C lands in a caller queued behind the leaders: its jobs are never sent, and the
     callers queued after it are still answered (the lead is never left with it)."""
