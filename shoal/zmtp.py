@@ -232,7 +232,8 @@ class ZmtpDealer:
 
     def _connect_tcp(self, host: str, port: int, deadline: float) -> socket.socket | None:
         """A TCP connection to the first of the host's addresses that takes it, by ``deadline``;
-        None when the name is not resolved by then (``refused`` says so) or no address answers."""
+        None when the name is not resolved by then or cannot be (``refused`` says which); the last
+        address's ``OSError`` when none takes it."""
         family = _literal(host)
         if family is not None:
             addresses: list[tuple[int, tuple[Any, ...]]] = [(family, (host, port))]

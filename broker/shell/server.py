@@ -50,7 +50,6 @@ _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 Poll = Callable[[int], list[Any]]
 
 
-
 def spin_poll(poll: Poll, spin_s: float, clock: Callable[[], float] = time.monotonic,
               give_way: Callable[[], None] = os.sched_yield) -> list[Any]:
     """Poll without sleeping for up to ``spin_s``: what became ready, or [] once the time is up.
