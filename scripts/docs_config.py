@@ -29,7 +29,8 @@ BROKER_MEANING = {
             "An IPv6 address goes in brackets (`tcp://[::1]:5555`). A bind that cannot be made (the port taken, "
             "an address not this host's) stops the broker with exit code 1 and a line naming the endpoint and why.",
     "data": "LMDB data directory: the tables, the log and `snapshots/`. One broker per directory "
-            "(a lock names the holder's PID).",
+            "(a lock names the holder's PID). Made if missing; one that cannot be (a file in its place, "
+            "a parent not writable) stops the broker with exit code 1 and a line naming it and why.",
     "max_message_bytes": "Largest message the broker decodes; a bigger request is answered with an error "
                          "and nothing is stored.",
     "max_step_bytes": "Largest encoded `step.run` result; a bigger one makes `step.run` raise `StepError`.",

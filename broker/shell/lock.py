@@ -11,6 +11,7 @@ read-only, which LMDB makes safe beside a live writer.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 
@@ -23,6 +24,27 @@ class DataDirInUse(ShoalError):
     """Another process holds the data directory's broker lock."""
 
 
+class DataDirUnusable(ShoalError):
+    """The data directory cannot be made, opened or locked (a file in its place, a parent that is
+    missing or not writable); the message names the directory and the reason."""
+
+
+_HINTS = {
+    errno.EEXIST: "a file, not a directory, has that name",
+    errno.ENOTDIR: "a part of that path is a file, not a directory",
+    errno.EACCES: "this user may not write there",
+    errno.EROFS: "that file system is read-only",
+}
+
+
+def unusable(data_dir: str, exc: BaseException) -> DataDirUnusable:
+    """The refusal for a data directory that ``exc`` says cannot be used."""
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    hint = _HINTS.get(exc.errno or 0) if isinstance(exc, OSError) else None
+    return DataDirUnusable(f"cannot use {data_dir} as the data directory (--data, [broker] data, SHOAL_DATA): "
+                           f"{reason}" + (f": {hint}" if hint else ""))
+
+
 class DataDirLock:
     """The broker lock of one data directory; ``acquire`` once, ``release`` on close."""
 
@@ -33,7 +55,10 @@ class DataDirLock:
     def acquire(self) -> None:
         """Take the lock or raise ``DataDirInUse`` naming the holder's PID."""
         # O_CLOEXEC: worker processes the broker starts must not inherit (and so keep) the lock
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise unusable(os.path.dirname(self.path) or ".", exc) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

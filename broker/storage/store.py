@@ -46,7 +46,7 @@ from shoal.protocol import pack, packer, unpack
 
 from .batch import Batch
 from .wal import WalError, WriteAheadFile
-from ..shell.lock import DataDirInUse, DataDirLock
+from ..shell.lock import DataDirInUse, DataDirLock, unusable
 from ..recovery.snapshot import Snapshot
 
 log = logging.getLogger("shoal.broker")
@@ -156,7 +156,10 @@ class Store:
             _recover_if_stopped(path)
             self.env = _open_readonly(path)
         else:
-            os.makedirs(path, exist_ok=True)
+            try:
+                os.makedirs(path, exist_ok=True)
+            except OSError as exc:  # a file in its place, a parent missing or not writable
+                raise unusable(path, exc) from None
             self.lock = DataDirLock(path)
             self.lock.acquire()  # first: a refused second broker must not touch the environment
             try:
@@ -169,6 +172,9 @@ class Store:
                     writemap=False,
                     max_readers=126,
                 )
+            except lmdb.Error as exc:  # not writable, or a file system LMDB cannot map
+                self.lock.release()
+                raise unusable(path, exc) from None
             except BaseException:
                 self.lock.release()
                 raise

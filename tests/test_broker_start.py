@@ -1,8 +1,9 @@
-"""Where the broker listens: a bind that cannot be made is a clear refusal, and IPv6 endpoints work.
+"""What a broker needs to start: a bind that cannot be made, or a data directory that cannot be
+used, is a clear refusal; and IPv6 endpoints work.
 
-A taken port or an address that is not this host's stops the broker with exit code 1 and one
-line naming the endpoint, what it is for and why, never a traceback; the data directory is
-left free for the next broker. A broker bound to ``tcp://[::1]:PORT`` serves the ZMTP client,
+A taken port, an address that is not this host's, or a data directory with a file in its way
+stops the broker with exit code 1 and one line naming what, what it is for and why, never a
+traceback; after a refused bind the data directory is left free for the next broker. A broker bound to ``tcp://[::1]:PORT`` serves the ZMTP client,
 the async client, the events stream, its own workers and the ones it supervises.
 """
 from __future__ import annotations
@@ -74,6 +75,20 @@ def test_a_taken_metrics_port_is_refused_naming_the_metrics_setting(tmp_path: Pa
     done = broker(tmp_path, "--bind", "tcp://127.0.0.1:*",
                   toml=DEFAULT_TOML.replace("[broker]", f'[broker]\nmetrics = "127.0.0.1:{taken}"'))
     refused(done, f"cannot serve metrics on 127.0.0.1:{taken} ([broker] metrics): Address already in use")
+
+
+def test_a_data_directory_with_a_file_in_its_place_is_refused_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "data").write_text("not a directory")
+    done = broker(tmp_path, "--bind", "tcp://127.0.0.1:*")
+    refused(done, f"broker: cannot use {tmp_path / 'data'} as the data directory (--data, [broker] data, SHOAL_DATA): "
+                  "File exists: a file, not a directory, has that name")
+
+
+def test_a_data_directory_under_a_file_is_refused_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "plain").write_text("a file")
+    done = broker(tmp_path, "--bind", "tcp://127.0.0.1:*", "--data", str(tmp_path / "plain" / "data"))
+    refused(done, f"cannot use {tmp_path / 'plain' / 'data'} as the data directory",
+            "Not a directory: a part of that path is a file, not a directory")
 
 
 SUPERVISED_TOML = DEFAULT_TOML.replace("[broker]", '[broker]\nmetrics = "[::1]:0"') + """
