@@ -7,10 +7,12 @@ to the first thread that queued meanwhile; one that ends beside another round le
 to whoever comes next (that round's end, or a caller arriving), so the queue is not sent by
 itself at once, a round of one or two, while the threads just answered are about to queue
 again (16 threads on one client: ahead in 82 of 120 alternated runs, +2 to +14% in the
-medians; BENCHMARKS.md, "16 threads on one client: no hand-off beside another round"). So a lone caller is its own leader and sends at once,
-with no hand-off, and the sequential path is what it was (1,360 and 1,377 jobs/s, alternated). Sixteen threads sharing a ``Client`` make a few requests of many jobs each, and
-the broker admits and commits those on its bulk path (BENCHMARKS.md, "The write-ahead file":
-"16 threads on one Client: flat combining").
+medians; BENCHMARKS.md, "16 threads on one client: no hand-off beside another round").
+So a lone caller is its own leader and sends at once, with no hand-off, and the sequential
+path is what it was (1,360 and 1,377 jobs/s, alternated). Sixteen threads sharing a
+``Client`` make a few requests of many jobs each, and the broker admits and commits those on
+its bulk path (BENCHMARKS.md, "The write-ahead file": "16 threads on one Client: flat
+combining").
 
 The answers are the same as the async client's (``coalesce.py``). ENQUEUE is all or nothing,
 so if the broker refuses the merged request nothing was stored, and each caller sends its

@@ -77,6 +77,18 @@ def _literal(host: str) -> int | None:
         return None
 
 
+def _dial(family: int, where: Any, deadline: float) -> socket.socket:
+    """A stream socket of ``family`` connected to ``where`` by ``deadline``; closed again on failure."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(max(deadline - time.monotonic(), 0.001))
+        sock.connect(where)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def address(endpoint: str) -> str | tuple[str, int] | None:
     """Where to connect for a ``tcp://host:port`` (``(host, port)``) or ``ipc://path`` (the Unix
     socket's path) endpoint; None for anything else (libzmq's own syntaxes: a source address, ``inproc``)."""
@@ -195,13 +207,7 @@ class ZmtpDealer:
         try:
             where = self._addr
             if isinstance(where, str):
-                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                try:
-                    sock.settimeout(max(deadline - time.monotonic(), 0.001))
-                    sock.connect(where)
-                except OSError:
-                    sock.close()
-                    raise
+                sock = _dial(socket.AF_UNIX, where, deadline)
             else:
                 tcp = self._connect_tcp(where[0], where[1], deadline)
                 if tcp is None:
@@ -250,13 +256,9 @@ class ZmtpDealer:
             addresses = found.addresses
         error: OSError | None = None
         for family, sockaddr in addresses:
-            sock = socket.socket(family, socket.SOCK_STREAM)
             try:
-                sock.settimeout(max(deadline - time.monotonic(), 0.001))
-                sock.connect(sockaddr)
-                return sock
+                return _dial(family, sockaddr, deadline)
             except OSError as exc:
-                sock.close()
                 error = exc
         if error is not None:
             raise error

@@ -153,11 +153,10 @@ class BrokerServer:
         self.broker.load()
         self.idle = IdleSpin(settings.broker.spin_s)
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
-        try:
-            self._listen(settings)
-        except BaseException:  # a port taken, say: the data directory's lock goes too
-            self.store.close()
-            raise
+        with ExitStack() as opened:  # a bind that fails (a port taken, say) closes what came before it
+            opened.callback(self.store.close)  # the data directory's lock included
+            self._listen(settings, opened)
+            opened.pop_all()
         self.snapshots = Snapshots(self.store, settings)
         self.history = HistoryReader(self.store, self.ctx)
         self._metrics_at = 0.0
@@ -170,14 +169,9 @@ class BrokerServer:
                 supervisor.keys = self.curve.supervised_keys(list(supervisor.groups))
             self.broker.supervisor = supervisor
 
-    def _listen(self, settings: Settings) -> None:
-        """CURVE, then the command socket, the events socket and the metrics server, each bound;
-        when one cannot be, those opened before it are closed and ``CannotListen`` says which."""
-        with ExitStack() as opened:
-            self._open(settings, opened)
-            opened.pop_all()
-
-    def _open(self, settings: Settings, opened: ExitStack) -> None:
+    def _listen(self, settings: Settings, opened: ExitStack) -> None:
+        """CURVE, then the command socket, the events socket and the metrics server, each bound
+        (``CannotListen`` says which could not be) and its closing put on ``opened``."""
         # CURVE and its authenticator exist before the first bind: no handshake goes unchecked
         self.curve = ServerCurve(self.ctx, settings) if settings.security.on else None
         if self.curve is not None:
