@@ -141,19 +141,32 @@ class ZmtpDealer:
     def connected(self) -> bool:
         return self._sock is not None
 
-    def send(self, parts: list[bytes], timeout_s: float) -> bool:
+    def connect(self, timeout_s: float) -> bool:
+        """Connect now (a no-op when connected); False when the broker cannot be reached within
+        ``timeout_s`` or refused the handshake (``refused`` then says why)."""
+        return self._sock is not None or self._connect(timeout_s)
+
+    def fileno(self) -> int | None:
+        """The connection's descriptor, to poll with others (None while there is none)."""
+        return self._sock.fileno() if self._sock is not None else None
+
+    def send(self, parts: list[bytes], timeout_s: float, block: bool = False) -> bool:
         """Write one message (connecting first if need be, within ``timeout_s``); False if it
-        could not be written whole, as a libzmq DEALER drops a message it cannot queue."""
+        could not be written whole, as a libzmq DEALER drops a message it cannot queue.
+        ``block``: when the kernel's buffer is full, wait up to ``timeout_s`` for room instead."""
         if self._sock is None and not self._connect(timeout_s):
             return False
         assert self._sock is not None
         data = _frames(parts)
         try:
-            sent = self._sock.send(data)
+            try:
+                sent = self._sock.send(data)
+            except BlockingIOError:
+                if not block:
+                    return False  # nothing written: the kernel's buffer is full, the broker is not reading
+                sent = 0
             if sent < len(data):
                 self._send_rest(memoryview(data)[sent:], time.monotonic() + max(timeout_s, 0.001))
-        except BlockingIOError:
-            return False  # nothing written: the kernel's buffer is full, the broker is not reading
         except (OSError, ZmtpError):
             self._drop()  # a half-written message leaves the stream unusable: start again
             return False
@@ -197,7 +210,15 @@ class ZmtpDealer:
         return self._messages.popleft() if self._messages else None
 
     def close(self) -> None:
-        """Close the connection; what ``send`` wrote is the kernel's to deliver, so no linger is needed."""
+        """Close the connection; what ``send`` wrote is the kernel's to deliver, so no linger is
+        needed. Input not read yet is read first: closing on it would reset the connection,
+        and a reset may discard the last message sent (a worker's BYE)."""
+        if self._sock is not None:
+            try:
+                while self._sock.recv(_RECV_BYTES):
+                    pass
+            except OSError:
+                pass
         self._drop()
 
     # --- the connection -------------------------------------------------------------------

@@ -107,6 +107,15 @@ def test_no_key_gets_no_connection_and_the_broker_logs_it(secured: Cluster) -> N
              what="the refusal logged")
 
 
+def test_a_worker_without_keys_says_once_why_it_cannot_join(secured: Cluster) -> None:
+    worker = secured.start_worker("email", 2, wait=False)
+    said = "cannot join the broker: the broker at {0} closed the connection during the handshake, as a broker " \
+           "with transport security on does to a client without CURVE keys".format(secured.endpoint)
+    wait_for(lambda: said in worker.output(), what="the worker to say why")
+    wait_for(lambda: worker.output().count("is silent; reconnecting") >= 2, what="the worker to go on trying")
+    assert worker.alive() and worker.output().count("cannot join the broker") == 1
+
+
 def test_the_wrong_broker_key_gets_no_connection(secured: Cluster, keys: Keys, tmp_path: Path) -> None:
     keygen("impostor", tmp_path / "other")  # a client told to trust another broker's key
     client = Client(secured.endpoint, timeout=1.0, key=keys.secret("app"),

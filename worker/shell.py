@@ -16,23 +16,22 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import zmq
 
 from shoal import protocol as P
 from shoal.ids import id_to_str
 from shoal.logs import banner
-from shoal.security import CurveKeys, apply_client_curve
-from shoal.sockets import connect, recv_frames, send_frames
+from shoal.security import CurveKeys
 
 from .calls import Calls
+from .link import RECONNECT_IVL_S, WorkerLink, open_worker_link
 from .outbox import Outbox, encode_outcomes, log_outcome
 from .runner import KIND_CANCELLED, KIND_LEASE_LOST, Outcome, Runner
 
 log = logging.getLogger("shoal.worker")
 
-_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 POLICE_EVERY_S = 0.1  # how often running handlers are checked against their timeouts
 
 
@@ -63,8 +62,9 @@ class WorkerShell:
         self.runner = runner
         runner.channel = self  # durable steps reach the broker through this shell
         self._calls = Calls()
-        self.ctx = zmq.Context()
-        self.sock: zmq.Socket | None = None
+        self.ctx = zmq.Context()  # sockets only for a libzmq link (CURVE keys)
+        self.link: WorkerLink | None = None
+        self._watched: Any = None  # what the poller watches besides the wake-up pipe
         self.inflight: dict[bytes, int] = {}     # job id -> lease token
         self.outcomes: "queue.SimpleQueue[Outcome]" = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
@@ -91,6 +91,10 @@ class WorkerShell:
         self._rejoining = False
         self._next_police = 0.0
         self._replacing = False  # a handler ignored its cancel/timeout: drain and exit for a fresh process
+        self._joining = False
+        self._refused_said: str | None = None
+        self._linked = False  # a message went out on the link's current connection
+        self._hello_owed = True  # no HELLO has reached a connection yet (a ZMTP link's first may fail)
         self.poller = zmq.Poller()
 
     # --- control (any thread) -----------------------------------------------------
@@ -126,10 +130,45 @@ class WorkerShell:
         self._wake()
         return fut
 
-    def _send_frames(self, frames: list[bytes]) -> None:
-        assert self.sock is not None
-        send_frames(self.sock, frames)  # send_multipart's checks and enum flags were a tenth of a no-op job's pass
-        self._last_sent = time.monotonic()
+    def _send_frames(self, frames: list[bytes], hello: bool = False) -> None:
+        """Send one message. On a ZMTP link that lost its connection, connect first and say
+        HELLO (with the jobs in flight and recent outcomes) before it: the broker sees a new
+        peer. While the broker cannot be reached, the message is lost and that recovery,
+        on the next connection, stands for it."""
+        link = self.link
+        assert link is not None
+        if link.down() and not (hello or self._rejoin()):
+            return
+        if link.send(frames):
+            self._linked = True
+            self._last_sent = time.monotonic()
+            if hello:
+                self._hello_owed = False
+
+    def _rejoin(self) -> bool:
+        """A ZMTP link with no connection: connect (at most every ``RECONNECT_IVL_S``) and say
+        HELLO on the new connection, first of all; True when connected."""
+        assert self.link is not None
+        if self._linked:
+            self._linked = False
+            log.warning("lost the connection to the broker at %s; connecting again every %.1fs",
+                        self.options.endpoint, RECONNECT_IVL_S)
+        if self._joining:
+            return False
+        if not self.link.reconnect():
+            if self.link.refused and self.link.refused != self._refused_said:
+                self._refused_said = self.link.refused  # once per reason, not every attempt
+                log.error("cannot join the broker: %s", self.link.refused)
+            return False
+        self._joining = True  # a send that fails inside the announcement does not start another
+        try:
+            if self._hello_owed:
+                self._send_hello()  # the first connection: nothing to re-send
+            else:
+                self._announce()
+        finally:
+            self._joining = False
+        return not self.link.down()
 
     def _on_outcome(self, outcome: Outcome) -> None:
         """From a handler's thread: queue the outcome; wake the loop only if no wake-up is on its way.
@@ -144,16 +183,10 @@ class WorkerShell:
 
     # --- connection ---------------------------------------------------------------
     def _connect(self) -> None:
-        reconnecting = self.sock is not None
-        if self.sock is not None:
-            self.sock.close(0)
-        self.sock = self.ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        apply_client_curve(self.sock, self.options.curve)
-        connect(self.sock, self.options.endpoint)
-        self.poller = zmq.Poller()
-        self.poller.register(self.sock, zmq.POLLIN)
-        self.poller.register(self._wake_r, zmq.POLLIN)
+        reconnecting = self.link is not None
+        if self.link is not None:
+            self.link.close(0)
+        self.link = open_worker_link(self.ctx, self.options.endpoint, self.options.curve)
         if reconnecting:
             self._announce()
         else:
@@ -177,12 +210,12 @@ class WorkerShell:
 
     def _send_hello(self) -> None:
         slots = 0 if self._draining.is_set() else self.options.concurrency
-        self._send(P.HELLO, {
+        self._send_frames(P.encode(P.HELLO, {
             "group": self.options.group, "pid": os.getpid(), "host": socket.gethostname(),
             "server": self.options.server, "slots": slots,
             "workflows": {name: {"retries": wf.retries} for name, wf in self.runner.workflows.items()},
             "running": [[job_id, token] for job_id, token in self.inflight.items()],
-        })
+        }), hello=True)
 
     def _send(self, command: bytes, body: dict[str, Any]) -> None:
         self._send_frames(P.encode(command, body))
@@ -201,11 +234,14 @@ class WorkerShell:
             while not self._stop_now.is_set():
                 if self._starting:
                     self._hand_to_runner()
-                events = dict(self.poller.poll(int(opts.heartbeat_interval_s * 1000)))
+                down = self.link is not None and self.link.down() and not self._rejoin()
+                self._watch()
+                wait_s = RECONNECT_IVL_S if down else opts.heartbeat_interval_s
+                events = dict(self.poller.poll(int(wait_s * 1000)))
                 self._outcome_wake_pending = False  # before the outcomes are taken below
                 if self._wake_r in events:
                     os.read(self._wake_r, 4096)
-                if self.sock in events and self._read_all():
+                if self._watched is not None and self._watched in events and self._read_all():
                     self._last_heard = time.monotonic()
                     self.outbox.heard(self._last_heard)
                     self._backoff_s = opts.heartbeat_interval_s
@@ -267,19 +303,22 @@ class WorkerShell:
             self._flush_outcomes_to_memory()
             time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
 
+    def _watch(self) -> None:
+        """Poll the link's current socket (a ZMTP link's descriptor changes with each connection)."""
+        assert self.link is not None
+        target = self.link.poll_target()
+        if target is self._watched and self.poller.sockets:
+            return
+        self.poller = zmq.Poller()
+        self.poller.register(self._wake_r, zmq.POLLIN)
+        if target is not None:
+            self.poller.register(target, zmq.POLLIN)
+        self._watched = target
+
     def _read_all(self) -> bool:
-        assert self.sock is not None
-        sock = self.sock
+        assert self.link is not None
         heard = False
-        while True:
-            # Asking whether a message waits costs a fraction of the refused recv (zmq.Again,
-            # an exception) that would tell the same; the poll said one does when we come here.
-            if heard and not cast(int, sock.getsockopt(_EVENTS)) & _POLLIN:
-                return True
-            try:
-                frames = recv_frames(sock)
-            except zmq.Again:
-                return heard
+        for frames in self.link.messages():
             heard = True
             try:
                 command, body = P.decode(frames)
@@ -292,6 +331,7 @@ class WorkerShell:
                 continue
             self._known_again()
             self._dispatch(command, body)
+        return heard
 
     def _known_again(self) -> None:
         """Any message but RECONNECT proves the broker knows us: the next RECONNECT is news."""
@@ -423,10 +463,10 @@ class WorkerShell:
     def close(self) -> None:
         """Release sockets and pipes; abandons handlers still running."""
         self.runner.shutdown(wait=False)
-        if self.sock is not None:
+        if self.link is not None:
             # give the last DONE / RETURN / BYE a moment to leave; then drop them
-            self.sock.close(linger=0 if self._stop_now.is_set() else 1000)
-            self.sock = None
+            self.link.close(0 if self._stop_now.is_set() else 1.0)
+            self.link = None
         self.ctx.term()
         fds, self._wake_w = (self._wake_r, self._wake_w), -1
         for fd in fds:
