@@ -22,6 +22,8 @@ from typing import Any
 
 import zmq
 
+from shoal import protocol as P
+from shoal.errors import UnknownJob
 from shoal.links import send_now
 from shoal.security import CurveKeys, apply_client_curve
 from shoal.sockets import connect, recv_frames
@@ -57,18 +59,62 @@ class AsyncConnection:
         """Send a request and wait for its reply (or its error); ``meanwhile`` runs once the
         request is out, while the broker works on it."""
         loop = self._bind()
-        flight = _InFlight(Request(self.endpoint, command, body, timeout_s, is_wait), loop.create_future())
-        self._pending[flight.req.rid] = flight
+        flight = self._start(Request(self.endpoint, command, body, timeout_s, is_wait), loop)
         try:
-            self._send(flight.req.frames)
-            self._arm(flight, loop)
             if meanwhile is not None:
                 meanwhile()
             return await flight.future
         finally:
-            self._pending.pop(flight.req.rid, None)
-            if flight.timer is not None:
-                flight.timer.cancel()
+            self._end(flight)
+
+    async def call_then_wait(self, command: bytes, body: dict[str, Any], timeout_s: float, job_id: bytes,
+                             wait_s: float, made: Callable[[dict[str, Any]], bool],
+                             meanwhile: Callable[[], object] | None = None) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """A request and a WAIT on ``job_id`` sent together (see ``Connection.call_then_wait``)."""
+        loop = self._bind()
+        first = self._start(Request(self.endpoint, command, body, timeout_s), loop)
+        try:
+            wait = self._start(Request(self.endpoint, P.WAIT, {"id": job_id}, wait_s, is_wait=True), loop)
+        except BaseException:
+            self._end(first)
+            raise
+        try:
+            try:
+                if meanwhile is not None:
+                    meanwhile()
+                reply = await first.future
+            finally:
+                self._end(first)
+            if not made(reply):
+                return reply, None
+            try:
+                return reply, await wait.future
+            except UnknownJob:
+                return reply, None
+        finally:
+            self._end(wait)
+
+    def _start(self, req: Request, loop: asyncio.AbstractEventLoop) -> _InFlight:
+        """Send ``req`` and watch for its reply and its deadline."""
+        flight = _InFlight(req, loop.create_future())
+        self._pending[req.rid] = flight
+        try:
+            self._send(req.frames)
+            self._arm(flight, loop)
+        except BaseException:
+            self._end(flight)
+            raise
+        return flight
+
+    def _end(self, flight: _InFlight) -> None:
+        """Stop watching ``flight``; an outcome nobody awaited (a WAIT left behind) is taken, not logged."""
+        self._pending.pop(flight.req.rid, None)
+        if flight.timer is not None:
+            flight.timer.cancel()
+        if not flight.future.done():
+            flight.future.cancel()
+        elif not flight.future.cancelled():
+            flight.future.exception()
 
     def _bind(self) -> asyncio.AbstractEventLoop:
         """The running loop, with the socket open and watched by it."""

@@ -7,6 +7,7 @@ replies through ``Requests``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any, Callable, Iterable, Iterator
 
@@ -56,6 +57,17 @@ def _packed(payload: Any) -> bytes:
         return P.pack(payload)
     except Exception as exc:
         raise PayloadError(f"payload of type {type(payload).__name__} cannot be encoded with msgpack: {exc}") from None
+
+
+def _made(reply: dict[str, Any], job_id: bytes) -> bool:
+    """Whether an ENQUEUE's reply stored the job under ``job_id`` (not a held key's other job)."""
+    ids = reply.get("ids")
+    return not ids or ids[0] == job_id
+
+
+def _late(job_id: bytes, limit: float) -> WaitTimeout:
+    text = id_to_str(job_id)
+    return WaitTimeout(f"job {text} did not finish within {limit}s", text)
 
 
 class Requests:
@@ -131,6 +143,25 @@ class Requests:
             return made
         flags = flags or [False] * len(ids)
         return [JobId.of(raw, bool(flag)) for raw, flag in zip(ids, flags)]
+
+    def run_job(self, workflow: Workflow | str, payload: Any, group: str | None, delay: float | None, priority: int,
+                key: str | None, key_ttl: float | None, job_id: str | None,
+                timeout: float | None) -> tuple[list[dict[str, Any]], float, float]:
+        """``run``'s one item, the wait's limit in seconds and its deadline (``time.monotonic()``)."""
+        limit = self.timeout if timeout is None else timeout
+        items = self.job_items(workflow, [payload], group, delay, priority, key, key_ttl,
+                               None if job_id is None else [job_id])
+        return items, limit, time.monotonic() + limit
+
+    @contextlib.contextmanager
+    def run_errors(self, items: list[dict[str, Any]], limit: float) -> Iterator[None]:
+        """``run``'s errors: an unknown outcome carries the id to retry with, a late job names itself."""
+        try:
+            yield
+        except BrokerUnreachable as exc:
+            raise self.unknown_outcome(exc, items) from None
+        except WaitTimeout as exc:
+            raise _late(items[0]["id"], limit) from exc
 
     @staticmethod
     def unknown_outcome(exc: BrokerUnreachable, items: list[dict[str, Any]]) -> BrokerUnreachable:
@@ -216,6 +247,25 @@ class Client:
             raise self._r.unknown_outcome(exc, items) from None
         return self._r.ids_from(reply, items)
 
+    def run(self, workflow: Workflow | str, payload: Any = None, *, group: str | None = None,
+            delay: float | None = None, priority: int = 0, key: str | None = None,
+            key_ttl: float | None = None, id: str | None = None, timeout: float | None = None) -> Result:
+        """Enqueue one job and wait until it is final, in one trip: the ENQUEUE and its WAIT leave
+        in one write, and the broker stores the job and registers the wait in one pass.
+
+        Arguments as for ``enqueue``; ``timeout``: seconds from the call until ``WaitTimeout``
+        (default the client's), whose ``job_id`` names the job, which goes on. A held ``key``
+        waits for the job that holds it. The enqueue raises as ``enqueue`` does.
+        """
+        items, limit, deadline = self._r.run_job(workflow, payload, group, delay, priority, key, key_ttl, id, timeout)
+        made = items[0]["id"]
+        with self._r.run_errors(items, limit):
+            reply, final = self._conn.call_then_wait(P.ENQUEUE, {"jobs": items}, self._r.timeout, made, limit,
+                                                     lambda r: _made(r, made))
+        if final is None:  # a held key answered with another job: wait for that one
+            return self.wait(self._r.ids_from(reply, items)[0], max(deadline - time.monotonic(), 0.0))
+        return Result.from_record(final["job"])
+
     def cancel(self, job_id: str) -> CancelResult:
         """Cancel a job: pending or scheduled at once; a running one is told to stop."""
         body = self._call(P.CANCEL, {"id": id_from_str(job_id)})
@@ -253,7 +303,7 @@ class Client:
         try:
             return Result.from_record(self._call(P.WAIT, {"id": id_from_str(job_id)}, limit, is_wait=True)["job"])
         except WaitTimeout as exc:
-            raise WaitTimeout(f"job {job_id} did not finish within {limit}s") from exc
+            raise WaitTimeout(f"job {job_id} did not finish within {limit}s", str(job_id)) from exc
 
     def steps(self, job_id: str) -> list[StepInfo]:
         """The stored steps of a workflow run, in the order they finished."""
@@ -391,8 +441,21 @@ class AsyncClient:
         try:
             body = await self._send(P.WAIT, {"id": id_from_str(job_id)}, limit, is_wait=True)
         except WaitTimeout as exc:
-            raise WaitTimeout(f"job {job_id} did not finish within {limit}s") from exc
+            raise WaitTimeout(f"job {job_id} did not finish within {limit}s", str(job_id)) from exc
         return Result.from_record(body["job"])
+
+    async def run(self, workflow: Workflow | str, payload: Any = None, *, group: str | None = None,
+                  delay: float | None = None, priority: int = 0, key: str | None = None,
+                  key_ttl: float | None = None, id: str | None = None, timeout: float | None = None) -> Result:
+        """Enqueue one job and wait until it is final, the ENQUEUE and its WAIT sent together (see ``Client.run``)."""
+        items, limit, deadline = self._r.run_job(workflow, payload, group, delay, priority, key, key_ttl, id, timeout)
+        made = items[0]["id"]
+        with self._r.run_errors(items, limit):
+            reply, final = await self._conn.call_then_wait(P.ENQUEUE, {"jobs": items}, self._r.timeout, made, limit,
+                                                           lambda r: _made(r, made))
+        if final is None:
+            return await self.wait(self._r.ids_from(reply, items)[0], max(deadline - time.monotonic(), 0.0))
+        return Result.from_record(final["job"])
 
     async def steps(self, job_id: str) -> list[StepInfo]:
         """The stored steps of a workflow run."""

@@ -24,7 +24,7 @@ import itertools
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import zmq
 
@@ -44,6 +44,7 @@ STORAGE_RETRY_MAX_S = 1.0
 # A call blocked in poll looks at ``closed`` this often, so close() from another thread ends it.
 CLOSE_CHECK_S = 0.2
 
+_T = TypeVar("_T")
 _rids = itertools.count(1)  # thread-safe under the GIL; unique per process, so per socket too
 
 
@@ -138,21 +139,49 @@ class Connection:
              meanwhile: Callable[[], object] | None = None) -> dict[str, Any]:
         """Send a request on this thread's socket and block until its reply (or raise);
         ``meanwhile`` runs once the request is out, while the broker works on it."""
+        req = Request(self.endpoint, command, body, timeout_s, is_wait)
+        return self._on_thread(lambda link: self._exchange(link, req, meanwhile))
+
+    def call_then_wait(self, command: bytes, body: dict[str, Any], timeout_s: float, job_id: bytes, wait_s: float,
+                       made: Callable[[dict[str, Any]], bool],
+                       meanwhile: Callable[[], object] | None = None) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """A request and a WAIT on ``job_id`` in one write, so the broker registers the wait in
+        the pass that handles the request: the request's reply, then the WAIT's (the job's final
+        record). The second is None when ``made(reply)`` says the request did not make that job
+        (a held key answered with another) or the broker did not know it: wait for it anew.
+        The WAIT's deadline is ``wait_s`` from now; a WAIT that went missing is re-sent as any is."""
+        req = Request(self.endpoint, command, body, timeout_s)
+        wait = Request(self.endpoint, P.WAIT, {"id": job_id}, wait_s, is_wait=True)
+
+        def both(link: Link) -> tuple[dict[str, Any], dict[str, Any] | None]:
+            link.send_many([req.frames, wait.frames], min(req.deadline - time.monotonic(), RESEND_FIRST_S))
+            reply = self._exchange(link, req, meanwhile, sent=True)
+            if not made(reply):
+                return reply, None  # the WAIT's answer (no such job) is dropped as a stale reply
+            try:
+                return reply, self._exchange(link, wait, sent=True)
+            except UnknownJob:
+                return reply, None
+        return self._on_thread(both)
+
+    def _on_thread(self, exchange: Callable[[Link], _T]) -> _T:
+        """Run ``exchange`` on this thread's socket, which it holds meanwhile."""
         mine: _ThreadSocket | None = getattr(self._local, "socket", None)
         if mine is None:
             mine = self._open()
-        req = Request(self.endpoint, command, body, timeout_s, is_wait)
         with mine.lock:
             try:
                 if mine.sock is None or self.closed:
                     raise RuntimeError("the client is closed")
-                return self._exchange(mine.sock, req, meanwhile)
+                return exchange(mine.sock)
             finally:
                 if self.closed:
                     self._close_one(mine)
 
-    def _exchange(self, link: Link, req: Request, meanwhile: Callable[[], object] | None = None) -> dict[str, Any]:
-        link.send(req.frames, min(req.deadline - time.monotonic(), RESEND_FIRST_S))
+    def _exchange(self, link: Link, req: Request, meanwhile: Callable[[], object] | None = None,
+                  sent: bool = False) -> dict[str, Any]:
+        if not sent:
+            link.send(req.frames, min(req.deadline - time.monotonic(), RESEND_FIRST_S))
         if meanwhile is not None:
             meanwhile()
         while True:

@@ -21,7 +21,8 @@ new jobs as it reported), so the worker's CPU per job is seen without the broker
 ``--phase producer`` is the peers benchmark's end to end (``scripts/peers/workload.py``): ``--total``
 jobs enqueued one at a time by one sequential caller, the clock stopped when all have run, with the
 broker's, the worker's and the client's CPU per job. ``--phase roundtrip`` is its round trip: enqueue,
-then wait for the result, one at a time (p50, p99). The phases with a real broker and worker also
+then wait for the result, one at a time (p50, p99); ``--phase run`` the same as one ``Client.run``
+each (the ENQUEUE and its WAIT in one write). The phases with a real broker and worker also
 split each process's CPU per job by thread (user + system: the Python threads, libzmq's I/O thread),
 printed after a single run and kept in ``--json``.
 
@@ -121,15 +122,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
 def measure_producer(args: argparse.Namespace) -> dict[str, Any]:
     """One sequential producer, a real broker and worker: jobs/s until all ``--total`` have run."""
-    import resource
     import time
 
     sys.path.insert(0, str(SCRIPTS))
     import bench  # noqa: E402
-
-    def own_cpu() -> float:
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        return usage.ru_utime + usage.ru_stime
 
     with broker_and_worker(bench, "e2e-producer", args) as (c, worker):
         client = c.client()
@@ -137,21 +133,28 @@ def measure_producer(args: argparse.Namespace) -> dict[str, Any]:
             bench.wait_final(client, client.enqueue("noop", {"i": i}, group="bench"))
         before = int(client.stats()["bench"]["completed"])
         with watched(bench, c.broker, worker, args) as cpu:
-            mine0, t0 = own_cpu(), time.perf_counter()
+            mine0, t0 = _own_cpu(), time.perf_counter()
             handles = [client.enqueue("noop", {"i": i}, group="bench") for i in range(args.total)]
             sent_s = time.perf_counter() - t0
             bench.wait_final(client, handles[-1])
             bench.wait_until(lambda: client.stats()["bench"]["completed"] - before >= args.total, 120, "all jobs",
                              0.001)
             elapsed = time.perf_counter() - t0
-            mine = own_cpu() - mine0
+            mine = _own_cpu() - mine0
     return {"jobs_s": args.total / elapsed, "elapsed_s": elapsed, "send_s": sent_s,
             "client_cpu_us": mine / args.total * 1e6, **cpu}
 
 
+def _own_cpu() -> float:
+    import resource
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def measure_roundtrip(args: argparse.Namespace) -> dict[str, Any]:
     """``--total`` sequential enqueue-then-wait round trips through a real broker and worker (the
-    peers benchmark's round trip): p50 and p99, and the CPU per job of the broker and worker."""
+    peers benchmark's round trip): p50 and p99, and the CPU per job of the broker, the worker and
+    this client. ``--phase run``: each is one ``Client.run`` (the ENQUEUE and its WAIT in one write)."""
     import time
 
     sys.path.insert(0, str(SCRIPTS))
@@ -160,18 +163,25 @@ def measure_roundtrip(args: argparse.Namespace) -> dict[str, Any]:
     with broker_and_worker(bench, "e2e-roundtrip", args) as (c, worker):
         client = c.client()
 
-        def once() -> None:
+        def two_calls() -> None:
             bench.wait_final(client, client.enqueue("noop", {"i": 1}, group="bench"))
 
+        def one_trip() -> None:
+            if client.run("noop", {"i": 1}, group="bench", timeout=60).status != "completed":
+                raise RuntimeError("a round trip's job did not complete")
+
+        once = one_trip if args.phase == "run" else two_calls
         for _ in range(100):  # warm-up: the sockets, the broker's first pages, the worker's first runs
             once()
         with watched(bench, c.broker, worker, args) as cpu:
-            t0 = time.perf_counter()
+            mine0, t0 = _own_cpu(), time.perf_counter()
             samples = bench.timed_ms(once, args.total, 0)
             elapsed = time.perf_counter() - t0
+            mine = _own_cpu() - mine0
     return {"jobs_s": args.total / elapsed, "elapsed_s": elapsed, "send_s": 0.0,
             "roundtrip_p50_us": bench.percentile(samples, 50) * 1e3,
-            "roundtrip_p99_us": bench.percentile(samples, 99) * 1e3, **cpu}
+            "roundtrip_p99_us": bench.percentile(samples, 99) * 1e3,
+            "client_cpu_us": mine / args.total * 1e6, **cpu}
 
 
 def measure_enqueue(args: argparse.Namespace) -> dict[str, Any]:
@@ -315,11 +325,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--total", type=int, default=20_000)
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--phase", choices=["e2e", "worker", "enqueue", "producer", "roundtrip"], default="e2e",
+    parser.add_argument("--phase", choices=["e2e", "worker", "enqueue", "producer", "roundtrip", "run"], default="e2e",
                         help="e2e: a real broker; worker: the worker alone, fed by a stand-in broker; "
                              "enqueue: sequential enqueues, no worker (broker CPU per enqueue, p50); "
                              "producer: one sequential producer end to end, as the peers benchmark; "
-                             "roundtrip: enqueue then wait, one at a time (p50, p99)")
+                             "roundtrip: enqueue then wait, one at a time (p50, p99); "
+                             "run: the same round trip as one Client.run each")
     parser.add_argument("--in-flight", type=int, default=0,
                         help="worker phase: at most this many jobs out at once (0: the worker's slots; "
                              "1: one at a time, for the JOB-to-DONE latency)")
@@ -332,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.ab:
         return ab(args)
     fig = {"e2e": measure, "worker": measure_worker, "enqueue": measure_enqueue,
-           "producer": measure_producer, "roundtrip": measure_roundtrip}[args.phase](args)
+           "producer": measure_producer, "roundtrip": measure_roundtrip, "run": measure_roundtrip}[args.phase](args)
     if "shoal" not in fig:
         import shoal
         fig["shoal"] = str(Path(shoal.__file__).resolve().parent)

@@ -73,7 +73,11 @@ class BrokerUnreachable(ShoalError, TimeoutError):
 
 
 class WaitTimeout(ShoalError, TimeoutError):
-    """A job did not reach a final status within the wait timeout."""
+    """A job did not reach a final status within the wait timeout; ``job_id`` names it (it goes on)."""
+
+    def __init__(self, message: str, job_id: str | None = None) -> None:
+        super().__init__(message)
+        self.job_id = job_id
 
 
 class StorageFull(ShoalError):

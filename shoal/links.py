@@ -3,7 +3,8 @@
 Both speak through the same calls, so the client's loop does not care which it holds:
 
 - ``send(frames, timeout_s)``: write one message; False when it was dropped (the broker is
-  away), which the caller's own re-sends cover;
+  away), which the caller's own re-sends cover; ``send_many(messages, timeout_s)``: several,
+  in order, in one write where the link can;
 - ``wait(timeout_s)``: block until a whole message can be read;
 - ``recv()``: the next message, or None; ``close()``.
 
@@ -45,6 +46,9 @@ class ZmqLink:
 
     def send(self, frames: list[bytes], timeout_s: float) -> bool:
         return send_now(self.sock, frames)
+
+    def send_many(self, messages: list[list[bytes]], timeout_s: float) -> bool:
+        return all([send_now(self.sock, frames) for frames in messages])  # each tried, in order
 
     def wait(self, timeout_s: float) -> bool:
         return bool(zmq.zmq_poll([(self.sock, _POLLIN)], int(timeout_s * 1000) + 1))

@@ -154,10 +154,16 @@ class ZmtpDealer:
         """Write one message (connecting first if need be, within ``timeout_s``); False if it
         could not be written whole, as a libzmq DEALER drops a message it cannot queue.
         ``block``: when the kernel's buffer is full, wait up to ``timeout_s`` for room instead."""
+        return self._write(_frames(parts), timeout_s, block)
+
+    def send_many(self, messages: list[list[bytes]], timeout_s: float) -> bool:
+        """Write several messages in one write, in order (all of them or, as ``send``, none)."""
+        return self._write(b"".join(_frames(parts) for parts in messages), timeout_s, False)
+
+    def _write(self, data: bytes, timeout_s: float, block: bool) -> bool:
         if self._sock is None and not self._connect(timeout_s):
             return False
         assert self._sock is not None
-        data = _frames(parts)
         try:
             try:
                 sent = self._sock.send(data)

@@ -15,7 +15,7 @@ from shoal.client.client import Requests
 from shoal.client.combine import Combiner
 from shoal.client.connection import remote_error
 from shoal.client.results import event_of
-from shoal.errors import WaitTimeout
+from shoal.errors import UnknownJob, WaitTimeout
 
 CLIENT_IDENTITY = b"sim-client"
 ENDPOINT = "ipc://shoal-simulation"  # a valid endpoint for the request builder; nothing connects to it
@@ -62,6 +62,19 @@ class SimConnection:
         if answered == P.REPLY:
             return reply_body
         raise remote_error(reply_body)
+
+    def call_then_wait(self, command: bytes, body: dict[str, Any], timeout_s: float, job_id: bytes, wait_s: float,
+                       made: Callable[[dict[str, Any]], bool],
+                       meanwhile: Callable[[], object] | None = None) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """The request, then a WAIT on ``job_id`` unless ``made(reply)`` says the request did not
+        make that job (as ``Connection.call_then_wait``; in virtual time the two passes cost nothing)."""
+        reply = self.call(command, body, timeout_s, meanwhile=meanwhile)
+        if not made(reply):
+            return reply, None
+        try:
+            return reply, self.call(P.WAIT, {"id": job_id}, wait_s, is_wait=True)
+        except UnknownJob:
+            return reply, None
 
     def close(self) -> None:
         """Nothing to close: there is no socket."""

@@ -96,6 +96,21 @@ def test_a_dedup_key_returns_the_job_that_holds_it() -> None:
         assert third != first and not third.deduplicated
 
 
+def test_run_enqueues_and_waits_in_virtual_time_and_a_held_key_waits_for_its_holder() -> None:
+    @workflow("reset")
+    def reset(payload: dict[str, int]) -> int:
+        return payload["user"]
+
+    with Simulation(reset) as sim:
+        assert sim.client.run("reset", {"user": 7}).value == 7
+        first = sim.client.enqueue("reset", {"user": 42}, key="reset:42", delay=60)
+        with pytest.raises(WaitTimeout) as late:
+            sim.client.run("reset", {"user": 43}, key="reset:42", timeout=30)
+        assert late.value.job_id == first
+        result = sim.client.run("reset", {"user": 43}, key="reset:42", timeout=60)
+        assert (result.id, result.value) == (first, 42)
+
+
 def test_higher_priority_jobs_run_first() -> None:
     calls = Calls()
 
