@@ -86,7 +86,8 @@ const client = new Client(process.argv[2]);
 const id = await client.enqueue("conf-echo", {{ from: "node", big: 2 ** 40 }});
 const result = await client.wait(id, 30);
 const missing = await client.get("00000000-0000-7000-8000-000000000000");
-console.log(JSON.stringify({{ id, status: result.status, value: result.value, missing }}));
+const ran = await client.run("conf-echo", {{ from: "run" }}, {{}}, 30);
+console.log(JSON.stringify({{ id, status: result.status, value: result.value, missing, ran }}));
 client.close();
 """)
     done = subprocess.run([node, str(script), harness.endpoint], capture_output=True, text=True, timeout=60)
@@ -94,6 +95,9 @@ client.close();
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["status"] == "completed" and out["missing"] is None, out
     assert out["value"] == {"echo": {"from": "node", "big": 2 ** 40}, "impl": "python"}, out
+    ran = out["ran"]  # run: the ENQUEUE and its WAIT sent together
+    assert ran["status"] == "completed" and ran["value"] == {"echo": {"from": "run"}, "impl": "python"}, out
+    assert ran["id"] != out["id"] and harness.client.get(ran["id"]).status == "completed"
     seen = harness.client.get(out["id"])
     assert seen is not None and seen.status == "completed" and seen.attempts == 1, seen
 

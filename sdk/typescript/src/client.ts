@@ -1,5 +1,5 @@
 /**
- * A small client for Node apps (where jobs are often born): enqueue, wait, get, cancel.
+ * A small client for Node apps (where jobs are often born): enqueue, wait, run, get, cancel.
  *
  * Job ids are made here, so a request re-sent after a lost answer never makes a second job.
  * Unanswered requests are re-sent with backoff (1 s doubling to 4 s) until their deadline.
@@ -56,6 +56,21 @@ export function resultOf(record: Body): JobResult {
     error: (record.error as string | undefined) ?? null, errorKind: (record.error_kind as string | undefined) ?? null,
     attempts: num(record.attempts), workflow: String(record.workflow ?? ""), group: String(record.group ?? ""),
   };
+}
+
+function jobItems(workflow: Workflow | string, payloads: unknown[], options: EnqueueOptions): Body[] {
+  const name = typeof workflow === "string" ? workflow : workflow.name;
+  const group = options.group ?? (typeof workflow === "string" ? undefined : workflow.group);
+  return payloads.map((payload) => {
+    const item: Body = { id: newJobId(), wf: name, payload: packValue(payload) };
+    if (group !== undefined) item.group = group;
+    if (options.delayMs) item.delay_ms = Math.round(options.delayMs);
+    if (options.priority) item.priority = options.priority;
+    if (options.retries !== undefined) item.retries = options.retries;
+    if (options.key !== undefined) item.key = options.key;
+    if (options.keyTtlMs) item.key_ttl_ms = Math.round(options.keyTtlMs);
+    return item;
+  });
 }
 
 export class Client {
@@ -126,20 +141,31 @@ export class Client {
 
   /** Enqueue many jobs in one request (one commit). */
   async enqueueMany(workflow: Workflow | string, payloads: unknown[], options: EnqueueOptions = {}): Promise<string[]> {
-    const name = typeof workflow === "string" ? workflow : workflow.name;
-    const group = options.group ?? (typeof workflow === "string" ? undefined : workflow.group);
-    const jobs = payloads.map((payload) => {
-      const item: Body = { id: newJobId(), wf: name, payload: packValue(payload) };
-      if (group !== undefined) item.group = group;
-      if (options.delayMs) item.delay_ms = Math.round(options.delayMs);
-      if (options.priority) item.priority = options.priority;
-      if (options.retries !== undefined) item.retries = options.retries;
-      if (options.key !== undefined) item.key = options.key;
-      if (options.keyTtlMs) item.key_ttl_ms = Math.round(options.keyTtlMs);
-      return item;
-    });
-    const reply = await this.call(Command.ENQUEUE, { jobs });
+    const reply = await this.call(Command.ENQUEUE, { jobs: jobItems(workflow, payloads, options) });
     return (reply.ids as Uint8Array[]).map((id) => idToStr(id));
+  }
+
+  /**
+   * Enqueue one job and resolve when it is final, in one trip: the ENQUEUE and a WAIT on its id
+   * are sent together, and the broker registers the wait in the pass that stores the job. A held
+   * `key` resolves with the job that holds it; `timeoutS` bounds the wait, from the call.
+   */
+  async run(workflow: Workflow | string, payload: unknown = null, options: EnqueueOptions = {}, timeoutS = 60): Promise<JobResult> {
+    const jobs = jobItems(workflow, [payload], options);
+    const made = jobs[0].id as Uint8Array;
+    const started = performance.now();
+    const enqueued = this.call(Command.ENQUEUE, { jobs });
+    const waited = this.call(Command.WAIT, { id: made }, timeoutS);
+    waited.catch(() => undefined); // its outcome is read below, or not needed (a refused enqueue)
+    const id = ((await enqueued).ids as Uint8Array[])[0];
+    if (Buffer.compare(Buffer.from(id), Buffer.from(made)) === 0) {
+      try {
+        return resultOf((await waited).job as Body);
+      } catch (err) {
+        if (!(err instanceof RemoteError && err.code === "unknown_job")) throw err;
+      }
+    }
+    return this.wait(idToStr(id), Math.max(timeoutS - (performance.now() - started) / 1000, 0.001));
   }
 
   /** Resolves when the job is final (the broker pushes the answer); `timeoutS` bounds the wait. */
