@@ -1,6 +1,7 @@
 """``Client.run`` and ``AsyncClient.run``: enqueue one job and wait for it in one trip.
 
-On a real broker and worker: the final result, a held key's job, a timeout that names the job.
+On a real broker and worker: the final result, a held key's job, a timeout that names the job,
+a broker SIGKILLed and restarted while the job runs.
 On a scripted ROUTER (as ``test_client_connection``): the WAIT leaves with the ENQUEUE, before
 any answer; a refused enqueue raises and its WAIT's stray answer is not taken for the next
 request; a held key's other job is waited for anew.
@@ -8,6 +9,7 @@ request; a held key's other job is waited for anew.
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -16,7 +18,7 @@ from shoal import AsyncClient, StorageFull, WaitTimeout
 from shoal import protocol as P
 from shoal.ids import id_to_str, new_job_id
 
-from conftest import Cluster, wait_for
+from conftest import Cluster, lines, wait_for
 from test_client_connection import JOB, FakeBroker, broker, pool, start  # noqa: F401  (fixtures)
 
 
@@ -60,6 +62,20 @@ def test_run_times_out_naming_the_job_which_goes_on_and_a_held_key_names_its_hol
     again = client.run("block", {"i": 4}, group="media", key="k")  # the key is held 60 s after the end
     assert (again.id, again.status, again.value) == (holder, "completed", 1)
     assert client.stats()["media"]["completed"] == 2
+
+
+def test_run_rides_out_a_broker_sigkilled_while_its_job_runs(cluster: Cluster) -> None:
+    cluster.start_worker("media", 2)
+    client = cluster.client()
+    with ThreadPoolExecutor(1) as one:
+        pending = one.submit(client.run, "block", {"i": 1}, group="media", timeout=60)
+        wait_for(lambda: "start 1" in lines(cluster.tmp / "block.log"), what="the job to start")
+        cluster.broker.kill()  # the WAIT registered with the job is gone with it
+        cluster.start_broker()
+        (cluster.tmp / "release").touch()
+        result = pending.result(timeout=60)  # the client's re-sent WAIT reaches the new broker
+    assert (result.status, result.value, result.attempts) == ("completed", 1, 1)
+    assert lines(cluster.tmp / "block.log") == ["start 1", "end 1"]  # it ran once
 
 
 # --- a scripted ROUTER ---------------------------------------------------------------------------------
