@@ -73,18 +73,12 @@ class AsyncConnection:
         """A request and a WAIT on ``job_id`` sent together (see ``Connection.call_then_wait``)."""
         loop = self._bind()
         first = self._start(Request(self.endpoint, command, body, timeout_s), loop)
+        wait: _InFlight | None = None
         try:
             wait = self._start(Request(self.endpoint, P.WAIT, {"id": job_id}, wait_s, is_wait=True), loop)
-        except BaseException:
-            self._end(first)
-            raise
-        try:
-            try:
-                if meanwhile is not None:
-                    meanwhile()
-                reply = await first.future
-            finally:
-                self._end(first)
+            if meanwhile is not None:
+                meanwhile()
+            reply = await first.future
             if not made(reply):
                 return reply, None
             try:
@@ -92,7 +86,9 @@ class AsyncConnection:
             except UnknownJob:
                 return reply, None
         finally:
-            self._end(wait)
+            self._end(first)
+            if wait is not None:
+                self._end(wait)
 
     def _start(self, req: Request, loop: asyncio.AbstractEventLoop) -> _InFlight:
         """Send ``req`` and watch for its reply and its deadline."""
